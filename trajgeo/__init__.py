@@ -1,0 +1,39 @@
+"""trajgeo: the geometry of transformer residual-stream trajectories.
+
+Typical use::
+
+    import trajgeo as tg
+    model = tg.load_model("smollm2")
+    examples = tg.datasets.builtin("bank")
+    traj = tg.extract(model, examples, components=True)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+from trajgeo.trajectories import Trajectories, concat, load  # noqa: E402
+
+# Submodules and heavy entry points load on first use: `import trajgeo` must stay fast (no torch).
+_SUBMODULES = {
+    "datasets", "geometry", "lens", "models", "plotting", "probes", "projections",
+    "senses", "stats", "toy", "cli",
+}
+_ATTRS = {
+    "load_model": ("trajgeo.models", "load_model"),
+    "extract": ("trajgeo.extract", "extract"),
+}
+
+__all__ = ["Trajectories", "concat", "load", "load_model", "extract", *sorted(_SUBMODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ATTRS:
+        mod, attr = _ATTRS[name]
+        return getattr(importlib.import_module(mod), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"trajgeo.{name}")
+    raise AttributeError(f"module 'trajgeo' has no attribute {name!r}")

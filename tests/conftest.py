@@ -1,0 +1,169 @@
+"""Shared fixtures: tiny random models of every supported family, tokenizers of the three styles
+(byte-level BPE, SentencePiece-style unigram, WordPiece), the shipped real models and CoarseWSD-20."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+COARSEWSD = SHARED / "data" / "coarsewsd20"
+
+CORPUS = [
+    "i sat by the river bank and watched the water flow past the muddy shore",
+    "she went to the bank to deposit her salary into a savings account",
+    "the bank raised its interest rates on every loan this spring",
+    "fishermen lined the grassy bank of the slow brown river at dawn",
+    "a crane lifted steel beams while a crane waded in the marsh",
+    "he struck a match to light the candle before the tennis match",
+    "the pitcher threw a fast ball and the pitcher of lemonade was empty",
+    "banks and riverbanks, money and water: unbelievable tokenization",
+]
+
+DECODER_FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gemma2", "gemma3", "gpt_neox"]
+ENCODER_FAMILIES = ["bert", "roberta"]
+ALL_FAMILIES = DECODER_FAMILIES + ENCODER_FAMILIES
+
+
+def word_tokenizer():
+    """A fast word-level tokenizer over CORPUS's words (each word one token)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for line in CORPUS for w in line.replace(",", " ").replace(":", " ").split()})
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def trained_tokenizer(style: str):
+    """Tokenizers trained on CORPUS, small enough that many words split into several tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style == "bpe":  # GPT-2 style byte-level BPE
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        kw = dict(pad_token="<pad>")
+    elif style == "sentencepiece":  # Metaspace + unigram, as SentencePiece models
+        tk = Tokenizer(models.Unigram())
+        tk.pre_tokenizer = pre_tokenizers.Metaspace()
+        tk.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "<unk>"], unk_token="<unk>")
+        kw = dict(pad_token="<pad>", unk_token="<unk>")
+    elif style == "wordpiece":  # BERT style, lower-cased
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tk.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=150, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+        kw = dict(pad_token="[PAD]", unk_token="[UNK]")
+    else:
+        raise ValueError(style)
+    tk.train_from_iterator(CORPUS * 3, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, **kw)
+
+
+def tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
+    """A randomly initialised model of the given family (d_model 32, 4 heads)."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(num_hidden_layers=n_layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                  vocab_size=vocab_size, max_position_embeddings=128)
+    cfg = {
+        "gpt2": lambda: tf.GPT2Config(n_layer=n_layers, n_embd=32, n_head=4, vocab_size=vocab_size, n_positions=128),
+        "llama": lambda: tf.LlamaConfig(num_key_value_heads=2, **common),
+        "mistral": lambda: tf.MistralConfig(num_key_value_heads=2, **common),
+        "qwen2": lambda: tf.Qwen2Config(num_key_value_heads=2, **common),
+        "gemma2": lambda: tf.Gemma2Config(num_key_value_heads=2, head_dim=8, **common),
+        "gemma3": lambda: tf.Gemma3TextConfig(num_key_value_heads=2, head_dim=8, **common),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common),
+        "bert": lambda: tf.BertConfig(**common),
+        "roberta": lambda: tf.RobertaConfig(pad_token_id=0, **{**common, "max_position_embeddings": 130}),
+    }[family]()
+    for attr in ("bos_token_id", "eos_token_id"):
+        if getattr(cfg, attr, None) is not None and getattr(cfg, attr) >= vocab_size:
+            setattr(cfg, attr, 0)
+    if family in ENCODER_FAMILIES:
+        model = tf.AutoModelForMaskedLM.from_config(cfg)
+    else:
+        model = tf.AutoModelForCausalLM.from_config(cfg)
+    # random init leaves biases at zero; perturb every parameter so bias terms are exercised too
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+def span_frame(texts: list[str], target: str, occurrence: int = 0) -> pd.DataFrame:
+    """Examples with the char span of the occurrence-th whole-word match of target."""
+    import re
+
+    starts = []
+    for t in texts:
+        hits = [m.start() for m in re.finditer(rf"\b{re.escape(target)}\b", t)]
+        starts.append(hits[occurrence])
+    df = pd.DataFrame({"text": texts, "char_start": starts})
+    df["char_end"] = df["char_start"] + len(target)
+    df["target"] = target
+    df["word"] = target
+    return df
+
+
+@pytest.fixture(scope="session")
+def wtok():
+    return word_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def coarsewsd_dir() -> Path:
+    if not COARSEWSD.exists():
+        pytest.skip(f"CoarseWSD-20 sample not found at {COARSEWSD} (CI places ../shared beside the repo)")
+    return COARSEWSD
+
+
+def _shipped(name: str):
+    from trajgeo.models import SHIPPED_MODELS, load_model
+
+    package = SHIPPED_MODELS[name]["package"]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"shipped model package {package} is not installed (make install installs it)")
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return _shipped("smollm2")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _shipped("minilm")
+
+
+def balanced_bank(coarsewsd_dir: Path, per_sense: int, split: str = "train", seed: int = 0) -> pd.DataFrame:
+    """A class-balanced sample of CoarseWSD-20 `bank` examples, read straight from the raw files."""
+    root = coarsewsd_dir / "bank"
+    data = (root / f"{split}.data.txt").read_text().splitlines()
+    gold = (root / f"{split}.gold.txt").read_text().split()
+    rows = []
+    for line, g in zip(data, gold):
+        idx, sent = line.split("\t", 1)
+        toks = sent.split(" ")
+        start = len(" ".join(toks[: int(idx)])) + (1 if int(idx) > 0 else 0)
+        rows.append({"text": sent, "char_start": start, "char_end": start + len(toks[int(idx)]),
+                     "sense": "finance" if g == "0" else "river", "word": "bank"})
+    df = pd.DataFrame(rows)
+    rng = np.random.default_rng(seed)
+    parts = [g.iloc[rng.permutation(len(g))[:per_sense]] for _, g in df.groupby("sense")]
+    return pd.concat(parts, ignore_index=True)

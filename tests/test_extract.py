@@ -1,0 +1,299 @@
+"""Extraction: the decomposition identity per adapter, invariances, alignment, errors, storage, resume."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import trajgeo as tg
+from trajgeo.extract import AlignmentError, align_targets
+from trajgeo.models import load_model
+
+from conftest import ALL_FAMILIES, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer, word_tokenizer
+
+TEXTS = [
+    "i sat by the river bank and watched the water flow past the muddy shore",
+    "she went to the bank to deposit her salary into a savings account",
+    "the bank raised its interest rates on every loan this spring",
+    "fishermen lined the grassy bank of the slow brown river at dawn",
+]
+
+
+@pytest.fixture(scope="module")
+def bank_examples() -> pd.DataFrame:
+    return span_frame(TEXTS, "bank")
+
+
+@pytest.fixture(scope="module", params=ALL_FAMILIES)
+def family_model(request, wtok):
+    return request.param, load_model((tiny_model(request.param, len(wtok)), wtok))
+
+
+def _hf_hidden(lm, text: str, pos: int) -> np.ndarray:
+    enc = lm.tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        hs = lm.model(**enc, output_hidden_states=True).hidden_states
+    return torch.stack([h[0, pos] for h in hs]).numpy()
+
+
+def test_components_sum_to_residual_for_every_adapter(family_model, bank_examples):
+    family, lm = family_model
+    heads = family in ("gpt2", "llama", "mistral", "qwen2", "gpt_neox")
+    traj = tg.extract(lm, bank_examples, components=True, heads=heads, progress=False)
+    s, attn, mlp = traj.states, traj.components["attn"], traj.components["mlp"]
+    # block_output[l] = block_input[l] + attn[l] + mlp[l], block_input[1] = embedding (+ position)
+    recon = traj.aux["block_input"][:, None] + np.cumsum(attn + mlp, axis=1)
+    assert np.abs(recon - s[:, 1:]).max() <= 1e-4 * np.abs(s[:, 1:]).max()
+    if heads:
+        # heads add up to the attention write minus the output projection's bias
+        proj = lm.adapter.head_proj[0]
+        bias = proj.bias.detach().numpy() if getattr(proj, "bias", None) is not None else 0.0
+        assert np.allclose(traj.components["heads"][:, 0].sum(1) + bias, attn[:, 0], atol=1e-5)
+
+
+def test_point0_is_the_scaled_token_embedding_row(family_model, bank_examples):
+    _, lm = family_model
+    traj = tg.extract(lm, bank_examples, progress=False)
+    row = lm.adapter.embed.weight[lm.tokenizer.convert_tokens_to_ids("bank")].detach().numpy()
+    np.testing.assert_allclose(traj.states[:, 0], np.broadcast_to(row * lm.adapter.embed_scale, traj.states[:, 0].shape),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_intermediate_points_match_hugging_face_hidden_states(family_model, bank_examples):
+    family, lm = family_model
+    traj = tg.extract(lm, bank_examples.iloc[:1], progress=False, final_norm=lm.adapter.final_norm is not None)
+    pos = int(traj.meta["token_start"][0])
+    hf = _hf_hidden(lm, TEXTS[0], pos)
+    np.testing.assert_allclose(traj.states[0, 1:-1], hf[1:-1], rtol=1e-4, atol=1e-5)
+    if lm.adapter.final_norm is not None:
+        # HF's last hidden state is final-normed: we keep the raw residual, and offer the normed view
+        np.testing.assert_allclose(traj.aux["final_normed"][0], hf[-1], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(traj.states[0, -1], hf[-1], atol=1e-3)
+    else:
+        np.testing.assert_allclose(traj.states[0, -1], hf[-1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_states_do_not_depend_on_batch_companions(family_model, bank_examples, padding_side):
+    _, lm = family_model
+    alone = tg.extract(lm, bank_examples.iloc[[2]], progress=False, components=True)
+    long_texts = [" ".join(CORPUS[:3]) + " the bank", TEXTS[2], " ".join(CORPUS) + " the bank"]
+    batch = span_frame(long_texts, "bank", occurrence=-1)
+    batch.loc[1] = bank_examples.iloc[2]
+    together = tg.extract(lm, batch, progress=False, components=True, batch_size=3, padding_side=padding_side)
+    scale = np.abs(alone.states).max()
+    assert np.abs(together.states[1] - alone.states[0]).max() <= 1e-4 * scale
+    assert np.abs(together.components["mlp"][1] - alone.components["mlp"][0]).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_causal_truncation_leaves_states_unchanged(family, wtok, bank_examples):
+    lm = load_model((tiny_model(family, len(wtok)), wtok))
+    cut = tg.extract(lm, bank_examples, progress=False)
+    full = tg.extract(lm, bank_examples, progress=False, truncate=False)
+    assert (cut.meta["n_tokens"] < full.meta["n_tokens"]).all()
+    np.testing.assert_allclose(cut.states, full.states, rtol=1e-5, atol=1e-5)
+
+
+def test_max_point_stops_after_that_block(wtok, bank_examples):
+    lm = load_model((tiny_model("llama", len(wtok), n_layers=4), wtok))
+    full = tg.extract(lm, bank_examples, progress=False, components=True)
+    part = tg.extract(lm, bank_examples, progress=False, components=True, max_point=2)
+    assert part.states.shape[1] == 3 and part.components["attn"].shape[1] == 2
+    np.testing.assert_allclose(part.states, full.states[:, :3], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("style", ["bpe", "sentencepiece", "wordpiece"])
+def test_alignment_single_and_multi_token_targets(style):
+    tok = trained_tokenizer(style)
+    texts = [CORPUS[0], CORPUS[7], CORPUS[7]]
+    df = pd.DataFrame({"text": texts})
+    targets = ["bank", "unbelievable", "riverbanks"]
+    df["char_start"] = [t.index(w) for t, w in zip(texts, targets)]
+    df["char_end"] = df["char_start"] + [len(w) for w in targets]
+    df["example"] = range(3)
+    aligned, _ = align_targets(tok, df, causal=True)
+    for a, w in zip(aligned, targets):
+        assert tok.decode(a.target_ids).strip().lower() == w
+    # the rare word splits into several tokens with this small vocabulary
+    assert len(aligned[1].target_ids) > 1
+
+
+@pytest.mark.parametrize("pool", ["first", "last", "mean"])
+def test_multi_token_pooling(pool):
+    tok = trained_tokenizer("bpe")
+    lm = load_model((tiny_model("gpt2", len(tok)), tok))
+    df = pd.DataFrame({"text": [CORPUS[7]], "char_start": [CORPUS[7].index("unbelievable")]})
+    df["char_end"] = df["char_start"] + len("unbelievable")
+    traj = tg.extract(lm, df, pool=pool, progress=False)
+    start, end = int(traj.meta["token_start"][0]), int(traj.meta["token_end"][0])
+    ids = tok(CORPUS[7])["input_ids"]
+    hf = np.stack([_hf_hidden(lm, CORPUS[7], p) for p in range(start, end)])  # (k, points, d)
+    expected = {"first": hf[0], "last": hf[-1], "mean": hf.mean(0)}[pool]
+    np.testing.assert_allclose(traj.states[0, 1:-1], expected[1:-1], rtol=1e-4, atol=1e-5)
+    emb = lm.adapter.embed.weight.detach().numpy()[ids[start:end]]
+    np.testing.assert_allclose(traj.states[0, 0], {"first": emb[0], "last": emb[-1], "mean": emb.mean(0)}[pool],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_misaligned_span_raises_naming_the_example(wtok):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    df = span_frame(TEXTS, "bank")
+    df.loc[1, "char_end"] = df.loc[1, "char_start"] + 3  # "ban": part of a token
+    with pytest.raises(AlignmentError, match="example 1.*'ban'"):
+        tg.extract(lm, df, progress=False)
+
+
+def test_span_on_whitespace_covers_no_token(wtok):
+    df = pd.DataFrame({"example": [7], "text": ["the  bank"], "char_start": [3], "char_end": [5]})
+    with pytest.raises(AlignmentError, match="example 7.*covers no token"):
+        align_targets(wtok, df, causal=True)
+
+
+def test_long_texts_are_windowed_with_a_warning(wtok):
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    texts = [" ".join(["the river"] * 40) + " bank", "the bank"]
+    df = span_frame(texts, "bank")
+    with pytest.warns(UserWarning, match="1 example"):
+        traj = tg.extract(lm, df, progress=False, max_length=16)
+    assert traj.meta["n_tokens"].tolist() == [16, 2] and traj.meta["windowed"].tolist() == [True, False]
+    # the window ends at the target: the same as extracting the last 16 words directly
+    direct = tg.extract(lm, span_frame([" ".join(texts[0].split()[-16:])], "bank"), progress=False)
+    np.testing.assert_allclose(traj.states[0], direct.states[0], rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_window_is_centred_on_the_target(wtok):
+    lm = load_model((tiny_model("bert", len(wtok)), wtok))
+    text = " ".join(["river"] * 30) + " bank " + " ".join(["water"] * 30)
+    with pytest.warns(UserWarning):
+        traj = tg.extract(lm, span_frame([text], "bank"), progress=False, max_length=11)
+    # [CLS] + 9 words + [SEP]? the word tokenizer adds no specials: 11 words centred on the target
+    assert int(traj.meta["token_start"][0]) == 5
+
+
+def test_unsupported_arguments_give_clear_errors(wtok, bank_examples):
+    lm = load_model((tiny_model("gemma3", len(wtok)), wtok))
+    with pytest.raises(ValueError, match="per-head writes are not available for the 'gemma'"):
+        tg.extract(lm, bank_examples, heads=True, progress=False)
+    with pytest.raises(ValueError, match="pool must be"):
+        tg.extract(lm, bank_examples, pool="max", progress=False)
+    with pytest.raises(ValueError, match="max_point must be in 0..3"):
+        tg.extract(lm, bank_examples, max_point=9, progress=False)
+
+
+def test_store_round_trip_equals_memory(tmp_path, wtok, bank_examples):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    mem = tg.extract(lm, bank_examples, components=True, heads=True, chunk_size=3, progress=False)
+    path = tmp_path / "bank.zarr"
+    stored = tg.extract(lm, bank_examples, components=True, heads=True, store=path, chunk_size=3, progress=False)
+    back = tg.load(path)
+    for t in (stored, back):
+        np.testing.assert_array_equal(t.states, mem.states)
+        np.testing.assert_array_equal(t.components["heads"], mem.components["heads"])
+        np.testing.assert_array_equal(t.aux["block_input"], mem.aux["block_input"])
+        pd.testing.assert_frame_equal(t.meta, mem.meta)
+    assert back.model_info["n_layers"] == 3 and back.model_info["architecture"] == "gpt2"
+    assert not (tmp_path / "bank.zarr.partial").exists()
+    # float16 storage is within half-precision rounding
+    half = tg.extract(lm, bank_examples, store=tmp_path / "half.zarr", storage_dtype="float16", chunk_size=3,
+                      progress=False)
+    np.testing.assert_allclose(half.states, mem.states, rtol=2e-3, atol=2e-3)
+
+
+def test_interrupted_run_resumes_and_leaves_nothing_complete_looking(tmp_path, wtok, monkeypatch):
+    ex_mod = importlib.import_module("trajgeo.extract")  # `tg.extract` is the function
+
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    df = span_frame(TEXTS * 3, "bank")
+    path = tmp_path / "run.zarr"
+    calls = {"n": 0}
+    real = ex_mod._run_batch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex_mod, "_run_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        tg.extract(lm, df, store=path, chunk_size=4, batch_size=2, progress=False)
+    assert not path.exists() and (tmp_path / "run.zarr.partial").exists()
+    with pytest.raises(FileNotFoundError, match="resume"):
+        tg.load(path)
+    counted = {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex_mod, "_run_batch", counting)
+    resumed = tg.extract(lm, df, store=path, chunk_size=4, batch_size=2, progress=False)
+    assert counted["n"] == 4  # chunk 0 (2 batches) was done; chunks 1 and 2 remain
+    fresh = tg.extract(lm, df, chunk_size=4, batch_size=2, progress=False)
+    np.testing.assert_array_equal(resumed.states, fresh.states)
+
+
+def test_existing_store_is_returned_or_refused(tmp_path, wtok, bank_examples):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    path = tmp_path / "s.zarr"
+    first = tg.extract(lm, bank_examples, store=path, progress=False)
+    again = tg.extract(lm, bank_examples, store=path, progress=False)  # same job: the store is reused
+    np.testing.assert_array_equal(first.states, again.states)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tg.extract(lm, bank_examples.iloc[:2], store=path, progress=False)
+
+
+def test_trajectories_subsetting_concat_and_long_frame(wtok, bank_examples):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    traj = tg.extract(lm, bank_examples, components=True, progress=False)
+    sub = traj[traj.meta["text"].str.contains("river")]
+    assert sub.meta["example"].tolist() == [0, 3]
+    np.testing.assert_array_equal(sub.states, traj.states[[0, 3]])
+    both = tg.concat([traj[[0, 1]], traj[[2, 3]]])
+    np.testing.assert_array_equal(both.states, traj.states)
+    with pytest.raises(ValueError, match="renumber"):
+        tg.concat([traj, traj])
+    pts = traj.select_points([0, 3])
+    long = pts.to_frame()
+    assert len(long) == 8 and set(long["point"]) == {0, 3}
+    np.testing.assert_allclose(long["value"].to_numpy(), np.linalg.norm(pts.states, axis=-1).reshape(-1), rtol=1e-6)
+
+
+def _loo_nearest_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Brute force: per point, classify each example by the nearest (cosine) centroid built without it."""
+    acc = []
+    for p in range(states.shape[1]):
+        x = states[:, p] - states[:, p].mean(0)
+        right = 0
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            cos = {}
+            for s in np.unique(labels):
+                c = x[keep & (labels == s)].mean(0)
+                cos[s] = x[i] @ c / (np.linalg.norm(x[i]) * np.linalg.norm(c) + 1e-12)
+            best = max(cos.values())
+            winners = [s for s, v in cos.items() if np.isclose(v, best, atol=1e-6)]
+            right += (winners == [labels[i]])  # a tie is no answer: chance, not credit
+        acc.append(right / len(x))
+    return np.array(acc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["smollm2", "minilm"])
+def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
+    from conftest import balanced_bank
+
+    lm = request.getfixturevalue(which)
+    df = balanced_bank(coarsewsd_dir, per_sense=20)
+    traj = tg.extract(lm, df, components=True, progress=False)
+    s, a, m = traj.states, traj.components["attn"], traj.components["mlp"]
+    recon = traj.aux["block_input"][:, None] + np.cumsum(a + m, 1)
+    assert np.abs(recon - s[:, 1:]).max() <= 1e-4 * np.abs(s).max()
+    acc = _loo_nearest_centroid_accuracy(s, df["sense"].to_numpy())
+    assert acc[0] <= 0.6  # every context shares the embedding: nothing to tell senses apart
+    assert acc[1:].max() >= 0.8

@@ -112,3 +112,29 @@ def test_shipped_smollm2_is_a_30_layer_llama(smollm2):
 def test_shipped_minilm_is_a_headless_6_layer_encoder(minilm):
     assert minilm.n_layers == 6 and minilm.d_model == 384 and minilm.adapter.post_ln
     assert minilm.adapter.unembed is None  # no random LM head is invented for it
+
+
+def test_gguf_cache_round_trip_gives_identical_weights(tmp_path, monkeypatch, wtok):
+    """A GGUF-like load is cached as safetensors; the cached load has the same fingerprint."""
+    import trajgeo.models as models
+
+    model = tiny_model("llama", len(wtok))
+    calls = {"n": 0}
+
+    real = models._from_pretrained
+
+    def fake_from_pretrained(where, name, source, dtype, device, trust, gguf_file=None, **kw):
+        if gguf_file is not None:  # stands in for de-quantising a GGUF file
+            calls["n"] += 1
+            return models._finish(model, wtok, name, source, device)
+        return real(where, name, source, dtype, device, trust, **kw)
+
+    monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_from_pretrained", fake_from_pretrained)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    first = models.load_model(gguf)
+    second = models.load_model(gguf)
+    assert calls["n"] == 1  # the second load came from the cache
+    assert second.fingerprint() == first.fingerprint()
+    assert not list((tmp_path / "cache" / "models").glob("*.tmp*"))

@@ -397,6 +397,54 @@ def _from_pretrained(where: str, name: str, source: str, torch_dtype: Any, devic
     return _finish(model, tokenizer, name, source, device)
 
 
+def _load_gguf(path: Path, name: str, source: str, torch_dtype: Any, device: Any,
+               trust_remote_code: bool) -> LoadedModel:
+    """Load a GGUF file, through a cache of its de-quantised weights as safetensors.
+
+    De-quantising SmolLM2 takes about 20 s, loading the cached safetensors under a second; the
+    cache is keyed by the file's name, size and modification time and the transformers version,
+    written atomically, and skipped when ``TRAJGEO_MODEL_CACHE=0``.
+    """
+    import copy
+
+    import transformers as tf
+
+    if os.environ.get("TRAJGEO_MODEL_CACHE", "1") == "0":
+        return _from_pretrained(str(path.parent), name, source, torch_dtype, device, trust_remote_code,
+                                gguf_file=path.name)
+    st = path.stat()
+    key = hashlib.blake2b(f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{tf.__version__}".encode(),
+                          digest_size=8).hexdigest()
+    cached = cache_dir() / "models" / f"{path.stem}-{key}"
+    if (cached / "model.safetensors").exists():
+        lm = _from_pretrained(str(cached), name, source, torch_dtype, device, trust_remote_code)
+        return lm
+    import torch
+    from safetensors.torch import save_model
+
+    lm = _from_pretrained(str(path.parent), name, source, torch.float32, None, trust_remote_code,
+                          gguf_file=path.name)
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(lm.model.config)
+        if hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")  # the weights are plain floats now
+        config.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        save_model(lm.model, str(tmp / "model.safetensors"))
+        os.replace(tmp, cached)
+    except OSError:  # another process got there first, or the disk is full: the model is loaded anyway
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    if torch_dtype != torch.float32:
+        lm.model.to(torch_dtype)
+    if device is not None:
+        lm.model.to(device)
+    return lm
+
+
 def _finish(model: Any, tokenizer: Any, name: str, source: str, device: Any) -> LoadedModel:
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{name}: trajgeo needs a fast tokenizer (character offsets); got {type(tokenizer).__name__}")
@@ -445,15 +493,13 @@ def load_model(
     if text in SHIPPED_MODELS:
         path = shipped_model_path(text)
         if path.suffix == ".gguf":
-            return _from_pretrained(str(path.parent), text, f"shipped:{text}", torch_dtype, device,
-                                    trust_remote_code, gguf_file=path.name)
+            return _load_gguf(path, text, f"shipped:{text}", torch_dtype, device, trust_remote_code)
         return _from_pretrained(str(path), text, f"shipped:{text}", torch_dtype, device, trust_remote_code)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
-        return _from_pretrained(str(path.parent), path.stem, str(path), torch_dtype, device, trust_remote_code,
-                                gguf_file=path.name)
+        return _load_gguf(path, path.stem, str(path), torch_dtype, device, trust_remote_code)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} is a folder but holds no config.json (not a transformers model)")

@@ -167,3 +167,22 @@ def balanced_bank(coarsewsd_dir: Path, per_sense: int, split: str = "train", see
     rng = np.random.default_rng(seed)
     parts = [g.iloc[rng.permutation(len(g))[:per_sense]] for _, g in df.groupby("sense")]
     return pd.concat(parts, ignore_index=True)
+
+
+def brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Brute force: per point, classify each example by the nearest (cosine) centroid built without it."""
+    acc = []
+    for p in range(states.shape[1]):
+        x = states[:, p] - states[:, p].mean(0)
+        right = 0
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            cos = {}
+            for s in np.unique(labels):
+                c = x[keep & (labels == s)].mean(0)
+                cos[s] = x[i] @ c / (np.linalg.norm(x[i]) * np.linalg.norm(c) + 1e-12)
+            best = max(cos.values())
+            winners = [s for s, v in cos.items() if np.isclose(v, best, atol=1e-6)]
+            right += (winners == [labels[i]])  # a tie is no answer: chance, not credit
+        acc.append(right / len(x))
+    return np.array(acc)

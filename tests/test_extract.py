@@ -13,7 +13,7 @@ import trajgeo as tg
 from trajgeo.extract import AlignmentError, align_targets
 from trajgeo.models import load_model
 
-from conftest import ALL_FAMILIES, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer, word_tokenizer
+from conftest import ALL_FAMILIES, brute_loo_centroid_accuracy, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer, word_tokenizer
 
 TEXTS = [
     "i sat by the river bank and watched the water flow past the muddy shore",
@@ -264,25 +264,6 @@ def test_trajectories_subsetting_concat_and_long_frame(wtok, bank_examples):
     np.testing.assert_allclose(long["value"].to_numpy(), np.linalg.norm(pts.states, axis=-1).reshape(-1), rtol=1e-6)
 
 
-def _loo_nearest_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Brute force: per point, classify each example by the nearest (cosine) centroid built without it."""
-    acc = []
-    for p in range(states.shape[1]):
-        x = states[:, p] - states[:, p].mean(0)
-        right = 0
-        for i in range(len(x)):
-            keep = np.arange(len(x)) != i
-            cos = {}
-            for s in np.unique(labels):
-                c = x[keep & (labels == s)].mean(0)
-                cos[s] = x[i] @ c / (np.linalg.norm(x[i]) * np.linalg.norm(c) + 1e-12)
-            best = max(cos.values())
-            winners = [s for s, v in cos.items() if np.isclose(v, best, atol=1e-6)]
-            right += (winners == [labels[i]])  # a tie is no answer: chance, not credit
-        acc.append(right / len(x))
-    return np.array(acc)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["smollm2", "minilm"])
 def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
@@ -294,6 +275,6 @@ def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
     s, a, m = traj.states, traj.components["attn"], traj.components["mlp"]
     recon = traj.aux["block_input"][:, None] + np.cumsum(a + m, 1)
     assert np.abs(recon - s[:, 1:]).max() <= 1e-4 * np.abs(s).max()
-    acc = _loo_nearest_centroid_accuracy(s, df["sense"].to_numpy())
+    acc = brute_loo_centroid_accuracy(s, df["sense"].to_numpy())
     assert acc[0] <= 0.6  # every context shares the embedding: nothing to tell senses apart
     assert acc[1:].max() >= 0.8

@@ -325,6 +325,8 @@ def extract(
     Trajectories
         states of shape (n_examples, n_points, d_model), point 0 = the token embedding (times the
         model's embedding scale; no position embedding), point l = raw residual after block l.
+        In a multi-process run, rank 0 returns the finished store's trajectories and the other
+        ranks return None.
     """
     import torch
     from tqdm.auto import tqdm
@@ -378,6 +380,8 @@ def extract(
     meta["windowed"] = [x.windowed for x in aligned]
 
     rank, world_size = _distributed(rank, world_size)
+    if world_size > 1 and store is None:
+        raise ValueError(f"extraction across {world_size} processes needs store=: each process writes its share there")
     writer = None
     if store is not None:
         resume_key = _resume_key(lm, df, options)

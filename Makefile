@@ -32,8 +32,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+BENCH_STAMP := $(VENV)/.trajgeo-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+figures: $(STAMP)
+	$(PY) figures/make_all.py
 
 clean:
 	rm -rf $(VENV) runs results report .pytest_cache

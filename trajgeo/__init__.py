@@ -23,7 +23,7 @@ from trajgeo.models import load_model  # noqa: E402
 # Submodules and heavy entry points load on first use: `import trajgeo` must stay fast (no torch).
 _SUBMODULES = {
     "datasets", "geometry", "lens", "models", "plotting", "probes", "projections",
-    "senses", "stats", "toy", "cli",
+    "senses", "stats", "toy", "cli", "report",
 }
 _ATTRS: dict[str, tuple[str, str]] = {}
 

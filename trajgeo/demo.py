@@ -1,6 +1,9 @@
 """`make demo`: the main job on the built-in default (SmolLM2, the built-in polysemy set).
 
-Run as ``python -m trajgeo.demo [--model smollm2] [--words bank] [--out runs/demo]``.
+Extracts every built-in word with SmolLM2 (components and heads included), runs the standard
+analyses, draws the eight standard figures and writes ``report/index.html``; prints the per-point
+table for ``bank`` and the summary per word. Run as
+``python -m trajgeo.demo [--model smollm2] [--words bank,bass] [--out report]``.
 """
 
 from __future__ import annotations
@@ -69,23 +72,28 @@ def per_point_table(traj: "object", labels: str = "sense") -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     import trajgeo as tg
+    from trajgeo import report
 
     parser = argparse.ArgumentParser(prog="python -m trajgeo.demo", description=__doc__)
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--words", default="bank", help="comma-separated built-in words (default: bank)")
-    parser.add_argument("--out", default="runs/demo", type=Path)
+    parser.add_argument("--model", default="smollm2", help="any model trajgeo.load_model accepts (default: smollm2)")
+    parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all of them)")
+    parser.add_argument("--out", default="report", type=Path, help="report folder (default: report)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     t0 = time.time()
-    model = tg.load_model(args.model)
-    examples = tg.datasets.builtin(args.words.split(","))
-    store = args.out / f"{args.model}-{args.words.replace(',', '_')}.zarr"
-    traj = tg.extract(model, examples, components=True, store=store)
-    table = per_point_table(traj)
-    print(f"\n{args.model}: {traj.n_examples} examples of {args.words!r}, senses "
-          f"{dict(traj.meta['sense'].value_counts())}; trajectories stored in {store}\n")
-    with pd.option_context("display.width", 120, "display.max_rows", 100):
+    examples = tg.datasets.builtin(args.words.split(",") if args.words else None)
+    index = report.build(args.model, examples, args.out, progress=not args.quiet)
+    traj = tg.load(args.out / "trajectories.zarr")
+    focus = "bank" if "bank" in set(traj.meta["word"]) else traj.meta["word"].iloc[0]
+    table = per_point_table(traj[(traj.meta["word"] == focus).to_numpy()])
+    summary = pd.read_parquet(args.out / "tables" / "summary.parquet")
+    with pd.option_context("display.width", 160, "display.max_rows", 100, "display.max_columns", 20):
+        print(f"\n{args.model}: {traj.n_examples} examples of {traj.meta['word'].nunique()} words; "
+              f"per point for {focus!r} ({dict(traj.meta.loc[traj.meta['word'] == focus, 'sense'].value_counts())}):\n")
         print(table.round(3).to_string(index=False))
-    print(f"\ndone in {time.time() - t0:.0f} s")
+        print("\nsummary per word:\n")
+        print(summary.drop(columns=["examples_per_sense"], errors="ignore").round(3).to_string(index=False))
+    print(f"\nreport written to {index} in {time.time() - t0:.0f} s")
     return 0
 
 

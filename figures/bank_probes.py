@@ -1,0 +1,8 @@
+"""Figure: the standard 'probes' figure of the bank walk-through (tables of analyses/bank.py)."""
+
+import sys
+
+from _common import standard
+
+if __name__ == "__main__":
+    sys.exit(standard("probes", analysis="bank"))

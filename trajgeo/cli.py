@@ -1,0 +1,169 @@
+"""The ``trajgeo`` command: extract trajectories, analyse a store, draw its figures, build a report.
+
+Examples
+--------
+::
+
+    trajgeo extract --model smollm2 --dataset builtin:bank --out runs/bank.zarr
+    trajgeo analyze runs/bank.zarr --model smollm2 --out runs/bank-tables
+    trajgeo figures runs/bank-tables --out runs/bank-figures
+    trajgeo report --model smollm2 --dataset builtin --out report
+
+Errors that a user can fix (a missing store, an unknown word, a model without an LM head asked for
+the lens) are printed as one line, ``trajgeo: error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = "Run 'trajgeo <command> --help' for the options of one command."
+
+
+def _add_extract_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="shipped model name (smollm2, minilm, gemma3-270m), hub name, local directory or "
+                        ".gguf file (default: smollm2)")
+    p.add_argument("--dataset", default="builtin",
+                   help="'builtin', 'builtin:bank[,bass...]', 'coarsewsd20:DIR:WORD[:SPLIT]', or a .jsonl/.csv "
+                        "file with text, target (or char_start/char_end) and sense columns (default: builtin)")
+    p.add_argument("--components", action="store_true",
+                   help="also store each block's attention and MLP write at the target (for attribution)")
+    p.add_argument("--heads", action="store_true", help="also store per-head attention writes (implies --components)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (default: 16)")
+    p.add_argument("--max-point", type=int, default=None, help="stop after this block (default: all blocks)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype of the model (default: float32)")
+    p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16"],
+                   help="dtype of the arrays on disk (default: float32)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="use at most this many examples (a stratified sample by word and sense)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``trajgeo`` command (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="trajgeo",
+        description="Geometry of transformer residual-stream trajectories: how a target token's vector moves "
+                    "from its context-free embedding to its resolved sense, layer by layer.",
+        epilog=_EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    p = sub.add_parser("extract", help="extract target-token trajectories into a Zarr store",
+                       description="Run the model over the examples and store each target token's residual "
+                                   "vector at every point (0 = token embedding, l = after block l). An interrupted "
+                                   "run resumes where it stopped.")
+    _add_extract_options(p)
+    p.add_argument("--out", required=True, type=Path, help="the Zarr store to write, e.g. runs/bank.zarr")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing complete store")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("analyze", help="run the standard metric suite on a saved store (parquet tables)",
+                       description="Path geometry, population geometry, sense curves, commitment, superposition, "
+                                   "attribution (if components were stored), probes, projections and, given "
+                                   "--model, the logit lens. Writes one parquet table per analysis.")
+    p.add_argument("store", type=Path, help="a store written by 'trajgeo extract'")
+    p.add_argument("--out", type=Path, default=None, help="folder for the tables (default: <store>-tables)")
+    p.add_argument("--model", default=None,
+                   help="the model the store came from, needed for the logit lens (default: no lens)")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("figures", help="draw the standard figures from a folder of tables",
+                       description="Reads the tables written by 'trajgeo analyze' and writes each figure as "
+                                   "PDF and PNG. Never runs a model.")
+    p.add_argument("tables", type=Path, help="a folder written by 'trajgeo analyze'")
+    p.add_argument("--out", type=Path, default=None, help="folder for the figures (default: <tables>/../figures)")
+
+    p = sub.add_parser("report", help="extract, analyse and draw everything into one folder with index.html",
+                       description="The whole pipeline: extraction (cached in <out>/trajectories.zarr), the "
+                                   "metric suite, every figure, a summary table and an index.html that shows them.")
+    _add_extract_options(p)
+    p.add_argument("--out", type=Path, default=Path("report"), help="report folder (default: report)")
+    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _examples(args: argparse.Namespace):
+    from trajgeo import datasets
+
+    df = datasets.load_dataset(args.dataset)
+    if args.max_examples is not None and len(df) > args.max_examples:
+        from trajgeo.report import stratified_sample
+
+        df = stratified_sample(df, args.max_examples, random_state=0)
+    return df
+
+
+def _run(args: argparse.Namespace) -> int:
+    import trajgeo as tg
+
+    if args.command == "extract":
+        examples = _examples(args)  # a bad dataset fails before the model is loaded
+        model = tg.load_model(args.model, dtype=args.dtype, device=args.device)
+        traj = tg.extract(model, examples, components=args.components or args.heads, heads=args.heads,
+                          store=args.out, batch_size=args.batch_size, max_point=args.max_point,
+                          storage_dtype=args.storage_dtype, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"{traj.n_examples} trajectories of {traj.n_points} points (d_model {traj.d_model}) in {args.out}")
+        return 0
+
+    from trajgeo import report
+
+    if args.command == "analyze":
+        if not args.store.exists():
+            raise FileNotFoundError(f"no store at {args.store} (write one with 'trajgeo extract')")
+        out = args.out or args.store.with_name(args.store.name.removesuffix(".zarr") + "-tables")
+        model = tg.load_model(args.model) if args.model else None
+        if model is not None and model.adapter.unembed is None:
+            raise ValueError(f"model {args.model!r} has no LM head: the logit lens needs an unembedding "
+                             "(run analyze without --model to skip the lens)")
+        tables = report.analyze(tg.load(args.store), model=model, out=out, random_state=args.random_state,
+                                progress=not args.quiet)
+        print(f"{len(tables)} tables in {out}: {', '.join(sorted(tables))}")
+        return 0
+    if args.command == "figures":
+        if not args.tables.is_dir():
+            raise FileNotFoundError(f"no tables folder at {args.tables} (write one with 'trajgeo analyze')")
+        out = args.out or args.tables.parent / "figures"
+        paths = report.figures(args.tables, out)
+        print(f"{len(paths)} figures in {out}")
+        return 0
+    if args.command == "report":
+        examples = _examples(args)
+        index = report.build(args.model, examples, args.out, components=True, heads=True,
+                             dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                             random_state=args.random_state, progress=not args.quiet)
+        print(f"report: {index}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trajgeo`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _run(args)
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError, ImportError) as exc:
+        # what the user can fix gets one line, not a traceback
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"trajgeo: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trajgeo: interrupted; run the same command again to resume the extraction", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""Senses: leave-one-out prototypes and margins against brute force, planted commitment and
+superposition, reference choice, directions, the attribution identity, lazy (dask) equality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import trajgeo as tg
+from trajgeo import senses
+from trajgeo.geometry import PointNormalizer
+from trajgeo.models import load_model
+
+from conftest import CORPUS, balanced_bank, span_frame, tiny_model
+
+
+# ============================================================== data makers
+def random_traj(seed: int = 0, n_points: int = 4, d: int = 6) -> tg.Trajectories:
+    """Two words: "w" with three senses (unequal counts), "v" with two; random states."""
+    rng = np.random.default_rng(seed)
+    meta = pd.DataFrame(
+        {
+            "word": ["w"] * 9 + ["v"] * 7,
+            "sense": list("aaaabbccc") + list("xxxyyyy"),
+        }
+    )
+    meta["example"] = np.arange(100, 100 + len(meta))  # ids need not be positions
+    states = rng.normal(size=(len(meta), n_points, d)) + 0.5
+    return tg.Trajectories(states.astype(np.float32), meta)
+
+
+def planted(
+    n_per_sense: int = 40,
+    n_points: int = 9,
+    d: int = 8,
+    start: str = "middle",
+    noise: float = 0.05,
+    seed: int = 0,
+) -> tuple[tg.Trajectories, np.ndarray]:
+    """Paths that start from one shared point, lean toward the wrong sense, then commit at a known point.
+
+    Senses "A" and "B" resolve to the orthonormal directions u_A = e0 and u_B = e1. Point 0 is the
+    same for every example: halfway between them (``start="middle"``) or on u_A (``"on_sense"``).
+    Points 1..k-1 lean toward the wrong sense; from point k on the path moves onto its own sense.
+    k is drawn per example in 2..n_points-2 and returned.
+    """
+    rng = np.random.default_rng(seed)
+    n = 2 * n_per_sense
+    own = np.repeat([0, 1], n_per_sense)
+    u = np.eye(d)[:2]
+    u_own, u_wrong = u[own], u[1 - own]
+    x0 = (u[0] + u[1]) / 2 if start == "middle" else u[0]
+    k = rng.integers(2, n_points - 1, size=n)
+    states = np.empty((n, n_points, d))
+    states[:, 0] = x0
+    for p in range(1, n_points):
+        lean = x0 + 0.45 * (u_wrong - u_own)  # closer to the wrong sense
+        a = np.minimum(0.7 + 0.1 * (p - k), 1.0)[:, None]  # 0.7 at k, growing to 1
+        go = (1 - a) * x0 + a * u_own
+        states[:, p] = np.where((p < k)[:, None], lean, go) + noise * rng.normal(size=(n, d))
+    meta = pd.DataFrame({"word": "w", "sense": np.array(["A", "B"])[own]})
+    return tg.Trajectories(states.astype(np.float32), meta), k
+
+
+# ============================================================== brute force
+def brute_normalise(states: np.ndarray, method: str | None, ref: int | None) -> np.ndarray:
+    """Loop reference: statistics of the reference point applied at every point (or per point)."""
+    x = states.astype(np.float64)
+    if method is None:
+        return x
+    out = np.empty_like(x)
+    for p in range(x.shape[1]):
+        base = x[:, p if ref is None else ref]
+        mu = base.mean(0)
+        out[:, p] = x[:, p] - mu
+        if method == "standardize":
+            out[:, p] /= np.maximum(base.std(0), 1e-6)
+    return out
+
+
+def brute_cos_margin(traj: tg.Trajectories, method: str | None, reference) -> tuple[dict, np.ndarray]:
+    """cos[(i, l, sense)] and margin[i, l] by explicit loops and explicit leave-one-out prototypes."""
+    s = traj.states
+    ref = None if reference == "same" else (s.shape[1] - 1 if reference == "last" else int(reference))
+    z = brute_normalise(s, method, ref)
+    words, sens = traj.meta["word"].to_numpy(), traj.meta["sense"].to_numpy()
+    cos, margin = {}, np.full(s.shape[:2], np.nan)
+    for i in range(len(z)):
+        for l in range(z.shape[1]):
+            r = l if ref is None else ref
+            vals = {}
+            for sense in np.unique(sens[words == words[i]]):
+                members = [j for j in range(len(z)) if words[j] == words[i] and sens[j] == sense and j != i]
+                proto = z[members, r].mean(0)
+                vals[sense] = z[i, l] @ proto / (np.linalg.norm(z[i, l]) * np.linalg.norm(proto))
+                cos[(i, l, sense)] = vals[sense]
+            margin[i, l] = vals[sens[i]] - max(v for k, v in vals.items() if k != sens[i])
+    return cos, margin
+
+
+def brute_direction(z_ref: np.ndarray, words, sens, i: int) -> np.ndarray:
+    """Unit leave-one-out prototype direction of example i's sense, by loops."""
+    protos = {}
+    for sense in np.unique(sens[words == words[i]]):
+        members = [j for j in range(len(z_ref)) if words[j] == words[i] and sens[j] == sense and j != i]
+        protos[sense] = z_ref[members].mean(0)
+    d = protos[sens[i]] - np.mean([p for k, p in protos.items() if k != sens[i]], axis=0)
+    return d / np.linalg.norm(d)
+
+
+# ============================================================== tests
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+@pytest.mark.parametrize("reference", ["last", 1, "same"])
+def test_loo_cosines_and_margins_match_brute_force(normalize, reference):
+    traj = random_traj()
+    cos_b, margin_b = brute_cos_margin(traj, normalize, reference)
+    df = senses.curves(traj, reference=reference, normalize=normalize)
+    pos = {e: i for i, e in enumerate(traj.meta["example"])}
+    cos_rows = df[df.metric == "cos"]
+    got = {(pos[e], p, s): v for e, p, s, v in cos_rows[["example", "point", "to_sense", "value"]].itertuples(index=False)}
+    assert got.keys() == cos_b.keys()  # exactly the senses of each example's own word
+    np.testing.assert_allclose([got[k] for k in cos_b], list(cos_b.values()), rtol=1e-5, atol=1e-6)
+    m = df[df.metric == "margin"].pivot(index="example", columns="point", values="value")
+    np.testing.assert_allclose(m.loc[traj.meta["example"]].to_numpy(), margin_b, rtol=1e-5, atol=1e-6)
+
+
+def test_whitened_scores_use_one_normaliser_fitted_at_the_reference():
+    traj = random_traj(seed=3, d=5)
+    fitted = senses.prototypes(traj, normalize="whiten")
+    norm = PointNormalizer("whiten").fit(traj.states[:, [-1]])
+    n, p, d = traj.states.shape
+    z = norm.transform(traj.states.reshape(n * p, 1, d)).reshape(n, p, d)
+    np.testing.assert_allclose(fitted.prototypes_[0], z[fitted.fit_group_ == 0].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_curves_frame_follows_the_contract():
+    traj = random_traj()
+    df = senses.curves(traj)
+    assert list(df.columns) == ["example", "point", "word", "sense", "metric", "to_sense", "value"]
+    assert set(df.metric) == {"cos", "margin"}
+    assert df.loc[df.metric == "margin", "to_sense"].isna().all()
+    # w has 3 senses x 9 examples, v 2 senses x 7, per point; plus one margin per example and point
+    assert len(df) == (9 * 3 + 7 * 2 + 16) * traj.n_points
+    no_word = tg.Trajectories(traj.states, traj.meta.drop(columns="word"))
+    assert "word" not in senses.curves(no_word).columns  # one word: all senses compete
+
+
+def test_senses_compete_only_within_a_word():
+    traj = random_traj()
+    cos = senses.prototypes(traj).transform(traj)
+    w = (traj.meta["word"] == "w").to_numpy()
+    groups = senses.prototypes(traj).groups_
+    assert np.isnan(cos[np.ix_(w, range(traj.n_points), np.flatnonzero(groups.word == "v"))]).all()
+    assert not np.isnan(cos[np.ix_(w, range(traj.n_points), np.flatnonzero(groups.word == "w"))]).any()
+
+
+def test_an_example_is_never_scored_against_a_prototype_containing_itself():
+    # one example far out along its own axis: with itself in its prototype it would score ~1
+    traj = random_traj()
+    states = traj.states.copy()
+    states[0, :, 0] = 1e3
+    traj = tg.Trajectories(states, traj.meta)
+    cos = senses.prototypes(traj, normalize=None).transform(traj)
+    assert cos[0, -1, 0] < 0.9
+    without = senses.SensePrototypes(normalize=None, leave_one_out=False).fit(traj).transform(traj)
+    assert without[0, -1, 0] > 0.9
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_commitment_recovers_planted_point(normalize):
+    traj, k = planted()
+    out = senses.commitment(traj, reference="last", normalize=normalize)
+    assert list(out.columns) == ["example", "word", "sense", "commitment_point", "stable_point"]
+    np.testing.assert_array_equal(out["commitment_point"].to_numpy(), k)
+    np.testing.assert_array_equal(out["stable_point"].to_numpy(), k)
+
+
+def test_commitment_is_nan_when_the_last_point_is_not_committed():
+    traj, _ = planted(n_points=6)
+    states = traj.states.copy()
+    states[0, -1] = states[0, 0] + np.eye(8)[1 - 0] * 0.45 - np.eye(8)[0] * 0.45  # A ends leaning to B
+    out = senses.commitment(tg.Trajectories(states, traj.meta), normalize=None)
+    assert np.isnan(out.loc[0, "commitment_point"]) and np.isnan(out.loc[0, "stable_point"])
+    assert out["commitment_point"].iloc[1:].notna().all()
+
+
+def test_superposition_balance_is_near_one_between_senses_and_low_on_one():
+    middle = senses.superposition(planted(start="middle")[0])
+    assert list(middle.columns) == ["word", "sense", "cosine", "balance"]
+    np.testing.assert_allclose(middle["cosine"], np.sqrt(0.5), atol=0.03)
+    assert middle["balance"].iloc[0] > 0.95
+    on_a = senses.superposition(planted(start="on_sense")[0])
+    assert on_a["balance"].iloc[0] < 0.1
+    assert on_a.set_index("sense").loc["A", "cosine"] > 0.95
+
+
+def early_separable_wrong_heading(n_per_sense: int = 30, k: int = 5, n_points: int = 8, seed: int = 1):
+    """Sense A starts at +e2 leaning to B's final direction, sense B at -e2 leaning to A's; both
+    resolve onto their own sense from point k: separable from point 1, heading the wrong way."""
+    rng = np.random.default_rng(seed)
+    d = 6
+    own = np.repeat([0, 1], n_per_sense)
+    e = np.eye(d)
+    sign = np.where(own == 0, 1.0, -1.0)[:, None]
+    states = np.empty((2 * n_per_sense, n_points, d))
+    states[:, 0] = (e[0] + e[1]) / 2
+    for p in range(1, n_points):
+        early = sign * e[2] + 0.8 * e[1 - own]
+        states[:, p] = (early if p < k else e[own]) + 0.05 * rng.normal(size=(len(own), d))
+    meta = pd.DataFrame({"word": "w", "sense": np.array(["A", "B"])[own]})
+    return tg.Trajectories(states.astype(np.float32), meta)
+
+
+def test_same_reference_sees_early_separability_last_sees_the_wrong_heading():
+    traj = early_separable_wrong_heading(k=5)
+    same = senses.curves(traj, reference="same", normalize=None)
+    last = senses.curves(traj, reference="last", normalize=None)
+    early = lambda df: df[(df.metric == "margin") & df.point.between(1, 4)]["value"]  # noqa: E731
+    assert (early(same) > 0.5).all()
+    assert (early(last) < -0.3).all()
+    c_same = senses.commitment(traj, reference="same", normalize=None)["commitment_point"]
+    c_last = senses.commitment(traj, reference="last", normalize=None)["commitment_point"]
+    assert (c_same <= 1).all() and (c_last == 5).all()
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_reinforcement_projects_on_loo_prototype_directions(normalize):
+    traj = random_traj(seed=5)
+    df = senses.reinforcement(traj, normalize=normalize)
+    assert list(df.columns) == ["example", "point", "word", "sense", "metric", "value"]
+    z = brute_normalise(traj.states, normalize, traj.n_points - 1)
+    words, sens = traj.meta["word"].to_numpy(), traj.meta["sense"].to_numpy()
+    correct = np.stack([z[i] @ brute_direction(z[:, -1], words, sens, i) for i in range(len(z))])
+    got = df[df.metric == "correct"].pivot(index="example", columns="point", values="value")
+    np.testing.assert_allclose(got.loc[traj.meta["example"]].to_numpy(), correct, rtol=1e-5, atol=1e-6)
+    # the "v" word has two senses: the other sense's direction is minus the correct one
+    v = df[df.word == "v"].pivot_table(index=["example", "point"], columns="metric", values="value")
+    np.testing.assert_allclose(v["other"], -v["correct"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lda", "probe"])
+def test_learned_directions_point_from_one_sense_to_the_other(method):
+    traj, _ = planted(noise=0.2)
+    fitted = senses.prototypes(traj, normalize=None)
+    u = fitted.directions(traj, method, cv=4)
+    a = (traj.meta["sense"] == "A").to_numpy()
+    target = np.array([1.0, -1.0] + [0.0] * 6) / np.sqrt(2)
+    assert (u[a, 0] @ target > 0.8).all() and (u[~a, 1] @ -target > 0.8).all()
+    # cross-fitted: directions of different folds differ; a new example gets the full model's
+    assert len(np.unique(u[a, 0].round(6), axis=0)) == 4
+    new = tg.Trajectories(traj.states[:2], pd.DataFrame({"word": "w", "sense": ["A", "B"], "example": [-1, -2]}))
+    u_new = fitted.directions(new, method)
+    np.testing.assert_allclose(u_new[0, 0], u_new[1, 0])
+
+
+@pytest.fixture(scope="module")
+def tiny_components(wtok):
+    lm = load_model((tiny_model("llama", len(wtok), n_layers=3, seed=1), wtok))
+    bank = span_frame(CORPUS[:4], "bank")
+    bank["sense"] = ["river", "finance", "finance", "river"]
+    the = span_frame([c for c in CORPUS if " the " in f" {c} "][:6], "the")
+    the["sense"] = ["s1", "s2"] * 3
+    df = pd.concat([bank, the], ignore_index=True)
+    return tg.extract(lm, df, components=True, heads=True, progress=False)
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_attributions_add_up_to_the_change_of_the_projection(tiny_components, normalize):
+    traj = tiny_components
+    att = senses.attribution(traj, normalize=normalize)
+    assert list(att.columns) == ["example", "word", "sense", "layer", "component", "head", "attribution"]
+    assert set(att.component) == {"attn", "mlp", "head"} and (att.loc[att.component != "head", "head"] == -1).all()
+    # independent: loop LOO direction in normalised space, projections of the normalised endpoints
+    s = traj.states.astype(np.float64)
+    ref = s[:, -1]
+    mu, sd = ref.mean(0), (np.maximum(ref.std(0), 1e-6) if normalize == "standardize" else 1.0)
+    if normalize is None:
+        mu = 0.0
+    z_ref = (ref - mu) / sd
+    words, sens = traj.meta["word"].to_numpy(), traj.meta["sense"].to_numpy()
+    total = att[att.component != "head"].groupby("example")["attribution"].sum()
+    for i in range(traj.n_examples):
+        u = brute_direction(z_ref, words, sens, i)
+        change = ((s[i, -1] - mu) / sd - (traj.aux["block_input"][i] - mu) / sd) @ u
+        assert abs(total.loc[traj.meta["example"][i]] - change) <= 1e-4 * max(1.0, abs(change))
+    heads = att[att.component == "head"].groupby(["example", "layer"])["attribution"].sum()
+    attn = att[att.component == "attn"].set_index(["example", "layer"])["attribution"]
+    np.testing.assert_allclose(heads.loc[attn.index], attn, atol=1e-5)
+
+
+def test_attribution_identity_holds_for_learned_directions(tiny_components):
+    traj = tiny_components
+    att = senses.attribution(traj, direction="probe", normalize="standardize", cv=2)
+    fitted = senses.prototypes(traj)
+    u = fitted.directions(traj, "probe", cv=2)
+    own = pd.MultiIndex.from_frame(fitted.groups_[["word", "sense"]]).get_indexer(
+        pd.MultiIndex.from_frame(traj.meta[["word", "sense"]]))
+    norm = PointNormalizer("standardize").fit(traj.states[:, [-1]])
+    end = norm.transform(traj.states[:, [-1]])[:, 0]
+    start = norm.transform(traj.aux["block_input"][:, None])[:, 0]
+    change = np.einsum("nd,nd->n", end - start, u[np.arange(len(own)), own])
+    total = att[att.component != "head"].groupby("example")["attribution"].sum()
+    np.testing.assert_allclose(total.loc[traj.meta["example"]], change, atol=1e-4)
+
+
+def test_bad_input_gives_clear_errors(tiny_components):
+    traj = random_traj()
+    with pytest.raises(KeyError, match="nope"):
+        senses.curves(traj, labels="nope")
+    with pytest.raises(ValueError, match="reference point 9"):
+        senses.curves(traj, reference=9)
+    with pytest.raises(ValueError, match="reference"):
+        senses.curves(traj, reference="first")
+    with pytest.raises(KeyError, match="components"):
+        senses.attribution(traj)
+    with pytest.raises(ValueError, match="'same'"):
+        senses.attribution(tiny_components, reference="same")
+    with pytest.raises(ValueError, match="point 0"):
+        senses.superposition(traj.select_points([1, 2, 3]))
+    with pytest.raises(ValueError, match="direction"):
+        senses.reinforcement(traj, direction="pca")
+    meta = traj.meta.copy()
+    meta.loc[3, "sense"] = None
+    with pytest.raises(ValueError, match="missing for examples \\[103\\]"):
+        senses.curves(tg.Trajectories(traj.states, meta))
+
+
+def lazy_copy(traj: tg.Trajectories, tmp_path) -> tg.Trajectories:
+    traj.save(tmp_path / "t.zarr")
+    lazy = tg.load(tmp_path / "t.zarr", lazy=True)
+    # several chunks along examples, so that every sum really is taken chunk by chunk
+    rechunk = lambda a: a.rechunk((4,) + a.shape[1:])  # noqa: E731
+    return tg.Trajectories(
+        rechunk(lazy.states), lazy.meta, {k: rechunk(v) for k, v in lazy.components.items()},
+        {k: rechunk(v) for k, v in lazy.aux.items()}, lazy.points, lazy.model_info,
+    )
+
+
+@pytest.mark.parametrize("normalize,reference", [("standardize", "last"), ("whiten", "same"), (None, 2)])
+def test_lazy_store_gives_the_same_numbers_as_memory(tmp_path, normalize, reference):
+    traj = random_traj(seed=7)
+    lazy = lazy_copy(traj, tmp_path)
+    assert lazy.is_lazy and lazy.states.numblocks[0] > 1
+    mem_p = senses.prototypes(traj, normalize=normalize, reference=reference)
+    lazy_p = senses.prototypes(lazy, normalize=normalize, reference=reference)
+    np.testing.assert_allclose(lazy_p.sums_, mem_p.sums_, rtol=1e-6, atol=1e-6)
+    for fn in (senses.curves, senses.commitment):
+        a, b = fn(traj, normalize=normalize, reference=reference), fn(lazy, normalize=normalize, reference=reference)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    if reference != "same":
+        a = senses.reinforcement(traj, normalize=normalize, reference=reference)
+        b = senses.reinforcement(lazy, normalize=normalize, reference=reference)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_attribution_and_distributed_cluster_match_memory(tmp_path, tiny_components):
+    distributed = pytest.importorskip("distributed")
+    lazy = lazy_copy(tiny_components, tmp_path)
+    mem = senses.attribution(tiny_components)
+    pd.testing.assert_frame_equal(senses.attribution(lazy), mem, check_exact=False, rtol=1e-5, atol=1e-6)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl, \
+            distributed.Client(cl):
+        a = senses.curves(lazy)
+    pd.testing.assert_frame_equal(a, senses.curves(tiny_components), check_exact=False, rtol=1e-5, atol=1e-6)
+
+
+# ============================================================== real model
+@pytest.mark.slow
+def test_smollm2_bank_margin_rises_from_zero_to_clearly_positive(smollm2, coarsewsd_dir):
+    stats = pytest.importorskip("trajgeo.stats")
+    df = balanced_bank(coarsewsd_dir, per_sense=30)
+    traj = tg.extract(smollm2, df, progress=False, batch_size=16)
+    curves = senses.curves(traj)
+    margin = curves[curves.metric == "margin"]
+    ci = stats.bootstrap_ci(margin, value="value", by=("point",), unit="example", n_boot=1000, random_state=0)
+    ci = ci.set_index("point")
+    print(ci.round(3).to_string())
+    assert abs(ci.loc[0, "mean"]) < 0.05
+    top = ci.loc[ci.index >= 20]
+    assert (top["ci_low"] > 0).all() and (top["mean"] > 0.1).all()

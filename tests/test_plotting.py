@@ -1,0 +1,558 @@
+"""Figures: each function draws the elements it must (checked against pandas group means computed here), bad
+input names the missing columns, and a figure rebuilt from the same data is byte-identical on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from matplotlib.text import Annotation  # noqa: E402
+
+from trajgeo import plotting as tp  # noqa: E402
+
+N_POINTS = 7  # points 0..6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# synthetic tables with the exact column contracts of the analysis modules
+# ---------------------------------------------------------------------------------------------------------------
+
+def make_curves(n_per_sense: int = 6, seed: int = 0, n_points: int = N_POINTS, model: str | None = None):
+    """senses.curves: example, point, word, sense, metric in {cos, margin}, to_sense, value."""
+    rng = np.random.default_rng(seed)
+    senses = {"bank": ["finance", "river"], "bass": ["fish", "music"]}
+    rows, ex = [], 0
+    for word, ss in senses.items():
+        for s_i, sense in enumerate(ss):
+            for _ in range(n_per_sense):
+                for p in range(n_points):
+                    margin = 0.1 * p * (1 + s_i) + rng.normal(0, 0.05)
+                    rows.append((ex, p, word, sense, "margin", None, margin))
+                    for t in ss:
+                        rows.append((ex, p, word, sense, "cos", t, (0.5 if t == sense else 0.2) + rng.normal(0, 0.05)))
+                ex += 1
+    df = pd.DataFrame(rows, columns=["example", "point", "word", "sense", "metric", "to_sense", "value"])
+    if model is not None:
+        df["model"] = model
+    return df
+
+
+def make_layerwise(n_points: int = N_POINTS, n_folds: int = 3, baseline: float = 0.6, summary: bool = True):
+    """probes.layerwise: point, fold, metric, value, ci_low, ci_high (fold == -1 on summary rows)."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for p in range(n_points):
+        acc = rng.uniform(0.4, 1.0, n_folds)
+        ctrl = rng.uniform(0.4, 0.7, n_folds)
+        for f in range(n_folds):
+            rows += [(p, f, "accuracy", acc[f], np.nan, np.nan), (p, f, "control_accuracy", ctrl[f], np.nan, np.nan),
+                     (p, f, "majority_baseline", baseline, np.nan, np.nan)]
+        if summary:
+            rows += [(p, -1, "accuracy", acc.mean(), acc.min(), acc.max()),
+                     (p, -1, "control_accuracy", ctrl.mean(), ctrl.min(), ctrl.max()),
+                     (p, -1, "majority_baseline", baseline, np.nan, np.nan)]
+    return pd.DataFrame(rows, columns=["point", "fold", "metric", "value", "ci_low", "ci_high"])
+
+
+def make_coords(n_per_sense: int = 50, n_points: int = N_POINTS, seed: int = 2):
+    """projector.coords: example, point, x, y, word, sense; every path starts at its word's embedding point."""
+    rng = np.random.default_rng(seed)
+    rows, ex = [], 0
+    for w_i, (word, ss) in enumerate({"bank": ["finance", "river"], "bass": ["fish", "music"]}.items()):
+        for s_i, sense in enumerate(ss):
+            goal = np.array([3.0 * (1 if s_i else -1), 2.0 * w_i])
+            for _ in range(n_per_sense):
+                for p in range(n_points):
+                    xy = np.array([0.0, 2.0 * w_i]) + goal * p / (n_points - 1) + (rng.normal(0, 0.2, 2) if p else 0)
+                    rows.append((ex, p, xy[0], xy[1], word, sense))
+                ex += 1
+    return pd.DataFrame(rows, columns=["example", "point", "x", "y", "word", "sense"])
+
+
+def make_attribution(n_examples: int = 8, n_layers: int = 5, n_heads: int = 3, seed: int = 3):
+    """senses.attribution: example, word, sense, layer, component, head (-1 unless head), attribution."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for e in range(n_examples):
+        sense = "finance" if e % 2 else "river"
+        for layer in range(1, n_layers + 1):
+            rows.append((e, "bank", sense, layer, "attn", -1, rng.normal(0.2 * layer - 0.5, 0.1)))
+            rows.append((e, "bank", sense, layer, "mlp", -1, rng.normal(-0.1 * layer, 0.1)))
+            for h in range(n_heads):
+                rows.append((e, "bank", sense, layer, "head", h, rng.normal(0.1 * h - 0.05 * layer, 0.1)))
+    return pd.DataFrame(rows, columns=["example", "word", "sense", "layer", "component", "head", "attribution"])
+
+
+def make_top_tokens(n_points: int = 4, k: int = 3):
+    """lens.top_tokens: point, rank, token, prob."""
+    tokens = [" bank", "$", "river", "money", "\n", " loan", "shore", "x" * 20, "fund", "water", " ", "cash"]
+    rows = [(p, r + 1, tokens[(p * k + r) % len(tokens)], round(0.5 / (r + 1) * (p + 1) / n_points, 3))
+            for p in range(n_points) for r in range(k)]
+    return pd.DataFrame(rows, columns=["point", "rank", "token", "prob"])
+
+
+def make_path_metrics(seed: int = 4):
+    """geometry.path_metrics: example, point, word, sense, metric, value (NaN where undefined)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for e in range(10):
+        sense = ["finance", "river"][e % 2]
+        for p in range(N_POINTS):
+            rows.append((e, p, "bank", sense, "step_size", np.nan if p == 0 else rng.uniform(1, 2) / p))
+            rows.append((e, p, "bank", sense, "turning_angle", np.nan if p < 2 else rng.uniform(20, 90)))
+            rows.append((e, p, "bank", sense, "cos_to_final", p / (N_POINTS - 1) + rng.normal(0, 0.02)))
+            rows.append((e, p, "bank", sense, "norm", rng.uniform(1, 5)))
+    return pd.DataFrame(rows, columns=["example", "point", "word", "sense", "metric", "value"])
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(autouse=True)
+def _no_show(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("plotting must never call plt.show()")
+    monkeypatch.setattr(plt, "show", forbidden)
+
+
+def curve_lines(ax):
+    return [line for line in ax.lines if line.get_gid() == "curve"]
+
+
+def line_by_colour(lines, colour):
+    found = [ln for ln in lines if np.allclose(matplotlib.colors.to_rgb(ln.get_color()), colour)]
+    assert len(found) == 1, f"expected one line of colour {colour}, got {len(found)}"
+    return found[0]
+
+
+def heatmap_values(ax):
+    mesh = ax.collections[0]
+    return np.ma.filled(mesh.get_array().astype(float), np.nan)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# style and files
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_paper_style_sets_journal_width_palette_and_truetype_then_restores():
+    before = dict(matplotlib.rcParams)
+    with tp.paper_style("single"):
+        assert matplotlib.rcParams["figure.figsize"][0] == pytest.approx(3.35)
+        assert matplotlib.rcParams["pdf.fonttype"] == 42
+        cycle = [matplotlib.colors.to_rgb(c) for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
+        assert np.allclose(cycle, sns.color_palette("colorblind"))
+        fig = tp.convergence(make_curves()).figure
+        assert fig.get_size_inches()[0] == pytest.approx(3.35)
+    with tp.paper_style("double"):
+        assert matplotlib.rcParams["figure.figsize"][0] == pytest.approx(6.9)
+    assert matplotlib.rcParams["figure.figsize"] == before["figure.figsize"]
+    assert matplotlib.rcParams["pdf.fonttype"] == before["pdf.fonttype"]
+    with pytest.raises(ValueError, match="single"):
+        with tp.paper_style("triple"):
+            pass
+
+
+REBUILD = textwrap.dedent("""
+    import sys
+    import matplotlib
+    matplotlib.use("Agg")
+    sys.path.insert(0, {tests!r})
+    from test_plotting import make_curves, make_coords
+    from trajgeo import plotting as tp
+    with tp.paper_style("single"):
+        ax = tp.convergence(make_curves(), metric="margin", hue="sense")
+        ax.set_title("bank \N{MINUS SIGN} convergence")
+        tp.savefig(ax.figure, {out!r} + "/conv", formats=("pdf", "png", "svg"), dpi=150)
+        fig = tp.trajectory_grid(make_coords(), col="word", max_paths=20)
+        tp.savefig(fig, {out!r} + "/grid", formats=("pdf", "png"), dpi=150)
+""")
+
+
+def test_figure_rebuilt_in_another_process_is_byte_identical(tmp_path):
+    outs = []
+    for i, seed in enumerate(["1", "2"]):  # different hash seeds: set/dict order must not leak into files
+        out = tmp_path / f"run{i}"
+        out.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": seed, "MPLBACKEND": "Agg"}
+        code = REBUILD.format(tests=str(Path(__file__).parent), out=str(out))
+        subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
+        outs.append(out)
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == ["conv.pdf", "conv.png", "conv.svg", "grid.pdf", "grid.png"]  # no temporary files left
+    for name in names:
+        a, b = (outs[0] / name).read_bytes(), (outs[1] / name).read_bytes()
+        assert len(a) > 1000 and a == b, name
+    pdf, png = (outs[0] / "conv.pdf").read_bytes(), (outs[0] / "conv.png").read_bytes()
+    assert b"CreationDate" not in pdf and b"Matplotlib" not in pdf
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType embedded (fonttype 42), no Type 3 fonts
+    assert b"Software" not in png and b"matplotlib" not in png.lower()
+
+
+def test_savefig_twice_in_process_gives_same_bytes_and_strips_suffix(tmp_path):
+    ax = tp.probe_accuracy(make_layerwise())
+    first = tp.savefig(ax, tmp_path / "a" / "probe.pdf", formats=("pdf", "png"))  # Axes accepted, suffix dropped
+    assert [p.name for p in first] == ["probe.pdf", "probe.png"]
+    data = [p.read_bytes() for p in first]
+    second = tp.savefig(ax.figure, tmp_path / "a" / "probe")
+    assert [p.read_bytes() for p in second] == data
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["probe.pdf", "probe.png"]
+
+
+def test_savefig_rejects_unknown_format_before_writing(tmp_path):
+    ax = tp.convergence(make_curves())
+    with pytest.raises(ValueError, match="jpeg"):
+        tp.savefig(ax.figure, tmp_path / "fig", formats=("pdf", "jpeg"))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. convergence
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_convergence_draws_one_mean_line_and_band_per_sense():
+    df = make_curves()
+    ax = tp.convergence(df, metric="margin", hue="sense")
+    lines = curve_lines(ax)
+    senses = sorted(df["sense"].unique())
+    assert len(lines) == len(senses)
+    assert len([c for c in ax.collections if isinstance(c, PolyCollection)]) == len(senses)
+    means = df[df.metric == "margin"].groupby(["sense", "point"])["value"].mean()
+    palette = sns.color_palette()
+    for i, sense in enumerate(senses):  # colours follow the sorted sense order
+        line = line_by_colour(lines, palette[i])
+        np.testing.assert_allclose(line.get_xdata(), np.arange(N_POINTS))
+        np.testing.assert_allclose(line.get_ydata(), means[sense].to_numpy())
+    assert set(senses) <= {t.get_text() for t in ax.get_legend().get_texts()}
+    zero = [ln for ln in ax.lines if ln.get_gid() == "zero"]
+    assert len(zero) == 1 and set(zero[0].get_ydata()) == {0.0}
+    assert ax.get_xlabel() == "point" and "margin" in ax.get_ylabel()
+    ax.figure.canvas.draw()
+    assert "emb" in [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_convergence_band_brackets_mean_and_is_reproducible():
+    df = make_curves()
+    bands = []
+    for _ in range(2):
+        ax = tp.convergence(df, hue="word", random_state=7)
+        polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(polys) == 2 and len(curve_lines(ax)) == 2  # one per word
+        bands.append(np.concatenate([p.get_paths()[0].vertices for p in polys]))
+        line = curve_lines(ax)[0]
+        verts = polys[0].get_paths()[0].vertices
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            ys = verts[np.isclose(verts[:, 0], x), 1]
+            assert ys.min() <= y <= ys.max()
+    np.testing.assert_array_equal(bands[0], bands[1])
+
+
+def test_convergence_cos_splits_lines_by_prototype():
+    df = make_curves()
+    bank = df[df.word == "bank"]
+    ax = tp.convergence(bank, metric="cos", hue="sense")
+    assert len(curve_lines(ax)) == 4  # 2 true senses x 2 prototypes
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"finance", "river", "to_sense"} <= legend
+    want = sorted(bank[bank.metric == "cos"].groupby(["sense", "to_sense", "point"])["value"].mean()
+                  .groupby(level=[0, 1]).apply(lambda s: tuple(np.round(s.to_numpy(), 10))))
+    got = sorted(tuple(np.round(ln.get_ydata(), 10)) for ln in curve_lines(ax))
+    assert got == want
+
+
+def test_convergence_relative_depth_maps_models_of_different_depth_to_unit_interval():
+    df = pd.concat([make_curves(n_points=5, model="small"), make_curves(n_points=13, model="deep", seed=1)])
+    ax = tp.convergence(df, hue="model", relative_depth=True, ci=None)
+    lines = curve_lines(ax)
+    assert len(lines) == 2
+    assert sorted(len(ln.get_xdata()) for ln in lines) == [5, 13]
+    for ln in lines:
+        assert ln.get_xdata()[0] == 0.0 and ln.get_xdata()[-1] == pytest.approx(1.0)
+    assert ax.get_xlabel() == "relative depth"
+    with_layers = make_curves(n_points=5).assign(n_layers=8)
+    ax = tp.convergence(with_layers, hue=None, relative_depth=True, ci=None)
+    assert curve_lines(ax)[0].get_xdata()[-1] == pytest.approx(4 / 8)
+
+
+def test_convergence_draws_precomputed_intervals():
+    stats = pd.DataFrame({"point": np.tile(np.arange(4), 2), "sense": np.repeat(["a", "b"], 4),
+                          "mean": np.r_[0.0, 0.1, 0.3, 0.6, 0.0, -0.1, -0.2, -0.4]})
+    stats["ci_low"], stats["ci_high"], stats["n"] = stats["mean"] - 0.05, stats["mean"] + 0.1, 10
+    ax = tp.convergence(stats, metric="margin")
+    lines = curve_lines(ax)
+    assert len(lines) == 2
+    palette = sns.color_palette()
+    for i, sense in enumerate(["a", "b"]):
+        np.testing.assert_allclose(line_by_colour(lines, palette[i]).get_ydata(),
+                                   stats.loc[stats.sense == sense, "mean"])
+    verts = np.concatenate([c.get_paths()[0].vertices for c in ax.collections if isinstance(c, PolyCollection)])
+    assert verts[:, 1].min() == pytest.approx(stats["ci_low"].min())
+    assert verts[:, 1].max() == pytest.approx(stats["ci_high"].max())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. probes
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_probe_accuracy_draws_probe_control_and_dashed_baseline_at_its_value():
+    df = make_layerwise(baseline=0.6)
+    ax = tp.probe_accuracy(df)
+    by_gid = {g: [ln for ln in ax.lines if ln.get_gid() == g] for g in ("probe", "control", "majority_baseline")}
+    assert {g: len(v) for g, v in by_gid.items()} == {"probe": 1, "control": 1, "majority_baseline": 1}
+    summary = df[df.fold == -1].set_index(["metric", "point"])["value"]
+    np.testing.assert_allclose(by_gid["probe"][0].get_ydata(), summary["accuracy"])
+    np.testing.assert_allclose(by_gid["control"][0].get_ydata(), summary["control_accuracy"])
+    base = by_gid["majority_baseline"][0]
+    np.testing.assert_allclose(base.get_ydata(), 0.6)
+    assert base.get_linestyle() == "--" and by_gid["control"][0].get_linestyle() == ":"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["probe (accuracy)", "control task",
+                                                                  "majority baseline"]
+    verts = ax.collections[0].get_paths()[0].vertices  # the interval of the summary rows
+    assert verts[:, 1].min() == pytest.approx(df.loc[(df.fold == -1) & (df.metric == "accuracy"), "ci_low"].min())
+    assert ax.get_ylabel() == "accuracy" and ax.get_xlabel() == "point"
+
+
+def test_probe_accuracy_averages_folds_without_summary_rows():
+    df = make_layerwise(summary=False)
+    ax = tp.probe_accuracy(df)
+    probe = [ln for ln in ax.lines if ln.get_gid() == "probe"][0]
+    np.testing.assert_allclose(probe.get_ydata(), df[df.metric == "accuracy"].groupby("point")["value"].mean())
+    assert not ax.collections  # no interval to draw
+
+
+def test_probe_accuracy_with_hue_draws_a_set_per_level_in_its_colour():
+    df = pd.concat([make_layerwise(baseline=0.5).assign(word="bank"), make_layerwise(baseline=0.7).assign(word="bass")])
+    ax = tp.probe_accuracy(df, hue="word")
+    palette = sns.color_palette()
+    for i, (word, base) in enumerate([("bank", 0.5), ("bass", 0.7)]):
+        mine = [ln for ln in ax.lines if np.allclose(matplotlib.colors.to_rgb(ln.get_color()), palette[i])]
+        assert sorted(ln.get_gid() for ln in mine) == ["control", "majority_baseline", "probe"]
+        np.testing.assert_allclose([ln for ln in mine if ln.get_gid() == "majority_baseline"][0].get_ydata(), base)
+    assert {"bank", "bass", "control task", "majority baseline"} <= {t.get_text() for t in ax.get_legend().get_texts()}
+
+
+def test_probe_accuracy_unknown_metric_lists_available():
+    with pytest.raises(ValueError, match="macro_f1.*available.*accuracy"):
+        tp.probe_accuracy(make_layerwise(), metric="macro_f1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. trajectories
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_trajectories_thins_to_max_paths_stratified_with_one_arrow_each():
+    df = make_coords(n_per_sense=50)
+    bank = df[df.word == "bank"]
+    ax = tp.trajectories(bank, max_paths=20, random_state=0)
+    paths = [ln for ln in ax.lines if ln.get_gid() == "path"]
+    arrows = [t for t in ax.texts if isinstance(t, Annotation) and t.get_gid() == "arrow"]
+    assert len(paths) == 20 and len(arrows) == 20
+    palette = sns.color_palette()
+    colours = [tuple(np.round(matplotlib.colors.to_rgb(ln.get_color()), 6)) for ln in paths]
+    assert sorted(colours.count(tuple(np.round(c, 6))) for c in palette[:2]) == [10, 10]  # both senses kept
+    assert len([ln for ln in ax.lines if ln.get_gid() == "mean_path"]) == 2
+    start = [c for c in ax.collections if c.get_gid() == "start"][0].get_offsets()
+    end = [c for c in ax.collections if c.get_gid() == "end"][0].get_offsets()
+    assert len(start) == len(end) == 20
+    np.testing.assert_allclose(start, 0.0)  # every path leaves the shared embedding point (0, 0)
+    last = bank[bank.point == N_POINTS - 1].set_index("example")[["x", "y"]]
+    assert all((np.isclose(last.to_numpy(), e).all(axis=1)).any() for e in np.asarray(end))
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["finance", "river", "embedding (start)", "last point"]
+
+
+def test_trajectories_follow_point_order_and_thinning_is_seeded():
+    df = make_coords(n_per_sense=5).sample(frac=1.0, random_state=0)  # rows shuffled
+    df = df[df.word == "bass"]
+    ax = tp.trajectories(df, max_paths=None, arrows=False, mean_path=False)
+    paths = [ln for ln in ax.lines if ln.get_gid() == "path"]
+    assert len(paths) == 10 and not ax.texts
+    wide = df.sort_values("point").groupby("example")["x"].apply(np.asarray)
+    got = sorted(tuple(np.round(ln.get_xdata(), 9)) for ln in paths)
+    assert got == sorted(tuple(np.round(v, 9)) for v in wide)
+
+    def chosen(seed):
+        a = tp.trajectories(make_coords(), max_paths=8, random_state=seed)
+        return sorted(tuple(np.round(ln.get_xydata()[-1], 9)) for ln in a.lines if ln.get_gid() == "path")
+    assert chosen(3) == chosen(3)
+    assert chosen(3) != chosen(4)
+
+
+def test_trajectory_grid_has_one_titled_panel_per_word():
+    fig = tp.trajectory_grid(make_coords(n_per_sense=10), col="word", max_paths=6)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert [ax.get_title() for ax in fig.axes] == ["bank", "bass"]
+    for ax in fig.axes:
+        assert len([ln for ln in ax.lines if ln.get_gid() == "path"]) == 6
+    three = pd.concat([make_coords(n_per_sense=3), make_coords(n_per_sense=3).assign(word="crane")])
+    assert len(tp.trajectory_grid(three, col_wrap=2).axes) == 3  # the unused fourth panel is removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. attribution
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_attribution_heatmap_cells_are_group_means_on_a_centred_scale():
+    df = make_attribution()
+    ax = tp.attribution_heatmap(df)
+    want = np.stack([df[df.component == c].groupby("layer")["attribution"].mean().to_numpy() for c in ("attn", "mlp")])
+    np.testing.assert_allclose(heatmap_values(ax).reshape(want.shape), want)
+    mesh = ax.collections[0]
+    assert mesh.norm.vmin == pytest.approx(-mesh.norm.vmax) and mesh.norm.vmax == pytest.approx(np.abs(want).max())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["attention", "MLP"]
+    assert ax.get_xlabel() == "layer"
+
+
+def test_head_heatmap_cells_are_head_by_layer_means():
+    df = make_attribution()
+    ax = tp.head_heatmap(df)
+    heads = df[df.component == "head"]
+    want = np.array([[heads[(heads["head"] == h) & (heads.layer == la)]["attribution"].mean() for la in range(1, 6)]
+                     for h in range(3)])
+    np.testing.assert_allclose(heatmap_values(ax).reshape(want.shape), want)
+    assert ax.get_ylabel() == "head"
+    with pytest.raises(ValueError, match="heads=True"):
+        tp.head_heatmap(df[df.component != "head"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. lens
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_lens_table_shows_each_token_in_its_cell_with_its_probability():
+    df = make_top_tokens(n_points=4, k=3)
+    ax = tp.lens_table(df)
+    np.testing.assert_allclose(heatmap_values(ax).ravel(), df.sort_values(["point", "rank"])["prob"])
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == 12
+    assert texts[:3] == ["\N{OPEN BOX}bank", r"\$", "river"]  # visible space, no mathtext
+    assert texts[4] == "\\n" and texts[10] == "\N{OPEN BOX}"
+    assert texts[7].endswith("\N{HORIZONTAL ELLIPSIS}") and len(texts[7]) == 10
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["emb", "1", "2", "3"]
+    ax.figure.canvas.draw()  # renders without a mathtext error
+
+
+def test_lens_table_needs_an_example_when_there_are_several():
+    df = pd.concat([make_top_tokens().assign(example=0), make_top_tokens().assign(example=5, prob=0.9)])
+    with pytest.raises(ValueError, match="example="):
+        tp.lens_table(df)
+    ax = tp.lens_table(df, example=5)
+    np.testing.assert_allclose(heatmap_values(ax), 0.9)
+
+
+def test_sense_log_odds_draws_a_mean_curve_per_sense_and_a_zero_line():
+    df = make_curves()
+    lens = df[df.metric == "margin"].assign(metric="sense_log_odds", value=lambda d: d["value"] * 4)
+    lens = pd.concat([lens, lens.assign(metric="entropy")])
+    ax = tp.sense_log_odds(lens)
+    lines = curve_lines(ax)
+    assert len(lines) == 4
+    means = lens[lens.metric == "sense_log_odds"].groupby(["sense", "point"])["value"].mean()
+    for i, sense in enumerate(sorted(lens.sense.unique())):
+        np.testing.assert_allclose(line_by_colour(lines, sns.color_palette()[i]).get_ydata(), means[sense])
+    assert [ln.get_ydata()[0] for ln in ax.lines if ln.get_gid() == "zero"] == [0.0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6.-8.
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_transfer_heatmap_cells_are_mean_accuracy_train_by_test():
+    rng = np.random.default_rng(5)
+    pts = np.arange(5)
+    df = pd.DataFrame([(a, b, rng.uniform()) for a in pts for b in pts for _ in range(2)],
+                      columns=["train_point", "test_point", "accuracy"])
+    ax = tp.transfer_heatmap(df)
+    want = df.groupby(["train_point", "test_point"])["accuracy"].mean().unstack().to_numpy()
+    np.testing.assert_allclose(heatmap_values(ax).reshape(5, 5), want)
+    assert len(ax.texts) == 25  # small: annotated
+    assert ax.get_xticklabels()[0].get_text() == "emb" and ax.get_yticklabels()[0].get_text() == "emb"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("test point", "train point")
+
+
+def test_superposition_bars_one_bar_per_sense_and_balance_per_word():
+    df = pd.DataFrame({"word": ["bass", "bank", "bank", "bass", "bass"],
+                       "sense": ["music", "river", "finance", "fish", "guitar"],
+                       "cosine": [0.2, 0.31, 0.45, 0.1, 0.05], "balance": [0.5, 0.69, 0.69, 0.5, 0.5]})
+    ax = tp.superposition_bars(df)
+    bars = [p for p in ax.patches if p.get_gid() == "sense_bar"]
+    want = df.sort_values(["word", "sense"])
+    np.testing.assert_allclose([b.get_height() for b in bars], want["cosine"])
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(want["sense"])
+    notes = [t.get_text() for t in ax.texts if t.get_gid() == "balance"]
+    assert notes == ["bank\nbalance 0.69", "bass\nbalance 0.50"]
+    xs = [b.get_x() for b in bars]
+    assert xs[2] - xs[1] > xs[1] - xs[0]  # a gap between words
+
+
+def test_path_panels_one_panel_per_metric_with_group_means():
+    df = make_path_metrics()
+    metrics = ("step_size", "turning_angle", "cos_to_final")
+    fig = tp.path_panels(df, metrics=metrics)
+    assert len(fig.axes) == 3
+    assert [ax.get_ylabel() for ax in fig.axes] == ["step size", "turning angle (\N{DEGREE SIGN})",
+                                                    "cosine to final point"]
+    for ax, metric in zip(fig.axes, metrics):
+        means = df[df.metric == metric].dropna().groupby(["sense", "point"])["value"].mean()
+        lines = curve_lines(ax)
+        assert len(lines) == 2
+        for i, sense in enumerate(["finance", "river"]):
+            line = line_by_colour(lines, sns.color_palette()[i])
+            np.testing.assert_allclose(line.get_xdata(), means[sense].index)  # NaN points left out, not zeros
+            np.testing.assert_allclose(line.get_ydata(), means[sense])
+    assert [ax.get_legend() is not None for ax in fig.axes] == [False, False, True]
+    with pytest.raises(ValueError, match=r"\['curvature'\].*available"):
+        tp.path_panels(df, metrics=("step_size", "curvature"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("func, frame, drop", [
+    (tp.convergence, make_curves, ["point"]),
+    (tp.convergence, make_curves, ["sense", "value"]),
+    (tp.probe_accuracy, make_layerwise, ["metric"]),
+    (tp.trajectories, make_coords, ["x", "y"]),
+    (tp.trajectory_grid, make_coords, ["word"]),
+    (tp.attribution_heatmap, make_attribution, ["layer"]),
+    (tp.head_heatmap, make_attribution, ["head"]),
+    (tp.lens_table, make_top_tokens, ["token"]),
+    (tp.sense_log_odds, make_curves, ["sense"]),
+    (tp.transfer_heatmap, lambda: pd.DataFrame({"train_point": [0], "test_point": [0], "accuracy": [1.0]}),
+     ["test_point"]),
+    (tp.superposition_bars, lambda: pd.DataFrame({"word": ["b"], "sense": ["s"], "cosine": [0.1]}), ["cosine"]),
+    (tp.path_panels, make_path_metrics, ["value"]),
+])
+def test_missing_columns_are_named_in_the_error(func, frame, drop):
+    df = frame().drop(columns=drop)
+    if func is tp.convergence and "value" in drop:
+        with pytest.raises(ValueError, match="'sense'"):
+            func(df)
+        return
+    with pytest.raises(ValueError, match="missing column") as err:
+        func(df)
+    for col in drop:
+        assert repr(col) in str(err.value)
+
+
+def test_non_dataframe_and_unknown_metric_are_clear_errors():
+    with pytest.raises(TypeError, match="DataFrame"):
+        tp.convergence(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="'curvature'.*available.*'cos', 'margin'"):
+        tp.convergence(make_curves(), metric="curvature")

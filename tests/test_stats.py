@@ -1,0 +1,161 @@
+"""Statistics: bootstrap coverage on a known mean, permutation p-values under a planted shift and
+under the null, paired differences against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trajgeo import stats
+
+
+def long_frame(values: np.ndarray, **extra) -> pd.DataFrame:
+    """values of shape (n_examples, n_points) -> example, point, metric, value."""
+    n, p = values.shape
+    df = pd.DataFrame({"example": np.repeat(np.arange(n), p), "point": np.tile(np.arange(p), n),
+                       "metric": "margin", "value": values.ravel()})
+    for k, v in extra.items():
+        df[k] = np.repeat(np.asarray(v), p)
+    return df
+
+
+def test_bootstrap_mean_and_n_match_pandas_and_interval_brackets_the_mean():
+    rng = np.random.default_rng(0)
+    df = long_frame(rng.normal(size=(40, 5)) + np.arange(5))
+    out = stats.bootstrap_ci(df, n_boot=500)
+    assert list(out.columns) == ["point", "mean", "ci_low", "ci_high", "n"]
+    np.testing.assert_allclose(out["mean"], df.groupby("point")["value"].mean().to_numpy())
+    assert (out["n"] == 40).all()
+    assert ((out["ci_low"] < out["mean"]) & (out["mean"] < out["ci_high"])).all()
+
+
+def test_bootstrap_matches_a_brute_force_loop_with_the_same_draws():
+    rng = np.random.default_rng(1)
+    df = long_frame(rng.exponential(size=(15, 2)))
+    out = stats.bootstrap_ci(df, n_boot=300, ci=0.9, random_state=4)
+    # brute force: the same multinomial draw counts, one sample at a time
+    draws = np.random.default_rng(4).multinomial(15, np.full(15, 1 / 15), size=300)
+    wide = df.pivot(index="example", columns="point", values="value").to_numpy()
+    boot = np.array([[np.repeat(wide[:, p], c).mean() for p in range(2)] for c in draws])
+    np.testing.assert_allclose(out["ci_low"], np.quantile(boot, 0.05, axis=0), rtol=1e-10)
+    np.testing.assert_allclose(out["ci_high"], np.quantile(boot, 0.95, axis=0), rtol=1e-10)
+
+
+def test_bootstrap_interval_covers_a_known_mean_about_95_percent_of_the_time():
+    # 200 independent data sets of 30 skewed draws with mean 1; each cell of `point` is one data set
+    rng = np.random.default_rng(2)
+    df = long_frame(rng.exponential(1.0, size=(30, 200)))
+    out = stats.bootstrap_ci(df, n_boot=1000, ci=0.95, random_state=0)
+    coverage = ((out["ci_low"] <= 1.0) & (1.0 <= out["ci_high"])).mean()
+    assert 0.86 <= coverage <= 0.99  # percentile bootstrap under-covers a little at n=30
+
+
+def test_cluster_bootstrap_over_groups_is_wider_than_over_correlated_examples():
+    rng = np.random.default_rng(3)
+    group = np.repeat(np.arange(10), 8)  # 10 sentences of 8 strongly correlated examples
+    vals = (rng.normal(size=10)[group] + 0.1 * rng.normal(size=80))[:, None]
+    df = long_frame(vals, group=group)
+    by_example = stats.bootstrap_ci(df, unit="example", random_state=0)
+    by_group = stats.bootstrap_ci(df, unit="group", random_state=0)
+    assert by_group["n"].item() == 10 and by_example["n"].item() == 80
+    width = lambda o: (o["ci_high"] - o["ci_low"]).item()  # noqa: E731
+    assert width(by_group) > 2 * width(by_example)
+
+
+def test_bootstrap_refuses_mixed_metrics_missing_columns_and_bad_ci():
+    df = long_frame(np.ones((4, 2)))
+    mixed = pd.concat([df, df.assign(metric="cos")])
+    with pytest.raises(ValueError, match="metric"):
+        stats.bootstrap_ci(mixed)
+    assert len(stats.bootstrap_ci(mixed, by=("point", "metric"), n_boot=10)) == 4
+    with pytest.raises(KeyError, match="group"):
+        stats.bootstrap_ci(df, unit="group")
+    with pytest.raises(ValueError, match="ci must be"):
+        stats.bootstrap_ci(df, ci=95)
+
+
+def test_bootstrap_is_reproducible_with_random_state():
+    df = long_frame(np.random.default_rng(5).normal(size=(20, 3)))
+    pd.testing.assert_frame_equal(stats.bootstrap_ci(df, random_state=7), stats.bootstrap_ci(df, random_state=7))
+    assert not stats.bootstrap_ci(df, random_state=7).equals(stats.bootstrap_ci(df, random_state=8))
+
+
+def test_permutation_p_value_is_small_for_a_planted_shift():
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=(40, 1))
+    vals = np.hstack([base, base + 0.5 + 0.3 * rng.normal(size=(40, 1))])  # point 1 larger by 0.5
+    out = stats.permutation_test(long_frame(vals), a=1, b=0, n_permutations=5000)
+    assert list(out.columns) == ["a", "b", "statistic", "p_value", "n"]
+    assert out["p_value"].item() < 0.001 and out["statistic"].item() == pytest.approx(
+        (vals[:, 1] - vals[:, 0]).mean())
+    # the other direction is not significant
+    assert stats.permutation_test(long_frame(vals), a=0, b=1, n_permutations=2000)["p_value"].item() > 0.99
+
+
+def test_permutation_p_values_are_roughly_uniform_without_an_effect():
+    rng = np.random.default_rng(7)
+    pvals = []
+    for seed in range(200):
+        vals = rng.normal(size=(20, 2))
+        pvals.append(stats.permutation_test(long_frame(vals), a=1, b=0, n_permutations=199,
+                                            random_state=seed)["p_value"].item())
+    pvals = np.array(pvals)
+    from scipy.stats import kstest
+
+    assert kstest(pvals, "uniform").pvalue > 0.01  # discrete p-values on a 1/200 grid: close to uniform
+    assert 0.005 <= np.mean(pvals <= 0.05) <= 0.11  # binomial(200, 0.05): 10 +- 3
+    assert 0.4 <= np.mean(pvals <= 0.5) <= 0.6
+
+
+def test_permutation_p_value_matches_exact_enumeration_for_few_units():
+    # 8 units: the exact sign-flip distribution has 256 equally likely members
+    import itertools
+
+    d = np.array([0.9, 0.4, 1.2, -0.2, 0.7, 0.3, 0.5, -0.1])
+    vals = np.stack([np.zeros(8), d], axis=1)
+    exact = np.mean([np.mean(np.array(s) * d) >= d.mean() - 1e-12
+                     for s in itertools.product([-1, 1], repeat=8)])
+    got = stats.permutation_test(long_frame(vals), a=1, b=0, n_permutations=40000)["p_value"].item()
+    assert got == pytest.approx(exact, abs=0.006)
+
+
+def test_permutation_test_per_word_and_errors():
+    rng = np.random.default_rng(8)
+    vals = rng.normal(size=(30, 2))
+    vals[:15, 1] += 2.0  # only word "a" shifts
+    df = long_frame(vals, word=["a"] * 15 + ["b"] * 15)
+    out = stats.permutation_test(df, a=1, b=0, by="word", n_permutations=2000).set_index("word")
+    assert out.loc["a", "p_value"] < 0.01 < out.loc["b", "p_value"]
+    with pytest.raises(KeyError, match="point=9"):
+        stats.permutation_test(df, a=9, b=0)
+    with pytest.raises(ValueError, match="alternative"):
+        stats.permutation_test(df, a=1, b=0, alternative="bigger")
+
+
+def test_paired_difference_matches_per_unit_differences():
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(25, 3))
+    b = a - 0.4 + 0.2 * rng.normal(size=(25, 3))  # model A is higher by 0.4 at every point
+    df = pd.concat([long_frame(a).assign(model="A"), long_frame(b).assign(model="B")], ignore_index=True)
+    out = stats.paired_difference(df, "A", "B", column="model", n_boot=500, n_permutations=2000)
+    assert list(out.columns) == ["point", "mean_a", "mean_b", "difference", "ci_low", "ci_high", "p_value", "n"]
+    np.testing.assert_allclose(out["difference"], (a - b).mean(0))
+    np.testing.assert_allclose(out["mean_a"], a.mean(0))
+    assert ((out["ci_low"] > 0.2) & (out["ci_high"] < 0.6)).all()
+    assert (out["p_value"] < 0.001).all() and (out["n"] == 25).all()
+    # the interval is the bootstrap of the per-unit differences
+    diff = long_frame(a - b)
+    np.testing.assert_allclose(out["ci_low"], stats.bootstrap_ci(diff, n_boot=500)["ci_low"])
+
+
+def test_paired_difference_pairs_conditions_by_group():
+    # cue before vs after: different examples, paired by the sentence group they share
+    rng = np.random.default_rng(10)
+    g = np.arange(30)
+    before = pd.DataFrame({"example": g, "group": g, "cue_position": "before", "point": 0,
+                           "value": rng.normal(size=30)})
+    after = before.assign(example=g + 100, cue_position="after", value=before["value"] + 1.0)
+    out = stats.paired_difference(pd.concat([before, after]), "after", "before", column="cue_position",
+                                  unit="group", n_boot=200, n_permutations=500)
+    assert out["difference"].item() == pytest.approx(1.0) and out["n"].item() == 30

@@ -347,8 +347,11 @@ def validate(df: pd.DataFrame | Iterable[Mapping[str, Any]], *, locations: Seque
         neg = (cd.fillna(0) < 0).to_numpy(dtype=bool)
         _raise_rows(df, neg, lambda i: f"cue_distance must be >= 0, got {cd.iat[i]}", locations)
         df["cue_distance"] = cd
-    if "sense_id" in df.columns:
-        df["sense_id"] = _int_column(df, "sense_id", locations, allow_missing=True)
+    for c in ("sense_id", "word_index", "occurrence"):
+        if c in df.columns:
+            df[c] = _int_column(df, c, locations, allow_missing=True)
+    if "span" in df.columns:  # now in char_start/char_end; lists/strings would only trouble storage
+        df = df.drop(columns="span")
 
     first = [c for c in COLUMNS if c in df.columns]
     return df[first + [c for c in df.columns if c not in first]].reset_index(drop=True)

@@ -1,0 +1,277 @@
+"""Cue before vs after the target: does a causal model resolve a sense it has not yet seen the evidence for?
+
+In every built-in sentence one word disambiguates the target ("He deposited his paycheck at the
+*bank*" vs "The *bank* was steep and muddy"); ``cue_position`` says whether it comes before or after
+the target and ``cue_distance`` how many words lie between. A causal model's state at the target
+is computed from the prefix only, so a cue after the target cannot help it: its sense margin and
+probe accuracy on cue-after examples should stay near chance at every depth. An encoder attends
+both ways and should resolve both conditions.
+
+For each model the script
+
+1. extracts the target's trajectory for every example (cached in ``<out>/<model>.zarr`` and reused
+   when the examples match);
+2. computes the leave-one-out sense margin per example and point (:func:`trajgeo.senses.curves`,
+   prototypes of the last point, shared by both conditions) and splits it by cue position;
+3. fits layer-wise probes (:func:`trajgeo.probes.layerwise`, grouped cross-validation) separately on
+   the cue-before and the cue-after examples, with labels ``word:sense`` (a word's own senses
+   compete; the word itself is read off the embedding, so point 0 sits at within-word chance);
+4. writes tidy tables to ``<out>``: ``margin.parquet`` (example, point, word, sense, cue_position,
+   cue_distance, model, causal, value), ``margin_by_point.parquet`` (mean and 95% bootstrap
+   interval), ``probes.parquet`` (the layerwise rows plus model, causal, cue_position),
+   ``summary.parquet`` (one row per model and condition) and prints the summary.
+
+Usage::
+
+    python analyses/cue_position.py [--models smollm2,minilm] [--out results/cue_position]
+                                    [--words bank,bass] [--max-examples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+import trajgeo as tg
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDITIONS = ("before", "after")
+
+__all__ = ["select_examples", "trajectories", "margin_table", "margin_by_point", "probe_table", "summarize",
+           "run", "main"]
+
+
+def select_examples(words: Sequence[str] | None = None, max_examples: int | None = None,
+                    random_state: int = 0) -> pd.DataFrame:
+    """Built-in examples, optionally subsampled keeping the word x sense x cue-position cells balanced.
+
+    Returns
+    -------
+    DataFrame with the columns of :func:`trajgeo.datasets.builtin` (``cue_position`` included).
+    """
+    from trajgeo.report import stratified_sample
+
+    df = tg.datasets.builtin(list(words) if words else None)
+    if max_examples:
+        df = stratified_sample(df, max_examples, by=("word", "sense", "cue_position"), random_state=random_state)
+    return df.reset_index(drop=True)
+
+
+def _same_examples(meta: pd.DataFrame, examples: pd.DataFrame) -> bool:
+    cols = ["text", "char_start", "char_end", "sense", "cue_position"]
+    if len(meta) != len(examples) or any(c not in meta for c in cols):
+        return False
+    a, b = meta[cols].reset_index(drop=True), examples[cols].reset_index(drop=True)
+    return bool((a.astype(str) == b.astype(str)).all().all())
+
+
+def trajectories(model: Any, examples: pd.DataFrame, store: Path, batch_size: int = 32) -> tg.Trajectories:
+    """Extract the examples' trajectories into ``store``, or load them when the store holds the same examples.
+
+    Parameters
+    ----------
+    model : LoadedModel or anything :func:`trajgeo.load_model` accepts
+    examples : DataFrame with ``text, char_start, char_end, word, sense, cue_position``
+    store : path of the Zarr store
+
+    Returns
+    -------
+    Trajectories in memory, states of shape (n_examples, n_layers + 1, d_model).
+    """
+    store = Path(store)
+    if store.exists():
+        traj = tg.load(store)
+        if _same_examples(traj.meta, examples):
+            return traj
+        print(f"[cue_position] {store} holds other examples; extracting again", file=sys.stderr)
+    return tg.extract(model, examples, store=store, overwrite=True, batch_size=batch_size, progress=False)
+
+
+def margin_table(traj: tg.Trajectories, normalize: str | None = "standardize") -> pd.DataFrame:
+    """Leave-one-out sense margin per example and point, with the example's cue position and distance.
+
+    The prototypes (per word and sense, at the last point) come from both conditions, so the two
+    conditions are measured against the same resolved meanings.
+
+    Returns
+    -------
+    DataFrame with columns example, point, word, sense, cue_position, cue_distance, value.
+    """
+    m = tg.senses.curves(traj, labels="sense", reference="last", normalize=normalize)
+    m = m[m["metric"] == "margin"].drop(columns=["metric", "to_sense"])
+    cue = traj.meta.set_index("example")[["cue_position", "cue_distance"]]
+    m = m.join(cue, on="example")
+    return m[["example", "point", "word", "sense", "cue_position", "cue_distance", "value"]].reset_index(drop=True)
+
+
+def margin_by_point(margin: pd.DataFrame, by: Sequence[str] = ("model", "causal", "cue_position"),
+                    n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
+    """Mean margin per point with a percentile bootstrap interval over examples.
+
+    Parameters
+    ----------
+    margin : DataFrame from :func:`margin_table` (plus the ``by`` columns)
+
+    Returns
+    -------
+    DataFrame with columns ``by..., point, mean, ci_low, ci_high, n``.
+    """
+    from scipy.stats import bootstrap
+
+    rows = []
+    for key, g in margin.groupby(list(by), sort=False):
+        wide = g.pivot(index="example", columns="point", values="value")  # (n_examples, n_points)
+        x = wide.to_numpy(dtype=np.float64)
+        # one vectorised bootstrap for all points at once (resampling examples, the unit)
+        res = bootstrap((x,), np.mean, axis=0, vectorized=True, n_resamples=n_boot, method="percentile",
+                        random_state=random_state)
+        part = pd.DataFrame({"point": wide.columns.to_numpy(), "mean": x.mean(0),
+                             "ci_low": res.confidence_interval.low, "ci_high": res.confidence_interval.high,
+                             "n": len(x)})
+        for col, v in zip(by, key if isinstance(key, tuple) else (key,)):
+            part.insert(list(by).index(col), col, v)
+        rows.append(part)
+    return pd.concat(rows, ignore_index=True)
+
+
+def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_state: int = 0) -> pd.DataFrame:
+    """Layer-wise probe accuracy fitted separately within each cue position.
+
+    Labels are ``word:sense`` so that one probe covers all words while only a word's own senses
+    compete in practice (the word is decodable from the embedding). Folds keep sentences
+    (``group``) apart. Conditions with a class smaller than 2 are skipped.
+
+    Returns
+    -------
+    DataFrame: the columns of :func:`trajgeo.probes.layerwise` plus ``cue_position``.
+    """
+    out = []
+    for cond in CONDITIONS:
+        sub = traj[traj.meta["cue_position"].to_numpy() == cond]
+        if sub.n_examples == 0:
+            continue
+        labels = (sub.meta["word"].astype(str) + ":" + sub.meta["sense"].astype(str)).to_numpy()
+        smallest = int(pd.Series(labels).value_counts().min())
+        if smallest < 2:
+            print(f"[cue_position] skipping probes for cue {cond}: a sense has {smallest} example", file=sys.stderr)
+            continue
+        df = tg.probes.layerwise(sub, labels=labels, cv=min(cv, smallest), groups="group", control=True,
+                                 n_boot=n_boot, random_state=random_state)
+        df.attrs.clear()  # out-of-fold arrays kept for resolution_point; not needed here, and unconcatenable
+        df.insert(0, "cue_position", cond)
+        out.append(df)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+def summarize(margin: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and cue position: margin and probe accuracy at point 0, at the top and at their peak.
+
+    Returns
+    -------
+    DataFrame with columns model, causal, cue_position, n_examples, margin_point0, margin_last,
+    margin_peak, margin_peak_point, accuracy_point0, accuracy_last, accuracy_peak,
+    accuracy_peak_point, selectivity_last.
+    """
+    rows = []
+    for (model, causal, cond), g in margin.groupby(["model", "causal", "cue_position"], sort=False):
+        curve = g.groupby("point")["value"].mean()
+        row = {"model": model, "causal": causal, "cue_position": cond, "n_examples": g["example"].nunique(),
+               "margin_point0": curve.iloc[0], "margin_last": curve.iloc[-1],
+               "margin_peak": curve.max(), "margin_peak_point": int(curve.idxmax())}
+        if len(probes):
+            p = probes[(probes["model"] == model) & (probes["cue_position"] == cond) & (probes["fold"] == -1)]
+            acc = p[p["metric"] == "accuracy"].set_index("point")["value"]
+            sel = p[p["metric"] == "selectivity"].set_index("point")["value"]
+            if len(acc):
+                row.update(accuracy_point0=acc.iloc[0], accuracy_last=acc.iloc[-1], accuracy_peak=acc.max(),
+                           accuracy_peak_point=int(acc.idxmax()),
+                           selectivity_last=sel.iloc[-1] if len(sel) else np.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _load(spec: Any) -> Any:
+    return spec if hasattr(spec, "adapter") else tg.load_model(spec)
+
+
+def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd.DataFrame | None = None,
+        words: Sequence[str] | None = None, max_examples: int | None = None, batch_size: int = 32,
+        n_boot: int = 1000, probe_boot: int = 200, random_state: int = 0) -> dict[str, pd.DataFrame]:
+    """The whole analysis; returns the tables (also written as parquet under ``out``).
+
+    Parameters
+    ----------
+    models : sequence of model names, or mapping name -> model spec / LoadedModel
+    out : results folder; stores go to ``out/<name>.zarr``
+    examples : DataFrame, optional
+        Examples with ``cue_position`` (default: :func:`select_examples` of ``words``/``max_examples``).
+    n_boot, probe_boot : int
+        Bootstrap replicates for the margin intervals and for the probes' summary intervals.
+
+    Returns
+    -------
+    dict with keys "margin", "margin_by_point", "probes", "summary".
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(models, Mapping):
+        models = {m: m for m in models}
+    if examples is None:
+        examples = select_examples(words, max_examples, random_state)
+    if "cue_position" not in examples:
+        raise KeyError("examples need a cue_position column ('before'/'after'), as tg.datasets.builtin() has")
+    margins, probes = [], []
+    for name, spec in models.items():
+        lm = _load(spec)
+        causal = bool(lm.adapter.causal)
+        traj = trajectories(lm, examples, out / f"{name}.zarr", batch_size=batch_size)
+        m = margin_table(traj)
+        m.insert(0, "model", name)
+        m.insert(1, "causal", causal)
+        margins.append(m)
+        p = probe_table(traj, n_boot=probe_boot, random_state=random_state)
+        if len(p):
+            p.insert(0, "model", name)
+            p.insert(1, "causal", causal)
+            probes.append(p)
+    tables = {"margin": pd.concat(margins, ignore_index=True),
+              "probes": pd.concat(probes, ignore_index=True) if probes else pd.DataFrame()}
+    tables["margin_by_point"] = margin_by_point(tables["margin"], n_boot=n_boot, random_state=random_state)
+    tables["summary"] = summarize(tables["margin"], tables["probes"])
+    for key, df in tables.items():
+        df.to_parquet(out / f"{key}.parquet", index=False)
+    return tables
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python analyses/cue_position.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="smollm2,minilm", help="comma-separated model names (default: %(default)s)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "cue_position"), type=Path,
+                        help="results folder (default: results/cue_position)")
+    parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all)")
+    parser.add_argument("--max-examples", type=int, default=None, help="stratified subsample size (default: all)")
+    args = parser.parse_args(argv)
+    words = args.words.split(",") if args.words else None
+    tables = run(args.models.split(","), args.out, words=words, max_examples=args.max_examples)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+        print(tables["summary"].to_string(index=False))
+    s = tables["summary"].set_index(["model", "cue_position"])
+    for model, causal in tables["summary"][["model", "causal"]].drop_duplicates().itertuples(index=False):
+        if {(model, "before"), (model, "after")} <= set(s.index):
+            b, a = s.loc[(model, "before")], s.loc[(model, "after")]
+            kind = "causal" if causal else "encoder"
+            print(f"{model} ({kind}): final margin before {b.margin_last:+.3f} vs after {a.margin_last:+.3f}"
+                  + (f"; final probe accuracy before {b.accuracy_last:.2f} vs after {a.accuracy_last:.2f}"
+                     f" (point 0: {b.accuracy_point0:.2f} / {a.accuracy_point0:.2f})" if "accuracy_last" in s else ""))
+    print(f"tables written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ from cycler import cycler
 from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -286,16 +287,38 @@ def _point_axis(ax: Axes, relative: bool = False, axis: str = "x") -> None:
     target = ax.xaxis if axis == "x" else ax.yaxis
     target.set_label_text("relative depth" if relative else "point")
     if not relative:
-        target.set_major_locator(MaxNLocator(integer=True))
+        target.set_major_locator(MaxNLocator(nbins="auto", integer=True))  # as many ticks as fit
     target.set_major_formatter(FuncFormatter(_emb_label))
 
 
-def _emb_ticklabels(ax: Axes, axis: str) -> None:
-    """On a heatmap, rename the categorical tick "0" to "emb"."""
-    get, set_ = (ax.get_xticklabels, ax.set_xticklabels) if axis == "x" else (ax.get_yticklabels, ax.set_yticklabels)
-    labels = [t.get_text() for t in get()]
-    if "0" in labels:
-        set_(["emb" if t == "0" else t for t in labels])
+def _heatmap_ticks(ax: Axes, axis: str, values: Sequence, length_in: float, emb: bool = False) -> None:
+    """Readable categorical ticks on a heatmap axis: every value when they fit, else every 2nd, 5th, 10th ...
+    (at values divisible by the step, so a layer axis reads 5, 10, 15), with 0 shown as "emb" on point axes.
+
+    seaborn's "auto" labels are sized before constrained layout shrinks the axes, so they can overlap.
+    """
+    size = FontProperties(size=mpl.rcParams[f"{axis}tick.labelsize"]).get_size_in_points()
+    width = size * (0.75 * max(len(str(v)) for v in values) + 1.2) if axis == "x" else size * 1.6
+    fit = max(1.0, length_in * 72.0 / width)
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if len(values) / s <= fit)
+    numeric = all(isinstance(v, (int, np.integer)) for v in values)
+    keep = [i for i, v in enumerate(values) if (v if numeric else i) % step == 0]
+    labels = ["emb" if emb and numeric and values[i] == 0 else str(values[i]) for i in keep]
+    if axis == "x":
+        ax.set_xticks(np.asarray(keep) + 0.5, labels, rotation=0)
+    else:
+        ax.set_yticks(np.asarray(keep) + 0.5, labels, rotation=0)
+
+
+def _int_values(index: pd.Index) -> list:
+    """Index values as Python ints when they are whole numbers (point and layer labels)."""
+    vals = list(index)
+    try:
+        if all(float(v).is_integer() for v in vals):
+            return [int(v) for v in vals]
+    except (TypeError, ValueError):
+        pass
+    return vals
 
 
 def _display_token(token: Any, max_chars: int = 10) -> str:
@@ -385,7 +408,8 @@ def convergence(curves_df: pd.DataFrame, metric: str = "margin", hue: str | None
         (one row per example, point and prototype). Or precomputed intervals from
         ``trajgeo.stats.bootstrap_ci``: ``point, <hue>, mean, ci_low, ci_high`` (+ ``metric``).
     metric : {"margin", "cos"}
-        Which rows to draw. For "cos", lines are split by ``to_sense`` (line style) unless ``style`` is given.
+        Which rows to draw. For "cos", lines are split by ``to_sense`` (line style, legend "prototype") unless
+        ``style`` is given.
     hue : str or None
         Column with one colour per level, e.g. "sense", "word" or "model".
     ax : Axes, optional
@@ -410,7 +434,7 @@ def convergence(curves_df: pd.DataFrame, metric: str = "margin", hue: str | None
     _require(curves_df, ["point", hue, style], what)
     df = _select_metric(curves_df, metric, what)
     if metric == "cos" and style is None and "to_sense" in df.columns and df["to_sense"].notna().any():
-        style = "to_sense"
+        df, style = df.rename(columns={"to_sense": "prototype"}), "prototype"  # legend title reads "prototype"
     df = df.assign(_x=_depth_axis(df, relative_depth))
     ax = _new_axes(ax)
     _curve(ax, df, "_x", hue, style, ci, n_boot, random_state)
@@ -542,7 +566,7 @@ def _thin(labels: pd.Series, max_paths: int | None, random_state: int) -> np.nda
 
 
 def trajectories(coords_df: pd.DataFrame, ax: Axes | None = None, hue: str = "sense", *, max_paths: int | None = 60,
-                 random_state: int = 0, arrows: bool = True, mean_path: bool = True, legend: bool = True,
+                 random_state: int = 0, arrows: bool = True, mean_path: bool = True, legend: bool | str = True,
                  xlabel: str = "component 1", ylabel: str = "component 2") -> Axes:
     """One path per example through a shared 2-D plane, from the common embedding point, coloured by sense.
 
@@ -561,7 +585,8 @@ def trajectories(coords_df: pd.DataFrame, ax: Axes | None = None, hue: str = "se
         One arrowhead per path on its middle step, showing the direction of travel.
     mean_path : bool
         Also draw the mean path of each ``hue`` level over all examples (thick, outlined).
-    legend : bool
+    legend : bool or "senses"
+        True: hue levels and the start/end markers; "senses": hue levels only, in a row under the panel.
     xlabel, ylabel : str
 
     Returns
@@ -607,14 +632,24 @@ def trajectories(coords_df: pd.DataFrame, ax: Axes | None = None, hue: str = "se
     ax.scatter(ends[:, 0], ends[:, 1], s=10, c=end_colours, edgecolors="white", linewidths=0.3, zorder=5, gid="end")
     ax.scatter(starts[:, 0], starts[:, 1], s=30, facecolors="white", edgecolors="black", linewidths=0.9, zorder=6,
                gid="start")
-    if legend:
-        handles = [Line2D([], [], color=palette[lev], linewidth=1.5) for lev in levels]
-        handles += [Line2D([], [], linestyle="", marker="o", markerfacecolor="white", markeredgecolor="black"),
-                    Line2D([], [], linestyle="", marker="o", markersize=3, color="0.3")]
-        _new_legend(ax, handles, [str(lev) for lev in levels] + ["embedding (start)", "last point"])
+    handles = [Line2D([], [], color=palette[lev], linewidth=1.5) for lev in levels]
+    if legend == "senses":
+        ax.legend(handles, [str(lev) for lev in levels], loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  ncol=min(len(levels), 3), handlelength=1.2, columnspacing=0.8, borderaxespad=0.2)
+    elif legend:
+        handles, labels = handles + _marker_handles(), [str(lev) for lev in levels] + list(_MARKER_LABELS)
+        _new_legend(ax, handles, labels)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return ax
+
+
+_MARKER_LABELS = ("embedding (start)", "last point")
+
+
+def _marker_handles() -> list[Line2D]:
+    return [Line2D([], [], linestyle="", marker="o", markerfacecolor="white", markeredgecolor="black"),
+            Line2D([], [], linestyle="", marker="o", markersize=3, color="0.3")]
 
 
 def trajectory_grid(coords_df: pd.DataFrame, col: str = "word", *, col_wrap: int = 3, hue: str = "sense",
@@ -635,25 +670,27 @@ def trajectory_grid(coords_df: pd.DataFrame, col: str = "word", *, col_wrap: int
     Returns
     -------
     Figure
-        Panels titled by level, in sorted order; the figure is as wide as the current style's figures.
+        Panels titled by level, in sorted order, each with its senses listed underneath; one figure legend
+        explains the start and end markers. The figure is as wide as the current style's figures.
     """
     _require(coords_df, ["example", "point", "x", "y", col, hue], "trajectory_grid")
     levels = _levels(coords_df[col])
     ncols = max(1, min(col_wrap, len(levels)))
     nrows = math.ceil(len(levels) / ncols)
     width = mpl.rcParams["figure.figsize"][0]
-    fig = plt.figure(figsize=(width, width / ncols * nrows + 0.15), layout="constrained")
+    fig = plt.figure(figsize=(width, (width / ncols + 0.25) * nrows + 0.2), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    kwargs = {"legend": "senses", "xlabel": "", "ylabel": "", **kwargs}
     for ax, level in zip(axes, levels):
         trajectories(coords_df[coords_df[col] == level], ax=ax, hue=hue, max_paths=max_paths,
                      random_state=random_state, **kwargs)
         ax.set_title(str(level))
-        ax.set_xticks([])
+        ax.set_xticks([])  # a projection's coordinates carry no meaning of their own
         ax.set_yticks([])
-        if ax.get_legend() is not None:
-            ax.get_legend().set_frame_on(False)
     for ax in axes[len(levels):]:
         ax.remove()
+    if kwargs["legend"]:
+        fig.legend(_marker_handles(), list(_MARKER_LABELS), loc="outside lower center", ncol=2)
     return fig
 
 
@@ -665,7 +702,8 @@ def _diverging_heatmap(ax: Axes, mat: pd.DataFrame, label: str, annot: bool, cma
     vmax = float(np.nanmax(np.abs(mat.to_numpy(float)))) if mat.notna().any(axis=None) else 1.0
     vmax = vmax or 1.0
     sns.heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-vmax, vmax=vmax, annot=annot, fmt=".2f",
-                cbar_kws={"label": label}, xticklabels="auto", yticklabels=True)
+                cbar_kws={"label": label}, xticklabels=False, yticklabels=True)
+    _heatmap_ticks(ax, "x", _int_values(mat.columns), 0.75 * ax.figure.get_figwidth())
 
 
 def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = "attribution",
@@ -703,7 +741,7 @@ def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value:
     mat = mat.reindex([c for c in components if c in mat.index])
     mat.index = [_PRETTY.get(c, c) for c in mat.index]
     ax = _new_axes(ax, (mpl.rcParams["figure.figsize"][0], 0.9 + 0.3 * len(mat)))
-    _diverging_heatmap(ax, mat, "mean push to correct sense", annot, cmap)
+    _diverging_heatmap(ax, mat, "push to\ncorrect sense", annot, cmap)
     ax.set_xlabel("layer")
     ax.set_ylabel("")
     ax.tick_params(axis="y", rotation=0)
@@ -787,10 +825,9 @@ def lens_table(top_tokens_df: pd.DataFrame, ax: Axes | None = None, *, example: 
     ax = _new_axes(ax, (width, 0.7 + 0.16 * len(prob)))
     fs = max(mpl.rcParams["font.size"] - 2.0, 5.0)
     sns.heatmap(prob, ax=ax, cmap=cmap, vmin=0.0, vmax=1.0, annot=text, fmt="", annot_kws={"fontsize": fs},
-                linewidths=0.4, linecolor="white", cbar_kws={"label": "probability"}, xticklabels=True,
+                linewidths=0.4, linecolor="white", cbar_kws={"label": "probability", "shrink": 0.4, "aspect": 15}, xticklabels=True,
                 yticklabels=True)
-    _emb_ticklabels(ax, "y")
-    ax.tick_params(axis="y", rotation=0)
+    ax.set_yticks(np.arange(len(prob)) + 0.5, [_emb_label(p) for p in _int_values(prob.index)], rotation=0)
     ax.set_xlabel("rank")
     ax.set_ylabel("point")
     return ax
@@ -860,10 +897,10 @@ def transfer_heatmap(transfer_df: pd.DataFrame, ax: Axes | None = None, *, value
     side = mpl.rcParams["figure.figsize"][0]
     ax = _new_axes(ax, (side, side * 0.85))
     sns.heatmap(mat, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=True, annot=annot, fmt=".2f",
-                cbar_kws={"label": value.replace("_", " ")}, xticklabels="auto", yticklabels="auto")
-    _emb_ticklabels(ax, "x")
-    _emb_ticklabels(ax, "y")
-    ax.tick_params(axis="y", rotation=0)
+                cbar_kws={"label": value.replace("_", " ")}, xticklabels=False, yticklabels=False)
+    length = 0.65 * ax.figure.get_figwidth()  # square cells: both axes are about this long
+    _heatmap_ticks(ax, "x", _int_values(mat.columns), length, emb=True)
+    _heatmap_ticks(ax, "y", _int_values(mat.index), length, emb=True)
     ax.set_xlabel("test point")
     ax.set_ylabel("train point")
     return ax
@@ -928,14 +965,14 @@ def path_panels(path_metrics_df: pd.DataFrame,
         One panel each, in order.
     hue : str or None
     ncols : int, optional
-        Panels per row (default: all in one row).
+        Panels per row; default all in one row on a wide figure (>= 5 in), one column on a narrow one.
     ci, n_boot, random_state
         As in :func:`convergence`.
 
     Returns
     -------
     Figure
-        The legend is on the last panel only.
+        Panels share the point axis; one figure legend for the ``hue`` levels.
     """
     what = "path_panels"
     df = _require(path_metrics_df, ["point", "metric", "value", hue], what)
@@ -943,17 +980,25 @@ def path_panels(path_metrics_df: pd.DataFrame,
     unknown = [m for m in metrics if m not in set(df["metric"])]
     if unknown:
         raise ValueError(f"{what}: metric(s) {unknown} not in the table; available: {_levels(df['metric'])}")
-    ncols = ncols or len(metrics)
-    nrows = math.ceil(len(metrics) / ncols)
     width = mpl.rcParams["figure.figsize"][0]
-    fig = plt.figure(figsize=(width, (width / ncols) * 0.95 * nrows + 0.3), layout="constrained")
+    ncols = ncols or (len(metrics) if width >= 5 else 1)
+    nrows = math.ceil(len(metrics) / ncols)
+    panel_h = min(width / ncols * 0.75, 1.3)
+    fig = plt.figure(figsize=(width, panel_h * nrows + 0.45), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
     for i, (ax, metric) in enumerate(zip(axes, metrics)):
         sub = df[df["metric"] == metric]
         _curve(ax, sub.assign(_x=sub["point"].astype(float)), "_x", hue, None, ci, n_boot, random_state,
-               legend=i == len(metrics) - 1)
+               legend=i == 0)
         _point_axis(ax)
         ax.set_ylabel(_PRETTY.get(metric, metric))
+        if i < len(metrics) - ncols:
+            ax.set_xlabel("")  # the shared point axis is labelled once, on the bottom row
     for ax in axes[len(metrics):]:
         ax.remove()
+    legend = axes[0].get_legend()
+    if legend is not None:  # one legend for all panels, outside the data
+        handles, labels = legend.legend_handles, [t.get_text() for t in legend.get_texts()]
+        legend.remove()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), title=hue)
     return fig

@@ -1,0 +1,319 @@
+"""Probes: planted signal, control task, MDL, leakage through duplicated sentences, split errors,
+determinism, brute-force references for 1-NN / prototype / metrics, transfer, and SmolLM2 on bank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import trajgeo as tg
+from trajgeo import probes
+
+from conftest import balanced_bank
+
+SIGNAL_POINTS = [3, 4, 5]
+
+
+def planted(n: int = 240, n_points: int = 8, d: int = 16, points=SIGNAL_POINTS, strength: float = 1.5,
+            seed: int = 0) -> tuple[tg.Trajectories, np.ndarray]:
+    """Random trajectories with a two-class signal on dimension 0 at the given points only."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, n_points, d)).astype(np.float32)
+    points = [p for p in points if p < n_points]
+    x[:, points, 0] += ((2 * y - 1) * strength)[:, None]
+    meta = pd.DataFrame({"sense": np.where(y == 1, "river", "finance"), "word": "bank"})
+    return tg.Trajectories(x, meta), y
+
+
+def summary(df: pd.DataFrame, metric: str) -> np.ndarray:
+    return df[(df.fold == -1) & (df.metric == metric)].sort_values("point")["value"].to_numpy()
+
+
+def per_fold(df: pd.DataFrame, metric: str) -> np.ndarray:
+    """(n_folds, n_points) values of one metric."""
+    d = df[(df.fold >= 0) & (df.metric == metric)]
+    return d.pivot(index="fold", columns="point", values="value").to_numpy()
+
+
+@pytest.fixture(scope="module")
+def planted_result():
+    traj, y = planted()
+    return traj, y, probes.layerwise(traj, n_boot=200)
+
+
+def test_layerwise_returns_the_contract(planted_result):
+    traj, _, df = planted_result
+    assert list(df.columns) == ["point", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert list(pd.unique(df.metric)) == list(probes.METRICS)
+    assert set(df.fold) == {-1, 0, 1, 2, 3, 4}
+    assert df[df.fold >= 0][["ci_low", "ci_high"]].isna().all().all()
+    s = df[(df.fold == -1) & (df.metric != "log_loss")]
+    assert (s.ci_low <= s.value + 1e-9).all() and (s.value <= s.ci_high + 1e-9).all()
+    # summary value = mean of the fold rows
+    assert np.allclose(summary(df, "accuracy"), per_fold(df, "accuracy").mean(0))
+
+
+def test_probe_finds_exactly_the_planted_points(planted_result):
+    _, _, df = planted_result
+    acc = summary(df, "accuracy")
+    off = [p for p in range(len(acc)) if p not in SIGNAL_POINTS]
+    assert (acc[SIGNAL_POINTS] > 0.8).all()
+    assert (acc[off] < 0.65).all()
+    assert (summary(df, "macro_f1")[SIGNAL_POINTS] > 0.8).all()
+
+
+def test_control_task_stays_at_chance_and_selectivity_is_positive_on_signal(planted_result):
+    _, _, df = planted_result
+    ctrl = summary(df, "control_accuracy")
+    assert (np.abs(ctrl - 0.5) < 0.12).all()
+    sel = summary(df, "selectivity")
+    assert (sel[SIGNAL_POINTS] > 0.25).all()
+    assert np.allclose(sel, summary(df, "accuracy") - ctrl)
+
+
+def test_majority_baseline_is_the_training_folds_majority(planted_result):
+    traj, y, df = planted_result
+    splits = probes.make_splits(y, None, 5, random_state=0)
+    expected = [np.mean(y[te] == np.bincount(y[tr]).argmax()) for tr, te in splits]
+    base = per_fold(df, "majority_baseline")
+    assert np.allclose(base, np.array(expected)[:, None])
+
+
+def test_mdl_codelength_drops_where_the_signal_is():
+    traj, y = planted(n=300)
+    res = probes.mdl(traj)
+    assert list(res.columns) == ["point", "codelength_bits", "uniform_bits", "compression"]
+    assert np.allclose(res.uniform_bits, 300 * np.log2(2))
+    bits = res.codelength_bits.to_numpy()
+    off = [p for p in range(8) if p not in SIGNAL_POINTS]
+    assert bits[SIGNAL_POINTS].max() < 0.7 * res.uniform_bits[0]
+    assert bits[off].min() > 0.9 * res.uniform_bits[0]
+    assert np.allclose(res.compression, res.uniform_bits / res.codelength_bits)
+
+
+def test_mdl_first_block_is_sent_with_the_uniform_code():
+    # labels independent of a constant input: every block is coded near the uniform rate, and the
+    # first block (0.1% of 1000 = 1 example) costs exactly log2(K) bits: check the total is close
+    rng = np.random.default_rng(1)
+    x = np.zeros((1000, 1, 4), dtype=np.float32) + rng.normal(size=(1000, 1, 4)).astype(np.float32) * 1e-3
+    y = rng.integers(0, 4, 1000)
+    res = probes.mdl(x, labels=y)
+    assert res.uniform_bits[0] == pytest.approx(1000 * 2.0)
+    assert res.codelength_bits[0] == pytest.approx(2000, rel=0.05)
+
+
+def test_grouped_splits_prevent_duplicate_sentence_leakage():
+    # 80 sentences with random labels and no signal, each appearing 3 times (near-identical vectors):
+    # ungrouped folds put copies on both sides and 1-NN "recognises" them; grouped folds cannot.
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(80, 3, 16)).astype(np.float32)
+    labels = rng.integers(0, 2, 80)
+    x = np.repeat(base, 3, axis=0) + rng.normal(scale=0.01, size=(240, 3, 16)).astype(np.float32)
+    meta = pd.DataFrame({"sense": np.repeat(labels, 3), "group": np.repeat(np.arange(80), 3)})
+    traj = tg.Trajectories(x, meta)
+    leaky = summary(probes.layerwise(traj, probe="1nn", groups=None, control=False, n_boot=10), "accuracy")
+    grouped = summary(probes.layerwise(traj, probe="1nn", control=False, n_boot=10), "accuracy")
+    assert (leaky > 0.95).all()
+    assert (np.abs(grouped - 0.5) < 0.15).all()
+    assert (leaky - grouped > 0.3).all()
+
+
+def test_splits_never_share_a_group_and_stay_stratified():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(90), np.ones(30)].astype(int)
+    g = rng.permutation(np.arange(120) // 2)
+    for tr, te in probes.make_splits(y, g, 5, random_state=0):
+        assert not set(g[tr]) & set(g[te])
+        assert 3 <= y[te].sum() <= 9  # about a quarter of each test fold is class 1
+
+
+def test_too_few_examples_or_groups_raise_naming_the_class():
+    y = np.array(["common"] * 20 + ["rare"] * 3)
+    x = np.zeros((23, 2, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"class 'rare' has 3 examples, fewer than the cv=5 folds"):
+        probes.layerwise(x, labels=y)
+    y = np.array(["common"] * 20 + ["rare"] * 6)
+    groups = np.r_[np.arange(20), [100, 100, 100, 101, 101, 101]]
+    with pytest.raises(ValueError, match=r"class 'rare' has 6 examples but only 2 groups"):
+        probes.layerwise(np.zeros((26, 2, 4), dtype=np.float32), labels=y, groups=groups)
+    with pytest.raises(KeyError, match="nope"):
+        probes.layerwise(planted()[0], groups="nope")
+    with pytest.raises(ValueError, match="unknown probe"):
+        probes.layerwise(planted()[0], probe="forest")
+
+
+def test_same_random_state_gives_identical_results_and_another_differs():
+    traj, _ = planted(n=80, n_points=4)
+    a = probes.layerwise(traj, n_boot=50, random_state=3)
+    b = probes.layerwise(traj, n_boot=50, random_state=3)
+    pd.testing.assert_frame_equal(a, b)
+    c = probes.layerwise(traj, n_boot=50, random_state=4)
+    assert not np.allclose(a["value"], c["value"], equal_nan=True)
+
+
+def test_n_jobs_does_not_change_results():
+    traj, _ = planted(n=60, n_points=4)
+    a = probes.layerwise(traj, n_boot=20, n_jobs=1)
+    b = probes.layerwise(traj, n_boot=20, n_jobs=2)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def _brute_standardize(x: np.ndarray, tr: np.ndarray) -> np.ndarray:
+    mu = x[tr].mean(0)
+    sd = np.maximum(x[tr].std(0), 1e-6)
+    return (x - mu) / sd
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_1nn_and_prototype_match_a_brute_force_loop():
+    traj, y = planted(n=60, n_points=3, d=6, strength=0.8)
+    x = traj.states.astype(np.float64)
+    splits = probes.make_splits(y, None, 3, random_state=0)
+    got_nn = per_fold(probes.layerwise(traj, probe="1nn", cv=3, control=False, n_boot=5), "accuracy")
+    got_pr = per_fold(probes.layerwise(traj, probe="prototype", cv=3, control=False, n_boot=5), "accuracy")
+    for f, (tr, te) in enumerate(splits):
+        for p in range(3):
+            z = _brute_standardize(x[:, p], tr)
+            right_nn = right_pr = 0
+            for i in te:
+                sims = [_cos(z[i], z[j]) for j in tr]
+                right_nn += y[tr][int(np.argmax(sims))] == y[i]
+                protos = [z[tr][y[tr] == k].mean(0) for k in (0, 1)]
+                right_pr += int(np.argmax([_cos(z[i], c) for c in protos])) == y[i]
+            assert got_nn[f, p] == pytest.approx(right_nn / len(te))
+            assert got_pr[f, p] == pytest.approx(right_pr / len(te))
+
+
+def test_user_classifier_equals_a_scaler_pipeline_and_metrics_match_sklearn():
+    traj, y = planted(n=150, n_points=3, d=8, strength=0.7)
+    clf = LogisticRegression(C=0.3)
+    df = probes.layerwise(traj, probe=clf, cv=4, control=False, n_boot=5)
+    assert not hasattr(clf, "coef_")  # the user's estimator is cloned, never fitted in place
+    splits = probes.make_splits(y, None, 4, random_state=0)
+    for f, (tr, te) in enumerate(splits):
+        for p in range(3):
+            pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.3)).fit(traj.states[tr, p], y[tr])
+            pred, proba = pipe.predict(traj.states[te, p]), pipe.predict_proba(traj.states[te, p])
+            row = df[(df.fold == f) & (df.point == p)].set_index("metric")["value"]
+            assert row["accuracy"] == pytest.approx(np.mean(pred == y[te]))
+            assert row["macro_f1"] == pytest.approx(f1_score(y[te], pred, average="macro"))
+            assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y[te], pred))
+            assert row["log_loss"] == pytest.approx(log_loss(y[te], proba, labels=[0, 1]), rel=1e-4)
+
+
+def test_svm_and_mlp_probes_run_and_have_no_log_loss_without_probabilities():
+    traj, _ = planted(n=120, n_points=8)
+    svm = probes.layerwise(traj, probe="svm", control=False, n_boot=5)
+    assert summary(svm, "log_loss").tolist() == [] or np.isnan(summary(svm, "log_loss")).all()
+    assert (summary(svm, "accuracy")[SIGNAL_POINTS] > 0.75).all()
+    mlp = probes.layerwise(traj, probe="mlp", control=False, cv=3, n_boot=5)
+    assert np.isfinite(summary(mlp, "log_loss")).all()
+
+
+def test_transfer_diagonal_equals_per_point_accuracy():
+    traj, _ = planted(n=120, n_points=6)
+    tr = probes.transfer(traj)
+    assert list(tr.columns) == ["train_point", "test_point", "accuracy"]
+    assert len(tr) == 36
+    diag = tr[tr.train_point == tr.test_point].sort_values("train_point")["accuracy"].to_numpy()
+    lw = probes.layerwise(traj, control=False, n_boot=5)
+    assert np.allclose(diag, summary(lw, "accuracy"))
+    # a probe trained on one signal point works on the others, and not off them
+    m = tr.pivot(index="train_point", columns="test_point", values="accuracy").to_numpy()
+    assert m[3, 5] > 0.8 and m[3, 0] < 0.65
+
+
+def test_control_labels_are_fixed_per_type_with_the_task_distribution():
+    rng = np.random.default_rng(0)
+    prev = rng.choice(["the", "a", "river", "savings", "west", "his", "that", "my"], size=400)
+    texts = [f"{w} bank is here" for w in prev]
+    meta = pd.DataFrame({"text": texts, "char_start": [len(w) + 1 for w in prev], "word": "bank",
+                         "sense": rng.choice(["finance", "river"], size=400, p=[0.7, 0.3])})
+    traj = tg.Trajectories(np.zeros((400, 1, 2), dtype=np.float32), meta)
+    ctrl = probes.control_labels(traj, random_state=0)
+    per_type = pd.DataFrame({"t": prev, "c": ctrl}).groupby("t")["c"].nunique()
+    assert (per_type == 1).all()  # one label per (word, previous word) type
+    assert set(ctrl) <= {"finance", "river"}
+    assert abs(np.mean(ctrl == "finance") - np.mean(meta.sense == "finance")) < 0.15
+    assert not np.array_equal(ctrl, probes.control_labels(traj, random_state=1)) or len(set(prev)) < 3
+
+
+def test_balance_subsamples_every_class_to_the_smallest():
+    traj, y = planted(n=300, n_points=2)
+    sense = np.where(np.arange(300) < 270, "finance", "river")
+    base = summary(probes.layerwise(traj, labels=sense, control=False, n_boot=5), "majority_baseline")
+    bal = summary(probes.layerwise(traj, labels=sense, control=False, balance=True, n_boot=5),
+                  "majority_baseline")
+    assert base[0] == pytest.approx(0.9, abs=0.01)
+    assert bal[0] == pytest.approx(0.5, abs=0.12)
+
+
+def test_expected_layer_and_resolution_point_on_planted_onset():
+    traj, _ = planted(n=120, n_points=7, d=8, points=[4, 5, 6], strength=2.0)
+    expected, table = probes.expected_layer(traj)
+    assert list(table.columns) == ["point", "score", "gain"]
+    assert int(table["gain"].idxmax()) == 4  # the onset adds (nearly) everything
+    assert table["gain"][4] > 0.4 and np.abs(table["gain"][1:4]).max() < 0.1
+    assert 3.5 <= expected <= 5.0
+    # the equal-weight mix dilutes the onset among the noise points: it still rises from there on
+    _, mean_table = probes.expected_layer(traj, mix="mean")
+    assert mean_table["score"][4:].min() > mean_table["score"][:4].max()
+    df = probes.layerwise(traj, control=False, n_boot=5)
+    rp = probes.resolution_point(df, fraction=0.9, n_boot=200)
+    assert rp["resolution_point"].iloc[0] == 4
+    assert rp["ci_low"].iloc[0] <= 4 <= rp["ci_high"].iloc[0]
+    rp2 = probes.resolution_point(traj, fraction=0.9, n_boot=200)
+    assert rp2["resolution_point"].iloc[0] == 4
+
+
+def test_loureiro_1nn_matches_brute_force():
+    rng = np.random.default_rng(0)
+    n, n_points, d = 80, 7, 5  # points 0..6: the last four are 3..6
+    x = rng.normal(size=(n, n_points, d)).astype(np.float32)
+    words = np.repeat(["bank", "crane"], n // 2)
+    senses = np.where(words == "bank", rng.choice(["finance", "river"], n),
+                      rng.choice(["bird", "machine", "origami"], n))
+    x[:, 3:, 0] += np.where(np.isin(senses, ["river", "machine"]), 1.0, -1.0)[:, None]
+    meta = pd.DataFrame({"word": words, "sense": senses})
+    traj = tg.Trajectories(x, meta)
+    tr_idx, te_idx = np.arange(0, n, 2), np.arange(1, n, 2)
+    res = probes.loureiro_1nn(traj[tr_idx], traj[te_idx])
+    assert list(res["word"]) == ["bank", "crane", "mean"]
+    v = x[:, 3:].sum(1).astype(np.float64)
+    for w in ["bank", "crane"]:
+        tr = [i for i in tr_idx if words[i] == w]
+        te = [i for i in te_idx if words[i] == w]
+        ss = sorted({senses[i] for i in tr})
+        protos = {s: np.mean([v[i] for i in tr if senses[i] == s], axis=0) for s in ss}
+        pred = [max(ss, key=lambda s: _cos(v[i], protos[s])) for i in te]
+        truth = [senses[i] for i in te]
+        row = res[res.word == w].iloc[0]
+        assert row["accuracy"] == pytest.approx(np.mean(np.array(pred) == np.array(truth)))
+        assert row["macro_f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert res.iloc[-1]["macro_f1"] == pytest.approx(res.iloc[:2]["macro_f1"].mean())
+    with pytest.raises(ValueError, match="lack"):
+        probes.loureiro_1nn(traj.select_points([0, 1, 2, 4, 5, 6]), traj, n_last=4)
+
+
+@pytest.mark.slow
+def test_smollm2_bank_sense_becomes_linearly_readable(smollm2, coarsewsd_dir):
+    examples = balanced_bank(coarsewsd_dir, per_sense=30)
+    examples["group"] = pd.factorize(examples["text"])[0]
+    traj = tg.extract(smollm2, examples, max_point=12, progress=False)
+    df = probes.layerwise(traj, cv=3, n_boot=200)
+    acc = summary(df, "accuracy")
+    sel = summary(df, "selectivity")
+    print("\nSmolLM2 bank accuracy per point:", np.round(acc, 3).tolist())
+    print("control:", np.round(summary(df, "control_accuracy"), 3).tolist())
+    assert abs(acc[0] - 0.5) < 0.15  # point 0 is the context-free embedding: chance
+    assert acc[6:].max() > 0.85
+    assert sel[6:].max() > 0.2

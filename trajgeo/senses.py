@@ -645,14 +645,26 @@ def commitment(
     -------
     DataFrame
         One row per example: ``example, word, sense, commitment_point, stable_point``.
-        ``commitment_point`` is the first (original) point after which the leave-one-out margin
-        stays above ``threshold`` through the last point; ``stable_point`` the first point from
-        which the leave-one-out nearest-prototype prediction is right through the last point.
-        NaN where that never happens (e.g. the last point is not above the threshold).
+        ``commitment_point`` is the first (original) point from which the leave-one-out margin
+        (prototypes of ``reference``) stays above ``threshold`` through the last point: when the
+        path has turned toward its resolved sense for good. ``stable_point`` is the first point
+        from which the leave-one-out nearest-prototype prediction *at each point* (prototypes of
+        that same point, i.e. a nearest-centroid classifier per point) is right through the last
+        point: when the sense has become decodable for good. The two differ for a path that is
+        separable early but heads toward the wrong sense (stable early, committed late). (Against
+        the reference's prototypes the prediction would just be ``margin > 0``.) NaN where it
+        never happens, e.g. when the last point is not above the threshold. A tie is not right.
+
+    Notes
+    -----
+    Both need the condition to hold *through the last point*; with the default reference the
+    margin at the last point is a leave-one-out nearest-centroid check of the final vectors.
     """
     traj = as_trajectories(traj)
     fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
-    margin, correct = _margin(*fitted._score(traj, None))
+    margin = _margin(*fitted._score(traj, None))[0]
+    per_point = fitted if reference == "same" else SensePrototypes(labels, by, "same", normalize).fit(traj)
+    correct = _margin(*per_point._score(traj, None))[1]
     with np.errstate(invalid="ignore"):
         above = margin > threshold
     out = pd.DataFrame(_meta_cols(traj, np.arange(traj.n_examples), fitted, None))

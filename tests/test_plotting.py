@@ -351,6 +351,15 @@ def test_probe_accuracy_unknown_metric_lists_available():
         tp.probe_accuracy(make_layerwise(), metric="macro_f1")
 
 
+def test_probe_accuracy_other_scores_omit_accuracy_references_unless_asked():
+    df = make_layerwise()
+    df = pd.concat([df, df[df.metric == "accuracy"].assign(metric="macro_f1")])
+    ax = tp.probe_accuracy(df, metric="macro_f1")
+    assert [ln.get_gid() for ln in ax.lines] == ["probe"] and ax.get_ylabel() == "macro F1"
+    ax = tp.probe_accuracy(df, metric="macro_f1", baseline=True)
+    assert sorted(ln.get_gid() for ln in ax.lines) == ["majority_baseline", "probe"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # 3. trajectories
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,8 +406,11 @@ def test_trajectory_grid_has_one_titled_panel_per_word():
     fig = tp.trajectory_grid(make_coords(n_per_sense=10), col="word", max_paths=6)
     assert isinstance(fig, matplotlib.figure.Figure)
     assert [ax.get_title() for ax in fig.axes] == ["bank", "bass"]
-    for ax in fig.axes:
+    senses = [["finance", "river"], ["fish", "music"]]
+    for ax, mine in zip(fig.axes, senses):
         assert len([ln for ln in ax.lines if ln.get_gid() == "path"]) == 6
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == mine  # each word lists its own senses
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["embedding (start)", "last point"]
     three = pd.concat([make_coords(n_per_sense=3), make_coords(n_per_sense=3).assign(word="crane")])
     assert len(tp.trajectory_grid(three, col_wrap=2).axes) == 3  # the unused fourth panel is removed
 
@@ -481,8 +493,19 @@ def test_transfer_heatmap_cells_are_mean_accuracy_train_by_test():
     want = df.groupby(["train_point", "test_point"])["accuracy"].mean().unstack().to_numpy()
     np.testing.assert_allclose(heatmap_values(ax).reshape(5, 5), want)
     assert len(ax.texts) == 25  # small: annotated
-    assert ax.get_xticklabels()[0].get_text() == "emb" and ax.get_yticklabels()[0].get_text() == "emb"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["emb", "1", "2", "3", "4"]
+    assert ax.get_yticklabels()[0].get_text() == "emb"
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("test point", "train point")
+
+
+def test_heatmap_ticks_are_thinned_to_round_layers_when_they_would_not_fit():
+    df = make_attribution(n_examples=2, n_layers=30)
+    with tp.paper_style("single"):
+        ax = tp.attribution_heatmap(df)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert 3 <= len(labels) <= 15 and all(int(t) % 5 == 0 for t in labels)
+    positions = ax.get_xticks() - 0.5  # cell centres: label "k" sits on the column of layer k
+    assert [int(t) for t in labels] == [int(p) + 1 for p in positions]
 
 
 def test_superposition_bars_one_bar_per_sense_and_balance_per_word():
@@ -498,6 +521,13 @@ def test_superposition_bars_one_bar_per_sense_and_balance_per_word():
     assert notes == ["bank\nbalance 0.69", "bass\nbalance 0.50"]
     xs = [b.get_x() for b in bars]
     assert xs[2] - xs[1] > xs[1] - xs[0]  # a gap between words
+
+
+def test_superposition_bars_without_word_column_is_one_group():
+    df = pd.DataFrame({"sense": ["river", "finance"], "cosine": [0.3, 0.4], "balance": [0.75, 0.75]})
+    ax = tp.superposition_bars(df)
+    assert [b.get_height() for b in ax.patches if b.get_gid() == "sense_bar"] == [0.4, 0.3]
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "balance"] == ["balance 0.75"]
 
 
 def test_path_panels_one_panel_per_metric_with_group_means():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -278,6 +279,13 @@ def _new_axes(ax: Axes | None, size: tuple[float, float] | None = None) -> Axes:
     return fig.add_subplot()
 
 
+def _heatmap(data: pd.DataFrame, **kwargs: Any) -> Axes:
+    """seaborn.heatmap without the PendingDeprecationWarning that seaborn 0.13 raises inside itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="seaborn")
+        return sns.heatmap(data, **kwargs)
+
+
 def _emb_label(value: float, _pos: int | None = None) -> str:
     return "emb" if value == 0 else f"{value:g}"
 
@@ -463,7 +471,7 @@ def _probe_summary(df: pd.DataFrame, metric: str, keys: list[str]) -> pd.DataFra
 
 
 def probe_accuracy(layerwise_df: pd.DataFrame, metric: str = "accuracy", ax: Axes | None = None, *,
-                   hue: str | None = None, control: bool = True, baseline: bool = True) -> Axes:
+                   hue: str | None = None, control: bool | None = None, baseline: bool | None = None) -> Axes:
     """Probe score against point, with the control-task curve and the majority baseline (dashed).
 
     Parameters
@@ -477,10 +485,11 @@ def probe_accuracy(layerwise_df: pd.DataFrame, metric: str = "accuracy", ax: Axe
     hue : str, optional
         Column (e.g. "word" or "model") with one colour per level; the control and baseline lines of a level
         share its colour.
-    control : bool
-        Draw the ``control_accuracy`` rows (dotted) when present.
-    baseline : bool
-        Draw the ``majority_baseline`` rows (dashed) when present.
+    control : bool, optional
+        Draw the ``control_accuracy`` rows (dotted) when present. Default: only when ``metric == "accuracy"``,
+        the scale both are on.
+    baseline : bool, optional
+        Draw the ``majority_baseline`` rows (dashed) when present. Default as for ``control``.
 
     Returns
     -------
@@ -490,6 +499,9 @@ def probe_accuracy(layerwise_df: pd.DataFrame, metric: str = "accuracy", ax: Axe
     what = "probe_accuracy"
     _require(layerwise_df, ["point", "metric", "value", hue], what)
     keys = [hue] if hue else []
+    same_scale = metric == "accuracy"  # control and majority baseline are accuracies
+    control = same_scale if control is None else control
+    baseline = same_scale if baseline is None else baseline
     main = _probe_summary(layerwise_df, metric, keys)
     if main.empty:
         raise ValueError(f"{what}: no rows with metric == {metric!r}; "
@@ -701,7 +713,7 @@ def trajectory_grid(coords_df: pd.DataFrame, col: str = "word", *, col_wrap: int
 def _diverging_heatmap(ax: Axes, mat: pd.DataFrame, label: str, annot: bool, cmap: str) -> None:
     vmax = float(np.nanmax(np.abs(mat.to_numpy(float)))) if mat.notna().any(axis=None) else 1.0
     vmax = vmax or 1.0
-    sns.heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-vmax, vmax=vmax, annot=annot, fmt=".2f",
+    _heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-vmax, vmax=vmax, annot=annot, fmt=".2f",
                 cbar_kws={"label": label}, xticklabels=False, yticklabels=True)
     _heatmap_ticks(ax, "x", _int_values(mat.columns), 0.75 * ax.figure.get_figwidth())
 
@@ -773,7 +785,7 @@ def head_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = 
                          f"available: {_levels(attr_df['component'])}")
     mat = sub.pivot_table(index="head", columns="layer", values=value, aggfunc="mean").sort_index()
     ax = _new_axes(ax)
-    _diverging_heatmap(ax, mat, "mean push to correct sense", annot, cmap)
+    _diverging_heatmap(ax, mat, "push to\ncorrect sense", annot, cmap)
     ax.set_xlabel("layer")
     ax.set_ylabel("head")
     ax.tick_params(axis="y", rotation=0)
@@ -824,7 +836,7 @@ def lens_table(top_tokens_df: pd.DataFrame, ax: Axes | None = None, *, example: 
     width = mpl.rcParams["figure.figsize"][0]
     ax = _new_axes(ax, (width, 0.7 + 0.16 * len(prob)))
     fs = max(mpl.rcParams["font.size"] - 2.0, 5.0)
-    sns.heatmap(prob, ax=ax, cmap=cmap, vmin=0.0, vmax=1.0, annot=text, fmt="", annot_kws={"fontsize": fs},
+    _heatmap(prob, ax=ax, cmap=cmap, vmin=0.0, vmax=1.0, annot=text, fmt="", annot_kws={"fontsize": fs},
                 linewidths=0.4, linecolor="white", cbar_kws={"label": "probability", "shrink": 0.4, "aspect": 15}, xticklabels=True,
                 yticklabels=True)
     ax.set_yticks(np.arange(len(prob)) + 0.5, [_emb_label(p) for p in _int_values(prob.index)], rotation=0)
@@ -896,7 +908,7 @@ def transfer_heatmap(transfer_df: pd.DataFrame, ax: Axes | None = None, *, value
         annot = max(mat.shape) <= 8
     side = mpl.rcParams["figure.figsize"][0]
     ax = _new_axes(ax, (side, side * 0.85))
-    sns.heatmap(mat, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=True, annot=annot, fmt=".2f",
+    _heatmap(mat, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=True, annot=annot, fmt=".2f",
                 cbar_kws={"label": value.replace("_", " ")}, xticklabels=False, yticklabels=False)
     length = 0.65 * ax.figure.get_figwidth()  # square cells: both axes are about this long
     _heatmap_ticks(ax, "x", _int_values(mat.columns), length, emb=True)
@@ -913,7 +925,7 @@ def superposition_bars(superposition_df: pd.DataFrame, ax: Axes | None = None) -
     ----------
     superposition_df : DataFrame
         From ``trajgeo.senses.superposition``: ``word, sense, cosine, balance`` (balance repeated within a word;
-        optional).
+        optional; without ``word`` all rows are one word).
     ax : Axes, optional
 
     Returns
@@ -923,7 +935,9 @@ def superposition_bars(superposition_df: pd.DataFrame, ax: Axes | None = None) -
         with the word and its balance.
     """
     what = "superposition_bars"
-    df = _require(superposition_df, ["word", "sense", "cosine"], what)
+    df = _require(superposition_df, ["sense", "cosine"], what)
+    if "word" not in df.columns:  # superposition() leaves the column out when the data has no words
+        df = df.assign(word="")
     ax = _new_axes(ax)
     colours = sns.color_palette()
     ticks, ticklabels, pos = [], [], 0.0
@@ -937,9 +951,10 @@ def superposition_bars(superposition_df: pd.DataFrame, ax: Axes | None = None) -
             bar.set_gid("sense_bar")
         ticks += list(xs)
         ticklabels += [str(s) for s in group["sense"]]
-        label = str(word)
+        lines = [str(word)] if str(word) else []
         if "balance" in group.columns and group["balance"].notna().any():
-            label += f"\nbalance {group['balance'].dropna().iloc[0]:.2f}"
+            lines.append(f"balance {group['balance'].dropna().iloc[0]:.2f}")
+        label = "\n".join(lines)
         ax.text(xs.mean(), 1.0, label, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
                 fontsize=mpl.rcParams["xtick.labelsize"], gid="balance")
         pos = xs[-1] + 2.0  # one bar-width gap between words

@@ -536,7 +536,7 @@ def test_path_panels_one_panel_per_metric_with_group_means():
     fig = tp.path_panels(df, metrics=metrics)
     assert len(fig.axes) == 3
     assert [ax.get_ylabel() for ax in fig.axes] == ["step size", "turning angle (\N{DEGREE SIGN})",
-                                                    "cosine to final point"]
+                                                    "cos to final point"]
     for ax, metric in zip(fig.axes, metrics):
         means = df[df.metric == metric].dropna().groupby(["sense", "point"])["value"].mean()
         lines = curve_lines(ax)

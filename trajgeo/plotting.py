@@ -66,8 +66,8 @@ _PRETTY = {
     "step_size": "step size",
     "relative_step": "relative step",
     "turning_angle": "turning angle (\N{DEGREE SIGN})",
-    "cos_to_final": "cosine to final point",
-    "cos_prev": "cosine to previous point",
+    "cos_to_final": "cos to final point",
+    "cos_prev": "cos to previous point",
     "dist_to_final": "distance to final point",
     "norm": "norm",
     "sense_log_odds": "sense-word log-odds",
@@ -784,7 +784,8 @@ def head_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = 
         raise ValueError(f"{what}: no rows with component == 'head' (extract with heads=True); "
                          f"available: {_levels(attr_df['component'])}")
     mat = sub.pivot_table(index="head", columns="layer", values=value, aggfunc="mean").sort_index()
-    ax = _new_axes(ax)
+    width = mpl.rcParams["figure.figsize"][0]
+    ax = _new_axes(ax, (width, min(0.8 + 0.2 * len(mat), 0.9 * width)))  # rows about as tall as text
     _diverging_heatmap(ax, mat, "push to\ncorrect sense", annot, cmap)
     ax.set_xlabel("layer")
     ax.set_ylabel("head")

@@ -427,9 +427,21 @@ def path_metrics(traj: Any, normalize: str | None = None, reference: Any = None)
 
 # ====================================================================== population metrics
 def _unit(x: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n = _rownorm(x)[..., None]
-        return np.where(n > 0, x / np.where(n > 0, n, 1), 0).astype(np.float32)
+    """Unit vectors along the last axis; zero vectors stay zero."""
+    n = _rownorm(x)[..., None]
+    return (x / np.maximum(n, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
+
+
+def _gram(x: np.ndarray) -> np.ndarray:
+    """Per-point Gram matrices: (n, p, d) -> (p, n, n), by batched BLAS (einsum would not use it)."""
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+    return xt @ np.swapaxes(xt, 1, 2)
+
+
+def _scatter(x: np.ndarray) -> np.ndarray:
+    """Per-point uncentred scatter matrices: (n, p, d) -> (p, d, d), by batched BLAS."""
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))
+    return np.swapaxes(xt, 1, 2) @ xt
 
 
 def _segments(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -452,10 +464,7 @@ def _mev(x: np.ndarray) -> np.ndarray:
     x : ndarray of shape (m, n_points, d); returns (n_points,). Uses the smaller Gram matrix.
     """
     x = x.astype(np.float64)
-    if x.shape[0] <= x.shape[2]:
-        gram = np.einsum("ipd,jpd->pij", x, x)
-    else:
-        gram = np.einsum("ipd,ipe->pde", x, x)
+    gram = _gram(x) if x.shape[0] <= x.shape[2] else _scatter(x)
     top = np.linalg.eigvalsh(gram)[:, -1]
     total = np.trace(gram, axis1=1, axis2=2)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -759,7 +768,7 @@ def cka(
         raise ValueError(f"cka needs at least 2 examples, got {x.shape[0]}")
     x = x.astype(np.float64)
     x -= x.mean(axis=0)
-    gram = np.einsum("ipd,jpd->pij", x, x).reshape(x.shape[1], -1)  # (p, n*n)
+    gram = _gram(x).reshape(x.shape[1], -1)  # (p, n*n)
     hsic = gram @ gram.T
     diag = np.sqrt(np.diag(hsic))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -251,7 +251,7 @@ def _select_metric(df: pd.DataFrame, metric: str, what: str) -> pd.DataFrame:
         return df
     sub = df[df["metric"] == metric]
     if sub.empty:
-        raise ValueError(f"{what}: no rows with metric == {metric!r}; available: {sorted(map(str, df['metric'].unique()))}")
+        raise ValueError(f"{what}: no rows with metric == {metric!r}; available: {_levels(df['metric'].astype(str))}")
     return sub
 
 
@@ -357,14 +357,23 @@ def _depth_axis(df: pd.DataFrame, relative: bool) -> pd.Series:
     return point / depth
 
 
+def _precomputed(df: pd.DataFrame) -> bool:
+    """True for interval tables from ``stats.bootstrap_ci`` (mean, ci_low, ci_high) rather than raw values."""
+    columns = set(getattr(df, "columns", ()))  # a non-DataFrame is reported by _require
+    return "value" not in columns and {"mean", "ci_low", "ci_high"} <= columns
+
+
+def _value_column(df: pd.DataFrame) -> str | None:
+    """The column a curve needs: None for an interval table, else ``value``."""
+    return None if _precomputed(df) else "value"
+
+
 def _curve(ax: Axes, df: pd.DataFrame, x: str, hue: str | None, style: str | None, ci: float | None,
            n_boot: int, random_state: int, legend: bool = True) -> list[Line2D]:
     """Mean line per hue/style group with a band: bootstrapped from ``value`` rows, or read from precomputed
     ``mean``/``ci_low``/``ci_high`` columns (as written by ``trajgeo.stats.bootstrap_ci``)."""
-    precomputed = "value" not in df.columns and {"mean", "ci_low", "ci_high"} <= set(df.columns)
+    precomputed = _precomputed(df)
     y = "mean" if precomputed else "value"
-    if y not in df.columns:
-        raise ValueError(f"need a 'value' column, or precomputed 'mean', 'ci_low', 'ci_high'; have {list(df.columns)}")
     df = df.dropna(subset=[y])  # undefined points (e.g. the turning angle at point 0) are not zeros
     hue_order = _levels(df[hue]) if hue else None
     style_order = _levels(df[style]) if style else None
@@ -439,7 +448,7 @@ def convergence(curves_df: pd.DataFrame, metric: str = "margin", hue: str | None
     Axes
     """
     what = "convergence"
-    _require(curves_df, ["point", hue, style], what)
+    _require(curves_df, ["point", hue, style, _value_column(curves_df)], what)
     df = _select_metric(curves_df, metric, what)
     if metric == "cos" and style is None and "to_sense" in df.columns and df["to_sense"].notna().any():
         df, style = df.rename(columns={"to_sense": "prototype"}), "prototype"  # legend title reads "prototype"
@@ -714,7 +723,7 @@ def _diverging_heatmap(ax: Axes, mat: pd.DataFrame, label: str, annot: bool, cma
     vmax = float(np.nanmax(np.abs(mat.to_numpy(float)))) if mat.notna().any(axis=None) else 1.0
     vmax = vmax or 1.0
     _heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-vmax, vmax=vmax, annot=annot, fmt=".2f",
-                cbar_kws={"label": label}, xticklabels=False, yticklabels=True)
+             cbar_kws={"label": label}, xticklabels=False, yticklabels=True)
     _heatmap_ticks(ax, "x", _int_values(mat.columns), 0.75 * ax.figure.get_figwidth())
 
 
@@ -838,8 +847,8 @@ def lens_table(top_tokens_df: pd.DataFrame, ax: Axes | None = None, *, example: 
     ax = _new_axes(ax, (width, 0.7 + 0.16 * len(prob)))
     fs = max(mpl.rcParams["font.size"] - 2.0, 5.0)
     _heatmap(prob, ax=ax, cmap=cmap, vmin=0.0, vmax=1.0, annot=text, fmt="", annot_kws={"fontsize": fs},
-                linewidths=0.4, linecolor="white", cbar_kws={"label": "probability", "shrink": 0.4, "aspect": 15}, xticklabels=True,
-                yticklabels=True)
+             linewidths=0.4, linecolor="white", xticklabels=True, yticklabels=True,
+             cbar_kws={"label": "probability", "shrink": 0.4, "aspect": 15})
     ax.set_yticks(np.arange(len(prob)) + 0.5, [_emb_label(p) for p in _int_values(prob.index)], rotation=0)
     ax.set_xlabel("rank")
     ax.set_ylabel("point")
@@ -866,7 +875,7 @@ def sense_log_odds(lens_df: pd.DataFrame, ax: Axes | None = None, *, hue: str | 
         Mean curve per ``hue`` level (gid "curve") and a zero line (gid "zero").
     """
     what = "sense_log_odds"
-    _require(lens_df, ["point", hue], what)
+    _require(lens_df, ["point", hue, _value_column(lens_df)], what)
     df = _select_metric(lens_df, "sense_log_odds", what)
     ax = _new_axes(ax)
     _curve(ax, df.assign(_x=df["point"].astype(float)), "_x", hue, None, ci, n_boot, random_state)
@@ -910,7 +919,7 @@ def transfer_heatmap(transfer_df: pd.DataFrame, ax: Axes | None = None, *, value
     side = mpl.rcParams["figure.figsize"][0]
     ax = _new_axes(ax, (side, side * 0.85))
     _heatmap(mat, ax=ax, cmap=cmap, vmin=vmin, vmax=vmax, square=True, annot=annot, fmt=".2f",
-                cbar_kws={"label": value.replace("_", " ")}, xticklabels=False, yticklabels=False)
+             cbar_kws={"label": value.replace("_", " ")}, xticklabels=False, yticklabels=False)
     length = 0.65 * ax.figure.get_figwidth()  # square cells: both axes are about this long
     _heatmap_ticks(ax, "x", _int_values(mat.columns), length, emb=True)
     _heatmap_ticks(ax, "y", _int_values(mat.index), length, emb=True)
@@ -991,7 +1000,7 @@ def path_panels(path_metrics_df: pd.DataFrame,
         Panels share the point axis; one figure legend for the ``hue`` levels.
     """
     what = "path_panels"
-    df = _require(path_metrics_df, ["point", "metric", "value", hue], what)
+    df = _require(path_metrics_df, ["point", "metric", hue, _value_column(path_metrics_df)], what)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [m for m in metrics if m not in set(df["metric"])]
     if unknown:

@@ -27,7 +27,7 @@ pass over the states, and lazy (dask) trajectories are processed chunk by chunk.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,9 +48,6 @@ __all__ = [
 
 DIRECTIONS = ("prototype", "lda", "probe")
 
-Labels = "str | Sequence[Any] | np.ndarray"
-
-
 # ====================================================================== helpers
 def _is_dask(a: Any) -> bool:
     return not isinstance(a, np.ndarray) and hasattr(a, "compute") and hasattr(a, "chunks")
@@ -67,6 +64,24 @@ def _xp(a: Any) -> Any:
 
         return da
     return np
+
+
+_MATMUL = {  # contractions with a new output axis, as BLAS matmuls (einsum's own loop is slow there)
+    "npd,kd->npk": lambda a, b: a @ b.T,
+    "npd,kpd->npk": lambda a, b: np.matmul(a.transpose(1, 0, 2), b.transpose(1, 2, 0)).transpose(1, 0, 2),
+    "npd,nkd->npk": lambda a, b: np.matmul(a, b.transpose(0, 2, 1)),
+}
+
+
+def _einsum(spec: str, *ops: Any) -> Any:
+    """``einsum`` for numpy or dask operands; BLAS matmul for the contractions in ``_MATMUL``."""
+    if any(_is_dask(o) for o in ops):
+        import dask.array as da
+
+        return da.einsum(spec, *ops)
+    if spec in _MATMUL:
+        return _MATMUL[spec](*ops)
+    return np.einsum(spec, *ops)
 
 
 def _like(arr: np.ndarray, ref: Any) -> Any:
@@ -256,7 +271,12 @@ class SensePrototypes:
         y : array-like of shape (n_examples,), optional
             Sense labels overriding ``labels``.
         """
-        traj = as_trajectories(traj)
+        self._fit(as_trajectories(traj), y)
+        return self
+
+    def _fit(self, traj: Trajectories, y: Any = None) -> Any:
+        """Fit and return the normalised states (numpy or dask), so that scoring the same
+        trajectories right after does not normalise them twice."""
         ids = traj.meta["example"].to_numpy()
         if pd.Index(ids).has_duplicates:
             raise ValueError("example ids are not unique; leave-one-out identifies examples by id")
@@ -287,7 +307,7 @@ class SensePrototypes:
         self.fit_examples_ = ids
         self.fit_group_ = group
         self.n_features_in_ = traj.d_model
-        return self
+        return z
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "sums_"):
@@ -305,7 +325,7 @@ class SensePrototypes:
         words, senses, _ = _keys(traj, self.labels if y is None else y, self.by if self.has_word_ else None)
         gidx = pd.MultiIndex.from_frame(self.groups_[["word", "sense"]])
         own = gidx.get_indexer(pd.MultiIndex.from_arrays([words, senses], names=["word", "sense"]))
-        word_codes, word_uniq = pd.factorize(np.concatenate([self.groups_["word"].to_numpy(), words]))
+        word_codes = pd.factorize(np.concatenate([self.groups_["word"].to_numpy(), words]))[0]
         same_word = word_codes[len(self.groups_):, None] == word_codes[None, : len(self.groups_)]
         row = pd.Index(self.fit_examples_).get_indexer(traj.meta["example"].to_numpy())
         loo = np.where(row >= 0, self.fit_group_[np.maximum(row, 0)], -1) if self.leave_one_out else np.full(len(row), -1)
@@ -331,21 +351,22 @@ class SensePrototypes:
         """
         return self._score(as_trajectories(traj), y)[0]
 
-    def _score(self, traj: Trajectories, y: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _score(self, traj: Trajectories, y: Any, z: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self._check_fitted()
         if traj.d_model != self.n_features_in_:
             raise ValueError(f"trajectories have d_model {traj.d_model}, prototypes were fitted on {self.n_features_in_}")
         r = self.reference_index_
         own, same_word, loo = self._score_keys(traj, y)
-        z = _normalised(traj.states, self.normalizer_, r is not None)
+        if z is None:
+            z = _normalised(traj.states, self.normalizer_, r is not None)
         xp = _xp(z)
-        zz = xp.einsum("npd,npd->np", z, z)
+        zz = _einsum("npd,npd->np", z, z)
         if r is not None:
             s_ref = self.sums_[:, r]  # (K, d)
-            zS = xp.einsum("npd,kd->npk", z, s_ref.astype(np.float32))
+            zS = _einsum("npd,kd->npk", z, s_ref.astype(np.float32))
             rows = self._fit_rows(traj)
             x_ref = np.where((rows >= 0)[:, None], self.ref_states_[np.maximum(rows, 0)], 0.0).astype(np.float32)
-            zx = xp.einsum("npd,nd->np", z, _like(x_ref, z))
+            zx = _einsum("npd,nd->np", z, _like(x_ref, z))
             if xp is not np:
                 zz, zS, zx = xp.compute(zz, zS, zx)
             xS = (x_ref.astype(np.float64) @ s_ref.T)[:, None, :]  # (n, 1, K)
@@ -354,7 +375,7 @@ class SensePrototypes:
         else:
             if traj.n_points != self.sums_.shape[1]:
                 raise ValueError(f"reference='same' needs the fitted points {list(self.points_)}, got {list(traj.points)}")
-            zS = xp.einsum("npd,kpd->npk", z, self.sums_.astype(np.float32))
+            zS = _einsum("npd,kpd->npk", z, self.sums_.astype(np.float32))
             if xp is not np:
                 zz, zS = xp.compute(zz, zS)
             zx, xS, xx = zz, zS, zz
@@ -424,38 +445,65 @@ class SensePrototypes:
         ndarray of shape (n_examples, n_groups, d_model)
             Unit vectors; NaN rows for groups of other words and for one-sense words.
         """
+        traj = as_trajectories(traj)
+        out = np.full((traj.n_examples, len(self.groups_), self.n_features_in_), np.nan)
+        for mine, gk, u in self._word_directions(traj, method, y, cv, random_state):
+            out[np.ix_(mine, gk)] = u
+        return out
+
+    def _word_directions(
+        self, traj: Trajectories, method: str, y: Any, cv: int, random_state: int | None
+    ) -> Any:
+        """Per word with at least two senses: ``(rows, groups, u)`` -- positions of the word's
+        scored examples (n_w,), its group indices (K_w,), and unit directions (n_w, K_w, d_model).
+
+        One word at a time, so memory is n_w x K_w x d_model, not n x all groups x d_model.
+        """
         self._check_fitted()
         if method not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {method!r}")
         if self.reference_index_ is None:
             raise ValueError("sense directions need a fixed reference point ('last' or an int), not 'same'")
-        traj = as_trajectories(traj)
-        own, same_word, loo = self._score_keys(traj, y)
-        K, d = len(self.groups_), self.n_features_in_
+        _, _, loo = self._score_keys(traj, y)
+        words = _keys(traj, self.labels if y is None else y, self.by if self.has_word_ else None)[0]
+        word_code, word_uniq = pd.factorize(self.groups_["word"])
+        score_words = pd.Index(word_uniq).get_indexer(words)
+        fit_rows = self._fit_rows(traj)
         s_ref = self.sums_[:, self.reference_index_]
-        word_code = pd.factorize(self.groups_["word"])[0]
-        n_in_word = np.bincount(word_code)[word_code]  # (K,)
-        if method == "prototype":
-            rows = self._fit_rows(traj)
-            protos = np.broadcast_to(s_ref / self.counts_[:, None], (len(own), K, d)).copy()
-            i = np.flatnonzero(loo >= 0)
+        for w in range(len(word_uniq)):
+            gk = np.flatnonzero(word_code == w)
+            mine = np.flatnonzero(score_words == w)
+            if len(gk) < 2 or not len(mine):
+                continue
+            if method == "prototype":
+                protos = np.repeat((s_ref[gk] / self.counts_[gk, None])[None], len(mine), axis=0)
+                # fitted examples (in one of this word's groups): their own sense without them
+                i = np.flatnonzero(np.isin(loo[mine], gk))
+                local = np.searchsorted(gk, loo[mine][i])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    protos[i, local] = (s_ref[gk[local]] - self.ref_states_[fit_rows[mine][i]]) / (
+                        self.counts_[gk[local]] - 1
+                    )[:, None]
+                # p_k minus the mean of the word's other prototypes
+                u = protos - (protos.sum(1, keepdims=True) - protos) / (len(gk) - 1)
+            else:
+                u = self._learned_directions(gk, mine, fit_rows, loo, method, cv, random_state, word_uniq[w])
             with np.errstate(invalid="ignore", divide="ignore"):
-                protos[i, loo[i]] = (s_ref[loo[i]] - self.ref_states_[rows[i]]) / (self.counts_[loo[i]] - 1)[:, None]
-            # d_k = p_k - mean of the word's other prototypes = p_k - (sum_w - p_k) / (K_w - 1)
-            others = (word_code[:, None] == word_code[None]) & ~np.eye(K, dtype=bool)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mix = others / (n_in_word - 1)[:, None]
-                dirs = protos - np.einsum("kj,njd->nkd", mix, protos)
-        else:
-            dirs = self._learned_directions(traj, method, loo, cv, random_state)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dirs = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
-        dirs[~same_word | (n_in_word[None] < 2)] = np.nan
-        return dirs
+                yield mine, gk, u / np.linalg.norm(u, axis=-1, keepdims=True)
 
     def _learned_directions(
-        self, traj: Trajectories, method: str, loo: np.ndarray, cv: int, random_state: int | None
+        self,
+        gk: np.ndarray,
+        mine: np.ndarray,
+        fit_rows: np.ndarray,
+        loo: np.ndarray,
+        method: str,
+        cv: int,
+        random_state: int | None,
+        word: Any,
     ) -> np.ndarray:
+        """Cross-fitted LDA / probe directions of one word's groups ``gk`` for the scored examples
+        ``mine``: shape (len(mine), len(gk), d_model), not yet unit."""
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold
@@ -465,45 +513,34 @@ class SensePrototypes:
                 return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
             return LogisticRegression(max_iter=2000, random_state=random_state)
 
-        def dirs_of(m: Any) -> np.ndarray:  # (len(classes), d)
+        def dirs_of(m: Any) -> np.ndarray:  # (len(gk), d): classes_ are the sorted gk
             coef = np.asarray(m.coef_, dtype=np.float64)
             if len(m.classes_) == 2:
                 return np.stack([-coef[0], coef[0]])
             return coef - (coef.sum(0, keepdims=True) - coef) / (len(coef) - 1)
 
-        K, d = len(self.groups_), self.n_features_in_
-        rows = self._fit_rows(traj)
-        word_code, word_uniq = pd.factorize(self.groups_["word"])
-        score_words = pd.Index(word_uniq).get_indexer(
-            _keys(traj, self.labels, self.by if self.has_word_ else None)[0]
-        )
-        out = np.full((traj.n_examples, K, d), np.nan)
-        for w in range(len(word_uniq)):
-            gk = np.flatnonzero(word_code == w)
-            if len(gk) < 2:
-                continue
-            fit_rows = np.flatnonzero(np.isin(self.fit_group_, gk))
-            X, yk = self.ref_states_[fit_rows], self.fit_group_[fit_rows]
-            full = model().fit(X, yk)
-            mine = np.flatnonzero(score_words == w)
-            out[np.ix_(mine, full.classes_)] = dirs_of(full)[None]
-            held = mine[loo[mine] >= 0]  # scored examples that were fitted: cross-fit
-            if not len(held):
-                continue
-            min_count = int(np.bincount(yk, minlength=K)[gk].min())
-            if min_count < 2:
-                raise ValueError(
-                    f"word {word_uniq[w]!r}: a sense has fewer than 2 examples, too few to cross-fit "
-                    f"{method!r} directions"
-                )
-            folds = StratifiedKFold(min(cv, min_count), shuffle=True, random_state=random_state)
-            pos_of_row = pd.Series(np.arange(len(fit_rows)), index=fit_rows)
-            held_pos = pos_of_row.reindex(rows[held]).to_numpy()
-            for train, test in folds.split(X, yk):
-                m = model().fit(X[train], yk[train])
-                sel = np.isin(held_pos, test)
-                out[np.ix_(held[sel], m.classes_)] = dirs_of(m)[None]
+        train_rows = np.flatnonzero(np.isin(self.fit_group_, gk))
+        X, yk = self.ref_states_[train_rows], self.fit_group_[train_rows]
+        out = np.repeat(dirs_of(model().fit(X, yk))[None], len(mine), axis=0)
+        held = np.flatnonzero(loo[mine] >= 0)  # scored examples that were fitted: cross-fit them
+        if not len(held):
+            return out
+        min_count = int(np.bincount(yk, minlength=len(self.groups_))[gk].min())
+        if min_count < 2:
+            raise ValueError(
+                f"word {word!r}: a sense has fewer than 2 examples, too few to cross-fit {method!r} directions"
+            )
+        held_pos = pd.Index(train_rows).get_indexer(fit_rows[mine][held])
+        folds = StratifiedKFold(min(cv, min_count), shuffle=True, random_state=random_state)
+        for train, test in folds.split(X, yk):
+            out[held[np.isin(held_pos, test)]] = dirs_of(model().fit(X[train], yk[train]))
         return out
+
+
+def _local_index(gk: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each ``group`` in the sorted word groups ``gk``, and whether it is there at all."""
+    local = np.minimum(np.searchsorted(gk, group), len(gk) - 1)
+    return local, gk[local] == group
 
 
 def _margin(cos: np.ndarray, own: np.ndarray, same_word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -594,8 +631,8 @@ def curves(
         prototype's sense on "cos" rows and None on "margin" rows.
     """
     traj = as_trajectories(traj)
-    fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
-    cos, own, same_word = fitted._score(traj, None)
+    fitted = SensePrototypes(labels, by, reference, normalize)
+    cos, own, same_word = fitted._score(traj, None, fitted._fit(traj))
     margin = _margin(cos, own, same_word)[0]
     n, p, _ = cos.shape
     ex, k = np.nonzero(same_word)  # (example, group) pairs of the same word
@@ -661,10 +698,11 @@ def commitment(
     margin at the last point is a leave-one-out nearest-centroid check of the final vectors.
     """
     traj = as_trajectories(traj)
-    fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
-    margin = _margin(*fitted._score(traj, None))[0]
-    per_point = fitted if reference == "same" else SensePrototypes(labels, by, "same", normalize).fit(traj)
-    correct = _margin(*per_point._score(traj, None))[1]
+    fitted = SensePrototypes(labels, by, reference, normalize)
+    margin, correct = _margin(*fitted._score(traj, None, fitted._fit(traj)))
+    if reference != "same":
+        per_point = SensePrototypes(labels, by, "same", normalize)
+        correct = _margin(*per_point._score(traj, None, per_point._fit(traj)))[1]
     with np.errstate(invalid="ignore"):
         above = margin > threshold
     out = pd.DataFrame(_meta_cols(traj, np.arange(traj.n_examples), fitted, None))
@@ -766,20 +804,19 @@ def reinforcement(
     """
     traj = as_trajectories(traj)
     _fixed_reference(reference, "reinforcement")
-    fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
-    own, same_word, _ = fitted._score_keys(traj, None)
-    u = fitted.directions(traj, direction, cv=cv, random_state=random_state)
-    z = _normalised(traj.states, fitted.normalizer_, True)
-    proj = _xp(z).einsum("npd,nkd->npk", z, _like(np.nan_to_num(u).astype(np.float32), z))
-    proj = np.asarray(_compute(proj), dtype=np.float64)
-    valid = ~np.isnan(u[..., 0])  # (n, K)
-    proj = np.where(valid[:, None, :], proj, np.nan)
-    n, K = valid.shape
-    has_own = own >= 0
-    correct = np.where(has_own[:, None], proj[np.arange(n), :, np.maximum(own, 0)], np.nan)
-    others = valid & (np.arange(K)[None] != own[:, None])
-    with np.errstate(invalid="ignore"):
-        other = np.where(others[:, None], proj, 0.0).sum(-1) / others.sum(-1)[:, None]
+    fitted = SensePrototypes(labels, by, reference, normalize)
+    z = fitted._fit(traj)
+    own = fitted._score_keys(traj, None)[0]
+    n = traj.n_examples
+    correct = np.full((n, traj.n_points), np.nan)
+    other = np.full((n, traj.n_points), np.nan)
+    for rows, gk, u in fitted._word_directions(traj, direction, None, cv, random_state):
+        zw = z[rows] if _is_dask(z) else np.take(z, rows, axis=0)
+        proj = np.asarray(_compute(_einsum("npd,nkd->npk", zw, _like(u.astype(np.float32), zw))), np.float64)
+        local, has_own = _local_index(gk, own[rows])
+        correct[rows] = np.where(has_own[:, None], proj[np.arange(len(rows)), :, local], np.nan)
+        is_other = np.arange(len(gk))[None] != np.where(has_own, local, -1)[:, None]  # (n_w, K_w)
+        other[rows] = (proj * is_other[:, None]).sum(-1) / is_other.sum(-1)[:, None]
     frame = Trajectories(np.empty((n, traj.n_points, 0), np.float32), _frame_meta(traj, fitted), points=traj.points)
     return frame.to_frame({"correct": correct, "other": other}, meta_columns=("word", "sense"))
 
@@ -838,9 +875,11 @@ def attribution(
             raise KeyError(f"attribution needs components[{name!r}]; extract with components=True")
     fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
     own = fitted._score_keys(traj, None)[0]
-    u = fitted.directions(traj, direction, cv=cv, random_state=random_state)
     n = traj.n_examples
-    u_own = np.where((own >= 0)[:, None], u[np.arange(n), np.maximum(own, 0)], np.nan)
+    u_own = np.full((n, traj.d_model), np.nan)
+    for rows, gk, u in fitted._word_directions(traj, direction, None, cv, random_state):
+        local, ok = _local_index(gk, own[rows])
+        u_own[rows[ok]] = u[np.flatnonzero(ok), local[ok]]
     w = _pull_back(u_own, fitted.normalizer_).astype(np.float64)
     meta = _frame_meta(traj, fitted)
     frames = []
@@ -849,7 +888,7 @@ def attribution(
             continue
         comp = traj.components[name]
         spec = "nlhd,nd->nlh" if name == "heads" else "nld,nd->nl"
-        a = np.asarray(_compute(_xp(comp).einsum(spec, comp, _like(w, comp))), dtype=np.float64)
+        a = np.asarray(_compute(_einsum(spec, comp, _like(w, comp))), dtype=np.float64)
         if name != "heads":
             a = a[..., None]
         n_layers, n_heads = a.shape[1], a.shape[2]

@@ -271,6 +271,8 @@ def test_expected_layer_and_resolution_point_on_planted_onset():
     rp = probes.resolution_point(df, fraction=0.9, n_boot=200)
     assert rp["resolution_point"].iloc[0] == 4
     assert rp["ci_low"].iloc[0] <= 4 <= rp["ci_high"].iloc[0]
+    # the out-of-fold predictions ride along in attrs without breaking concatenation
+    assert len(pd.concat([df, df.copy(), df[df.fold == -1]])) == 2 * len(df) + (df.fold == -1).sum()
     rp2 = probes.resolution_point(traj, fraction=0.9, n_boot=200)
     assert rp2["resolution_point"].iloc[0] == 4
 

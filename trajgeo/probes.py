@@ -23,17 +23,20 @@ order and warm-starts each point's logistic regressions from the previous point'
 parallel with joblib. BLAS is held to one thread inside each job: for problems of this size
 (a few thousand x a few hundred) multi-threaded BLAS only adds synchronisation, and two shared
 cores running competing OpenBLAS pools made each lbfgs iteration ~30x slower on the development
-machine. Measured there (1 core, ``n_jobs=1``; see ``benchmarks/probes.py``): 2,000 examples x 31
-points x 576 dims, 5 folds, tuned logistic probe (5 values of C, 3 inner folds) plus the control
-task: about 30-40 s; the plain loop of ``cross_val_score(LogisticRegression())`` per point (one
-fixed C, no control) is several times slower. The cost grows linearly in points, folds, the
-grid size and inner folds, and roughly linearly in examples.
+machine. Measured there (``benchmarks/probes.py``, 2,000 examples x 31 points x 576 dims,
+5 folds, ``n_jobs=1``, machine heavily shared): the sweep with the tuned logistic probe (5 values
+of C x 3 grouped inner folds, i.e. 16 fits per point and fold) plus the control task took 45 s
+wall (about 11 s of CPU); the plain loop ``cross_val_score(LogisticRegression())`` per point
+took 236 s with default BLAS threading (5.2x slower than the sweep) but 3.2 s with BLAS at one
+thread: per fit the sweep is as cheap as the loop, and the extra time is the tuning and the
+control task the loop does not do. Cost grows linearly in points, folds, grid size x inner
+folds, and roughly linearly in examples; ``n_jobs`` up to the number of folds divides it.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -571,6 +574,25 @@ def _fold_job(
         return {"pred": pred, "logp": logp, "pred_c": pred_c, "acc_matrix": acc_matrix}
 
 
+class _OutOfFold:
+    """Out-of-fold correctness carried in ``DataFrame.attrs`` for :func:`resolution_point`.
+
+    Compared by identity and never deep-copied: pandas compares and copies ``attrs`` on
+    concatenation and slicing, which would fail (or cost) with raw arrays.
+    """
+
+    def __init__(self, correct: np.ndarray, units: np.ndarray, points: np.ndarray) -> None:
+        self.correct, self.units, self.points = correct, units, points
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __deepcopy__(self, memo: dict) -> "_OutOfFold":
+        return self
+
+
 class _Constant:
     """Stands in for a probe when the training labels have a single class."""
 
@@ -759,9 +781,8 @@ def layerwise(
                   random_state)
     df = _frame(res, n_boot, ci, random_state)
     # kept so that resolution_point(frame) can bootstrap without refitting
-    df.attrs["trajgeo_oof"] = {"correct": res.pred == res.y[:, None], "units":
-                               res.groups if res.groups is not None else np.arange(len(res.y)),
-                               "points": res.points}
+    units = res.groups if res.groups is not None else np.arange(len(res.y))
+    df.attrs["trajgeo_oof"] = _OutOfFold(res.pred == res.y[:, None], units, res.points)
     return df
 
 
@@ -883,10 +904,10 @@ def resolution_point(
         df = layerwise(traj_or_frame, labels=labels, n_boot=1, random_state=random_state,
                        control=layerwise_kw.pop("control", False), **layerwise_kw)
         oof = df.attrs["trajgeo_oof"]
-    correct = np.asarray(oof["correct"], dtype=np.float64)
-    points = np.asarray(oof["points"])
+    correct = np.asarray(oof.correct, dtype=np.float64)
+    points = np.asarray(oof.points)
     curve = correct.mean(0)
-    boot = _bootstrap_weights(np.asarray(oof["units"]), n_boot, random_state)
+    boot = _bootstrap_weights(np.asarray(oof.units), n_boot, random_state)
     curves = boot @ correct / boot.sum(1, keepdims=True)  # (B, P)
 
     def first(c: np.ndarray) -> np.ndarray:

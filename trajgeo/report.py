@@ -68,6 +68,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out: str | os.PathLike) -> 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     # object columns mixing None and numbers/strings break pyarrow's type inference: store them as text
     df = df.copy()
+    df.attrs = {}  # attrs (e.g. a probe's out-of-fold predictions) are for the session, not the file
     for c in df.columns:
         if df[c].dtype == object:
             kinds = {type(v) for v in df[c].dropna()}
@@ -98,6 +99,24 @@ def _per_word(traj: Any, fn: Callable[[Any], pd.DataFrame], min_senses: int = 2)
             df.insert(0, "word", w) if "word" not in df.columns else None
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _probes_per_word(traj: Any, folds: int, random_state: int) -> pd.DataFrame:
+    """Layer-wise probes per word (senses compete within a word), with each word's resolution point
+    (and its bootstrap interval) kept in ``attrs["resolution"]``."""
+    from trajgeo import probes
+
+    frames, res = [], []
+
+    def one(t: Any) -> pd.DataFrame:
+        pr = probes.layerwise(t, cv=folds, random_state=random_state)
+        r = probes.resolution_point(pr, random_state=random_state)
+        res.append(r.assign(word=t.meta["word"].iloc[0] if "word" in t.meta else None))
+        return pr
+
+    out = _per_word(traj, one)
+    out.attrs["resolution"] = pd.concat(res, ignore_index=True) if res else pd.DataFrame()
+    return out
 
 
 # ------------------------------------------------------------------ analyze
@@ -151,8 +170,7 @@ def analyze(traj: Any, model: Any = None, out: str | os.PathLike | None = None, 
         ("commitment", lambda: senses.commitment(traj)),
         ("superposition", lambda: senses.superposition(traj)),
         ("reinforcement", lambda: senses.reinforcement(traj)),
-        ("probes", lambda: _per_word(traj, lambda t: probes.layerwise(
-            t, cv=probe_folds, random_state=random_state))),
+        ("probes", lambda: _probes_per_word(traj, probe_folds, random_state)),
         ("transfer", lambda: probes.transfer(focus, random_state=random_state).assign(word=focus_word)),
         ("coords", lambda: projections.fit(traj, method="pca", random_state=random_state).coords(traj)),
     ]
@@ -173,6 +191,8 @@ def analyze(traj: Any, model: Any = None, out: str | os.PathLike | None = None, 
         t0 = time.perf_counter()
         tables[name] = fn()
         timings.append({"analysis": name, "seconds": time.perf_counter() - t0, "rows": len(tables[name])})
+    if "probes" in tables:
+        tables["resolution"] = tables["probes"].attrs.pop("resolution", pd.DataFrame())
     tables["summary"] = summarize(tables, traj.meta)
     tables["timings"] = pd.DataFrame(timings)
     if out is not None:
@@ -182,7 +202,9 @@ def analyze(traj: Any, model: Any = None, out: str | os.PathLike | None = None, 
 
 def summarize(tables: Mapping[str, pd.DataFrame], meta: pd.DataFrame) -> pd.DataFrame:
     """One row per word: examples per sense, majority baseline, probe accuracy at point 0, peak accuracy and
-    its point, resolution point, median commitment point, selectivity at the peak, superposition balance."""
+    its point, resolution point (with its bootstrap interval when the ``resolution`` table is there), median
+    commitment point (margin stays > 0 from there on) and share of committed examples, median stable point
+    (leave-one-out nearest prototype right from there on), selectivity at the peak, superposition balance."""
     rows = []
     for word, m in meta.groupby("word", sort=True) if "word" in meta else [(None, meta)]:
         counts = m["sense"].value_counts()
@@ -197,8 +219,13 @@ def summarize(tables: Mapping[str, pd.DataFrame], meta: pd.DataFrame) -> pd.Data
                 row["accuracy_point0"] = acc.get(0, np.nan)
                 row["peak_accuracy"] = acc.max()
                 row["peak_point"] = int(acc.idxmax())
-                reached = acc[acc >= 0.95 * acc.max()]
-                row["resolution_point"] = int(reached.index.min())
+                res = tables.get("resolution")
+                if res is not None and len(res) and "word" in res and (res["word"] == word).any():
+                    r = res[res["word"] == word].iloc[0]
+                    row["resolution_point"] = r["resolution_point"]
+                    row["resolution_ci_low"], row["resolution_ci_high"] = r["ci_low"], r["ci_high"]
+                else:  # first point reaching 95% of the peak
+                    row["resolution_point"] = int(acc[acc >= 0.95 * acc.max()].index.min())
                 sel = s[s["metric"] == "selectivity"].set_index("point")["value"]
                 row["selectivity_at_peak"] = sel.get(row["peak_point"], np.nan)
         com = tables.get("commitment")
@@ -206,6 +233,7 @@ def summarize(tables: Mapping[str, pd.DataFrame], meta: pd.DataFrame) -> pd.Data
             c = com[com["word"] == word] if "word" in com else com
             row["commitment_median"] = c["commitment_point"].median()
             row["committed_share"] = c["commitment_point"].notna().mean()
+            row["stable_point_median"] = c["stable_point"].median()
         sup = tables.get("superposition")
         if sup is not None and len(sup) and "word" in sup:
             b = sup.loc[sup["word"] == word, "balance"]

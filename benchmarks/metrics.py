@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             prev = last.get((name, d))
             predicted = prev[1] * n / prev[0] if prev else 0.0
             if n > max_n or predicted > args.budget:
-                row.update(seconds=np.nan, ratio=np.nan,
-                           note=f"skipped (predicted {predicted:.0f} s)" if predicted else "skipped (size)")
+                note = f"skipped (above max n {max_n:,})" if n > max_n else f"skipped (predicted {predicted:.0f} s)"
+                row.update(seconds=np.nan, ratio=np.nan, note=note)
             else:
                 try:
                     sec = best_time(lambda: fn(traj))

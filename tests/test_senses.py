@@ -65,13 +65,14 @@ def planted(
 
 # ============================================================== brute force
 def brute_normalise(states: np.ndarray, method: str | None, ref: int | None) -> np.ndarray:
-    """Loop reference: statistics of the reference point applied at every point (or per point)."""
+    """Loop reference: each point centred/scaled with its own statistics (``ref`` matters only for
+    whitening, which this reference does not do)."""
     x = states.astype(np.float64)
     if method is None:
         return x
     out = np.empty_like(x)
     for p in range(x.shape[1]):
-        base = x[:, p if ref is None else ref]
+        base = x[:, p]
         mu = base.mean(0)
         out[:, p] = x[:, p] - mu
         if method == "standardize":
@@ -93,7 +94,9 @@ def brute_cos_margin(traj: tg.Trajectories, method: str | None, reference) -> tu
             for sense in np.unique(sens[words == words[i]]):
                 members = [j for j in range(len(z)) if words[j] == words[i] and sens[j] == sense and j != i]
                 proto = z[members, r].mean(0)
-                with np.errstate(invalid="ignore"):  # a zero vector (shared point 0, centred) has no cosine
+                if np.linalg.norm(z[i, l]) < 1e-9:  # a zero vector (shared point 0, centred): no preference
+                    vals[sense] = 0.0
+                else:
                     vals[sense] = z[i, l] @ proto / (np.linalg.norm(z[i, l]) * np.linalg.norm(proto))
                 cos[(i, l, sense)] = vals[sense]
             margin[i, l] = vals[sens[i]] - max(v for k, v in vals.items() if k != sens[i])
@@ -404,3 +407,19 @@ def test_smollm2_bank_margin_rises_from_zero_to_clearly_positive(smollm2, coarse
     upper = ci.loc[ci.index >= 20]
     assert (upper["ci_low"] > 0).all()
     assert ci.loc[ci.index >= 25, "mean"].min() > 0.1 and ci.loc[30, "mean"] > 0.4
+
+
+def test_a_dimension_constant_at_the_reference_does_not_blank_earlier_points():
+    """MiniLM's last point has a dimension of zero variance; statistics of the reference point applied
+    everywhere divided the other points by ~0 there, and every margin before the last point came out 0.
+    Per-point statistics keep the planted separation visible at every point."""
+    rng = np.random.default_rng(5)
+    n, p, d = 40, 4, 12
+    y = np.repeat([0, 1], n // 2)
+    states = rng.normal(size=(n, p, d))
+    states[:, :, 1] += np.where(y == 0, 3.0, -3.0)[:, None]  # senses separate on dim 1 at every point
+    states[:, -1, 0] = 5.0  # constant at the reference point...
+    states[:, :-1, 0] *= 50.0  # ...and large, sense-free noise before it
+    traj = tg.Trajectories(states.astype(np.float32), pd.DataFrame({"sense": np.array(["A", "B"])[y]}))
+    m = senses.curves(traj, reference="last").query("metric == 'margin'").groupby("point")["value"].mean()
+    assert (m > 0.2).all(), m.to_dict()

@@ -14,12 +14,15 @@ Three rules hold throughout.
   sense's prototype is replaced, in closed form, by ``(n * mean - x_i) / (n - 1)``. Directions
   learned by LDA or a probe are cross-fitted (each example's direction comes from a model fitted on
   the other folds).
-* **One coordinate system per comparison.** With a fixed reference (``"last"`` or an integer), every
-  point is compared with prototypes of the reference point, so one normalisation -- fitted on the
-  reference point's vectors -- is applied to every point: all blocks write into one residual space,
-  and a single affine map keeps it one space (per-point whitening would rotate each point into its
-  own eigenbasis, and cosines across points would mean nothing). With ``reference="same"`` each
-  point is compared with its own prototypes and normalised with its own statistics.
+* **One basis per comparison.** With a fixed reference (``"last"`` or an integer), every point is
+  compared with prototypes of the reference point: all blocks write into one residual space.
+  ``"center"`` and ``"standardize"`` use each point's own statistics (a per-point shift and a
+  per-dimension scale: the coordinates stay the same axes, so cosines across points keep their
+  meaning), because a scale fitted at one point is wrong at the others: MiniLM's last point has a
+  dimension of zero variance, and dividing the other points by it made every margin before the
+  last point exactly 0. ``"whiten"`` would rotate each point into its own eigenbasis, so it fits
+  one whitening at the reference point and applies it at every point. With ``reference="same"``
+  each point is normalised with its own statistics.
 
 Everything is computed from a few dot products per example (the Gram trick), so the cost is one
 pass over the states, and lazy (dask) trajectories are processed chunk by chunk.
@@ -109,14 +112,21 @@ def _reference_position(traj: Trajectories, reference: int | str) -> int | None:
     return int(hits[0])
 
 
+def _shared_stats(method: str | None, ref_pos: int | None) -> bool:
+    """Whether one set of statistics (fitted at the reference point) is applied at every point:
+    only for whitening, whose per-point versions would rotate each point into its own basis."""
+    return ref_pos is not None and method == "whiten"
+
+
 def _fit_normalizer(states: Any, method: str | None, ref_pos: int | None) -> PointNormalizer:
-    """Fit a :class:`PointNormalizer` at the reference point (stats of shape (1, d)) or at every point.
+    """Fit a :class:`PointNormalizer` at the reference point (stats of shape (1, d), whitening with a
+    fixed reference) or at every point.
 
     Lazy states are read one point at a time, so memory holds n_examples x d_model, not the store.
     """
     if method is None:
         return PointNormalizer(None)  # nothing to learn
-    if ref_pos is not None:
+    if _shared_stats(method, ref_pos):
         return PointNormalizer(method).fit(_compute(states[:, [ref_pos]]))
     if not _is_dask(states):
         return PointNormalizer(method).fit(states)
@@ -146,7 +156,7 @@ def _normalised(states: Any, norm: PointNormalizer, shared: bool) -> Any:
     return _apply_normalizer(states, norm, shared)
 
 
-def _pull_back(u: np.ndarray, norm: PointNormalizer) -> np.ndarray:
+def _pull_back(u: np.ndarray, norm: PointNormalizer, at: int = 0) -> np.ndarray:
     """Raw-space linear functionals ``w`` with ``normalise(x) @ u == (x - mean) @ w`` (rows of ``u``).
 
     Differences of normalised projections are then exactly ``(x_b - x_a) @ w``: centring cancels,
@@ -155,9 +165,9 @@ def _pull_back(u: np.ndarray, norm: PointNormalizer) -> np.ndarray:
     if norm.method in (None, "center"):
         return u
     if norm.method == "standardize":
-        return u / norm.scale_[0]
+        return u / norm.scale_[at]
     if norm.method == "whiten":
-        return u @ norm.whitener_[0].T
+        return u @ norm.whitener_[at].T
     raise ValueError(f"unknown normalize {norm.method!r}")
 
 
@@ -207,8 +217,8 @@ class SensePrototypes:
         ``"standardize"``: on SmolLM2 the residual norm jumps about 4x from layer 12 on and a few
         rogue dimensions take over raw cosines (the raw separation of the two ``bank`` senses
         collapses from about 1.1 to 0.12 while a probe still separates them at 93%).
-        With a fixed reference the statistics are fitted at the reference point and applied at
-        every point; with ``"same"`` each point has its own. Statistics use every fitted example
+        Each point is normalised with its own statistics, except ``"whiten"`` with a fixed
+        reference, which fits one whitening at the reference point and applies it everywhere. Statistics use every fitted example
         (they use no labels, so this leaks nothing about senses).
     leave_one_out : bool
         Score each fitted example against its own sense's prototype without itself.
@@ -225,7 +235,8 @@ class SensePrototypes:
     reference_index_ : int or None
         Position of the reference point along axis 1 (``None`` for ``"same"``).
     normalizer_ : PointNormalizer
-        Fitted normalisation; statistics of shape (1, d_model) for a fixed reference.
+        Fitted normalisation; statistics of shape (n_points, d_model), or (1, d_model) for
+        ``"whiten"`` with a fixed reference.
     fit_examples_ : ndarray of shape (n_fit,)
         Example ids of the fitted examples: leave-one-out applies to scored examples with these ids
         (ids are the examples' identity; they are stable through saving).
@@ -289,7 +300,7 @@ class SensePrototypes:
         )
         self.reference_index_ = _reference_position(traj, self.reference)
         self.normalizer_ = _fit_normalizer(traj.states, self.normalize, self.reference_index_)
-        z = _normalised(traj.states, self.normalizer_, self.reference_index_ is not None)
+        z = _normalised(traj.states, self.normalizer_, _shared_stats(self.normalize, self.reference_index_))
         if _is_dask(z):
             import dask.array as da
 
@@ -358,7 +369,7 @@ class SensePrototypes:
         r = self.reference_index_
         own, same_word, loo = self._score_keys(traj, y)
         if z is None:
-            z = _normalised(traj.states, self.normalizer_, r is not None)
+            z = _normalised(traj.states, self.normalizer_, _shared_stats(self.normalize, r))
         xp = _xp(z)
         zz = _einsum("npd,npd->np", z, z)
         if r is not None:
@@ -389,6 +400,10 @@ class SensePrototypes:
         sq = SS - 2 * e * xS + e * np.asarray(xx, dtype=np.float64)[..., None]
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = dot / np.sqrt(zz[..., None] * np.maximum(sq, 0.0))
+        # A vector at the population mean (point 0 of one word, centred: every context shares it) has no
+        # direction and so no preference for any sense: its cosine is 0, and its margin 0.
+        at_mean = zz <= 1e-12 * max(float(zz.max()), np.finfo(np.float64).tiny)
+        cos = np.where(at_mean[..., None], 0.0, cos)
         cos = np.where((count > 0) & same_word[:, None, :], cos, np.nan)
         return cos, own, same_word
 
@@ -880,7 +895,8 @@ def attribution(
     for rows, gk, u in fitted._word_directions(traj, direction, None, cv, random_state):
         local, ok = _local_index(gk, own[rows])
         u_own[rows[ok]] = u[np.flatnonzero(ok), local[ok]]
-    w = _pull_back(u_own, fitted.normalizer_).astype(np.float64)
+    r = fitted.reference_index_
+    w = _pull_back(u_own, fitted.normalizer_, 0 if _shared_stats(normalize, r) else r).astype(np.float64)
     meta = _frame_meta(traj, fitted)
     frames = []
     for name in ("attn", "mlp", "heads"):

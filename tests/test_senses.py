@@ -279,6 +279,84 @@ def test_learned_directions_point_from_one_sense_to_the_other(method):
     np.testing.assert_allclose(u_new[0, 0], u_new[1, 0])
 
 
+def duplicated_sentences(n_sent: int = 40, copies: int = 3, d: int = 30, seed: int = 0) -> tg.Trajectories:
+    """Pure-noise sentences, each repeated ``copies`` times (tiny jitter) under one ``group``:
+    labels carry no signal, so only a direction learned from a duplicate can "predict" them."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n_sent, 3, d))
+    states = np.repeat(base, copies, 0) + 0.01 * rng.normal(size=(n_sent * copies, 3, d))
+    meta = pd.DataFrame(
+        {
+            "word": "w",
+            "sense": np.repeat(np.array(["a", "b"] * (n_sent // 2)), copies),
+            "group": np.repeat(np.arange(n_sent), copies),
+        }
+    )
+    return tg.Trajectories(states.astype(np.float32), meta)
+
+
+@pytest.mark.parametrize("method", ["lda", "probe"])
+def test_cross_fitted_direction_never_comes_from_a_fold_holding_a_duplicate(method):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+
+    traj = duplicated_sentences(n_sent=20)
+    fitted = senses.prototypes(traj, normalize=None)
+    u = fitted.directions(traj, method, cv=4)[:, 0]  # direction of sense "a" per example
+    # fold membership read off the output: examples scored with the same model share a direction
+    fold = np.unique(u.round(6), axis=0, return_inverse=True)[1].ravel()
+    assert len(np.unique(fold)) == 4
+    group = traj.meta["group"].to_numpy()
+    # every duplicate of an example is held out with it...
+    assert all(len(np.unique(fold[group == g])) == 1 for g in np.unique(group))
+    # ...and, independently, each fold's direction is that of a model fitted without that fold
+    x, y = traj.states[:, -1].astype(np.float64), traj.meta["sense"].to_numpy()
+    for f in np.unique(fold):
+        test = fold == f
+        m = (
+            LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+            if method == "lda"
+            else LogisticRegression(max_iter=2000, random_state=0)
+        ).fit(x[~test], y[~test])
+        want = -m.coef_[0] / np.linalg.norm(m.coef_[0])  # classes_ = [a, b]: "a" is -coef
+        np.testing.assert_allclose(u[test], np.broadcast_to(want, u[test].shape), rtol=1e-4, atol=1e-5)
+    # without groups, duplicates do land in different folds: the check above could fail
+    u_plain = senses.SensePrototypes(normalize=None, groups=None).fit(traj).directions(traj, method, cv=4)[:, 0]
+    fold_plain = np.unique(u_plain.round(6), axis=0, return_inverse=True)[1].ravel()
+    assert any(len(np.unique(fold_plain[group == g])) > 1 for g in np.unique(group))
+
+
+@pytest.mark.parametrize("method", ["lda", "probe"])
+def test_grouped_cross_fitting_removes_the_duplicate_sentence_leak(method):
+    traj = duplicated_sentences()
+    last = traj.points[-1]  # the reference point: where the directions were learned
+
+    def mean_correct(groups):
+        df = senses.reinforcement(traj, direction=method, normalize=None, groups=groups)
+        return df.loc[(df.metric == "correct") & (df.point == last), "value"].mean()
+
+    # ungrouped folds let a direction learn the scored example from its duplicates: noise labels
+    # look "resolved"; grouped folds see no signal, as there is none
+    leaky, grouped = mean_correct(None), mean_correct("group")
+    assert leaky > 0.4
+    assert abs(grouped) < 0.25 and leaky - grouped > 0.3
+    # the default reads the group column
+    default = senses.reinforcement(traj, direction=method, normalize=None)
+    assert default.loc[(default.metric == "correct") & (default.point == last), "value"].mean() == grouped
+
+
+def test_grouped_cross_fitting_errors_name_the_problem():
+    traj = duplicated_sentences(n_sent=4, copies=3)  # two sentences per sense
+    fitted = senses.prototypes(traj, normalize=None)
+    fitted.directions(traj, "lda", cv=5)  # folds capped at 2 groups per sense
+    meta = traj.meta.assign(group=np.where(traj.meta["sense"] == "a", 0, traj.meta["group"]))
+    one_group = tg.Trajectories(traj.states, meta)
+    with pytest.raises(ValueError, match="sense 'a' has 1 group"):
+        senses.reinforcement(one_group, direction="lda")
+    with pytest.raises(KeyError, match="sentence"):
+        senses.reinforcement(traj, direction="lda", groups="sentence")
+
+
 @pytest.fixture(scope="module")
 def tiny_components(wtok):
     lm = load_model((tiny_model("llama", len(wtok), n_layers=3, seed=1), wtok))

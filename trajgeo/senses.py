@@ -13,7 +13,8 @@ Three rules hold throughout.
 * **Leave-one-out.** An example is never scored against a prototype that contains itself: its own
   sense's prototype is replaced, in closed form, by ``(n * mean - x_i) / (n - 1)``. Directions
   learned by LDA or a probe are cross-fitted (each example's direction comes from a model fitted on
-  the other folds).
+  the other folds), and the folds are grouped: examples sharing a ``group`` (the sentence) fall in
+  the same fold, so a duplicated sentence cannot teach the model the example it is scored on.
 * **One basis per comparison.** With a fixed reference (``"last"`` or an integer), every point is
   compared with prototypes of the reference point: all blocks write into one residual space.
   ``"center"`` and ``"standardize"`` use each point's own statistics (a per-point shift and a
@@ -187,6 +188,18 @@ def _keys(traj: Trajectories, labels: Any, by: str | None) -> tuple[np.ndarray, 
     return words, senses, True
 
 
+def _group_codes(traj: Trajectories, groups: Any) -> np.ndarray | None:
+    """Integer cross-fitting group per example, shape (n_examples,), or None when ungrouped.
+
+    The rules of :func:`trajgeo.probes.layerwise`: a missing default ``"group"`` column means
+    ungrouped, any other missing column is a KeyError. Imported here, not at module load, because
+    ``trajgeo.probes`` pulls in most of scikit-learn.
+    """
+    from trajgeo.probes import _groups
+
+    return _groups(traj, groups)
+
+
 def _suffix_onset(ok: np.ndarray, points: np.ndarray) -> np.ndarray:
     """First point from which ``ok`` holds through the last point; NaN if it does not hold at the end.
 
@@ -222,6 +235,11 @@ class SensePrototypes:
         (they use no labels, so this leaks nothing about senses).
     leave_one_out : bool
         Score each fitted example against its own sense's prototype without itself.
+    groups : str, array-like of shape (n_examples,) or None
+        Cross-fitting groups for learned directions (:meth:`directions`): examples sharing a group
+        (a ``meta`` column, default ``"group"``, the sentence) always fall in the same fold
+        (``StratifiedGroupKFold`` via :func:`trajgeo.probes.make_splits`). Without that column, or
+        with ``None``, folds are plain stratified.
 
     Attributes
     ----------
@@ -242,6 +260,8 @@ class SensePrototypes:
         (ids are the examples' identity; they are stable through saving).
     fit_group_ : ndarray of shape (n_fit,)
         Group index each fitted example was added to.
+    fit_split_group_ : ndarray of shape (n_fit,) or None
+        Cross-fitting group code of each fitted example (from ``groups``); None when ungrouped.
     ref_states_ : ndarray of shape (n_fit, d_model) or None
         Normalised vectors of the fitted examples at the reference point (fixed reference only):
         exactly what was added to the sums, so leave-one-out never re-reads the store.
@@ -265,12 +285,14 @@ class SensePrototypes:
         reference: int | str = "last",
         normalize: str | None = DEFAULT_NORMALIZE,
         leave_one_out: bool = True,
+        groups: Any = "group",
     ) -> None:
         self.labels = labels
         self.by = by
         self.reference = reference
         self.normalize = normalize
         self.leave_one_out = leave_one_out
+        self.groups = groups
 
     # ------------------------------------------------------------------ fit
     def fit(self, traj: Any, y: Any = None) -> "SensePrototypes":
@@ -317,6 +339,7 @@ class SensePrototypes:
         self.points_ = np.asarray(traj.points)
         self.fit_examples_ = ids
         self.fit_group_ = group
+        self.fit_split_group_ = _group_codes(traj, self.groups)
         self.n_features_in_ = traj.d_model
         return z
 
@@ -449,7 +472,9 @@ class SensePrototypes:
             logistic-regression weight vector. For these two a class's direction is its
             coefficient row minus the mean of the other rows (in the binary case +/- the weight
             vector), cross-fitted over ``cv`` stratified folds so that no fitted example's
-            direction was learned from itself; other examples use a model fitted on all.
+            direction was learned from itself; other examples use a model fitted on all. The
+            folds are grouped by ``groups`` (see :class:`SensePrototypes`): no example's
+            direction was learned from another example of its sentence either.
         cv : int
             Folds for cross-fitting (at most the smallest sense count of a word).
         random_state : int or None
@@ -521,7 +546,6 @@ class SensePrototypes:
         ``mine``: shape (len(mine), len(gk), d_model), not yet unit."""
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
 
         def model() -> Any:
             if method == "lda":
@@ -540,16 +564,55 @@ class SensePrototypes:
         held = np.flatnonzero(loo[mine] >= 0)  # scored examples that were fitted: cross-fit them
         if not len(held):
             return out
-        min_count = int(np.bincount(yk, minlength=len(self.groups_))[gk].min())
-        if min_count < 2:
-            raise ValueError(
-                f"word {word!r}: a sense has fewer than 2 examples, too few to cross-fit {method!r} directions"
-            )
         held_pos = pd.Index(train_rows).get_indexer(fit_rows[mine][held])
-        folds = StratifiedKFold(min(cv, min_count), shuffle=True, random_state=random_state)
-        for train, test in folds.split(X, yk):
+        for train, test in self._cross_fit_splits(train_rows, yk, gk, cv, random_state, method, word):
             out[held[np.isin(held_pos, test)]] = dirs_of(model().fit(X[train], yk[train]))
         return out
+
+    def _cross_fit_splits(
+        self,
+        train_rows: np.ndarray,
+        yk: np.ndarray,
+        gk: np.ndarray,
+        cv: int,
+        random_state: int | None,
+        method: str,
+        word: Any,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Folds over one word's fitted examples (positions into ``train_rows``), stratified by sense
+        and, when ``groups`` was given, grouped: a sentence never sits on both sides, so no
+        example's direction is learned from a duplicate of itself.
+
+        The number of folds is ``cv`` capped by the smallest per-sense count of examples (or of
+        groups): every training fold then holds every sense.
+        """
+        from sklearn.model_selection import StratifiedKFold
+
+        from trajgeo.probes import make_splits
+
+        grp = None if self.fit_split_group_ is None else self.fit_split_group_[train_rows]
+        units = np.arange(len(yk)) if grp is None else grp
+        per_sense = [len(np.unique(units[yk == k])) for k in gk]
+        k_min = int(np.argmin(per_sense))
+        if per_sense[k_min] < 2:
+            what = "example" if grp is None else "group"
+            raise ValueError(
+                f"word {word!r}: sense {self.groups_['sense'].iloc[gk[k_min]]!r} has {per_sense[k_min]} "
+                f"{what}(s), too few to cross-fit {method!r} directions (need 2)"
+            )
+        n_splits = min(cv, per_sense[k_min])
+        if grp is None:  # plain stratified folds, as before grouping existed
+            folds = StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
+            splits = list(folds.split(yk, yk))
+        else:
+            splits = make_splits(yk, grp, n_splits, random_state=random_state)
+        for train, _ in splits:
+            if len(np.unique(yk[train])) < len(gk):  # possible with very uneven groups
+                raise ValueError(
+                    f"word {word!r}: a training fold of the grouped cross-fit lacks a sense; "
+                    f"use fewer folds (cv={cv}) or groups=None"
+                )
+        return splits
 
 
 def _local_index(gk: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -793,6 +856,7 @@ def reinforcement(
     by: str | None = "word",
     cv: int = 5,
     random_state: int | None = 0,
+    groups: Any = "group",
 ) -> pd.DataFrame:
     """Projection of each point on the example's correct-sense direction and on the others'.
 
@@ -809,6 +873,9 @@ def reinforcement(
         See :meth:`SensePrototypes.directions` (leave-one-out / cross-fitted).
     cv, random_state
         Cross-fitting of learned directions.
+    groups : str, array-like of shape (n_examples,) or None
+        Cross-fitting groups (default: the ``group`` column, the sentence, when present); see
+        :class:`SensePrototypes`.
 
     Returns
     -------
@@ -819,7 +886,7 @@ def reinforcement(
     """
     traj = as_trajectories(traj)
     _fixed_reference(reference, "reinforcement")
-    fitted = SensePrototypes(labels, by, reference, normalize)
+    fitted = SensePrototypes(labels, by, reference, normalize, groups=groups)
     z = fitted._fit(traj)
     own = fitted._score_keys(traj, None)[0]
     n = traj.n_examples
@@ -849,6 +916,7 @@ def attribution(
     by: str | None = "word",
     cv: int = 5,
     random_state: int | None = 0,
+    groups: Any = "group",
 ) -> pd.DataFrame:
     """Which layers (and heads) pushed each example toward its sense.
 
@@ -876,6 +944,8 @@ def attribution(
     normalize : {None, "center", "standardize", "whiten"}
     cv, random_state
         Cross-fitting of learned directions.
+    groups : str, array-like of shape (n_examples,) or None
+        Cross-fitting groups (default: the ``group`` column, the sentence, when present).
 
     Returns
     -------
@@ -888,7 +958,7 @@ def attribution(
     for name in ("attn", "mlp"):
         if name not in traj.components:
             raise KeyError(f"attribution needs components[{name!r}]; extract with components=True")
-    fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
+    fitted = SensePrototypes(labels, by, reference, normalize, groups=groups).fit(traj)
     own = fitted._score_keys(traj, None)[0]
     n = traj.n_examples
     u_own = np.full((n, traj.d_model), np.nan)

@@ -448,7 +448,7 @@ def test_smollm2_sense_log_odds_move_toward_the_correct_sense_with_depth(smollm2
 def test_smollm2_tuned_lens_lowers_held_out_kl(smollm2, coarsewsd_dir):
     train = [line.split("\t", 1)[1] for line in
              (coarsewsd_dir / "apple" / "train.data.txt").read_text().splitlines()[:24]]
-    lens = L.TunedLens(n_epochs=1, lr=1e-3, batch_size=24, max_tokens=480, max_length=32, progress=False)
+    lens = L.TunedLens(n_epochs=1, lr=1e-3, batch_size=24, max_tokens=288, max_length=32, progress=False)
     lens.fit(smollm2, train)
     traj = tg.extract(smollm2, _bank_sentences().iloc[:12], progress=False)
     kl_logit = _wide(L.logit_lens(smollm2, traj, top_k=0), "kl_to_final", len(traj))[:, :-1].mean()

@@ -44,7 +44,7 @@ def per_fold(df: pd.DataFrame, metric: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def planted_result():
     traj, y = planted()
-    return traj, y, probes.layerwise(traj, n_boot=200)
+    return traj, y, probes.layerwise(traj, n_boot=200, progress=False)
 
 
 def test_layerwise_returns_the_contract(planted_result):
@@ -87,7 +87,7 @@ def test_majority_baseline_is_the_training_folds_majority(planted_result):
 
 def test_mdl_codelength_drops_where_the_signal_is():
     traj, y = planted(n=300)
-    res = probes.mdl(traj)
+    res = probes.mdl(traj, progress=False)
     assert list(res.columns) == ["point", "codelength_bits", "uniform_bits", "compression"]
     assert np.allclose(res.uniform_bits, 300 * np.log2(2))
     bits = res.codelength_bits.to_numpy()
@@ -103,7 +103,7 @@ def test_mdl_first_block_is_sent_with_the_uniform_code():
     rng = np.random.default_rng(1)
     x = np.zeros((1000, 1, 4), dtype=np.float32) + rng.normal(size=(1000, 1, 4)).astype(np.float32) * 1e-3
     y = rng.integers(0, 4, 1000)
-    res = probes.mdl(x, labels=y)
+    res = probes.mdl(x, labels=y, progress=False)
     assert res.uniform_bits[0] == pytest.approx(1000 * 2.0)
     assert res.codelength_bits[0] == pytest.approx(2000, rel=0.05)
 
@@ -117,8 +117,9 @@ def test_grouped_splits_prevent_duplicate_sentence_leakage():
     x = np.repeat(base, 3, axis=0) + rng.normal(scale=0.01, size=(240, 3, 16)).astype(np.float32)
     meta = pd.DataFrame({"sense": np.repeat(labels, 3), "group": np.repeat(np.arange(80), 3)})
     traj = tg.Trajectories(x, meta)
-    leaky = summary(probes.layerwise(traj, probe="1nn", groups=None, control=False, n_boot=10), "accuracy")
-    grouped = summary(probes.layerwise(traj, probe="1nn", control=False, n_boot=10), "accuracy")
+    kw = dict(probe="1nn", control=False, n_boot=10, progress=False)
+    leaky = summary(probes.layerwise(traj, groups=None, **kw), "accuracy")
+    grouped = summary(probes.layerwise(traj, **kw), "accuracy")
     assert (leaky > 0.95).all()
     assert (np.abs(grouped - 0.5) < 0.15).all()
     assert (leaky - grouped > 0.3).all()
@@ -137,31 +138,56 @@ def test_too_few_examples_or_groups_raise_naming_the_class():
     y = np.array(["common"] * 20 + ["rare"] * 3)
     x = np.zeros((23, 2, 4), dtype=np.float32)
     with pytest.raises(ValueError, match=r"class 'rare' has 3 examples, fewer than the cv=5 folds"):
-        probes.layerwise(x, labels=y)
+        probes.layerwise(x, labels=y, progress=False)
     y = np.array(["common"] * 20 + ["rare"] * 6)
     groups = np.r_[np.arange(20), [100, 100, 100, 101, 101, 101]]
     with pytest.raises(ValueError, match=r"class 'rare' has 6 examples but only 2 groups"):
-        probes.layerwise(np.zeros((26, 2, 4), dtype=np.float32), labels=y, groups=groups)
+        probes.layerwise(np.zeros((26, 2, 4), dtype=np.float32), labels=y, groups=groups,
+                         progress=False)
     with pytest.raises(KeyError, match="nope"):
-        probes.layerwise(planted()[0], groups="nope")
+        probes.layerwise(planted()[0], groups="nope", progress=False)
     with pytest.raises(ValueError, match="unknown probe"):
-        probes.layerwise(planted()[0], probe="forest")
+        probes.layerwise(planted()[0], probe="forest", progress=False)
 
 
 def test_same_random_state_gives_identical_results_and_another_differs():
     traj, _ = planted(n=80, n_points=4)
-    a = probes.layerwise(traj, n_boot=50, random_state=3)
-    b = probes.layerwise(traj, n_boot=50, random_state=3)
+    a = probes.layerwise(traj, n_boot=50, random_state=3, progress=False)
+    b = probes.layerwise(traj, n_boot=50, random_state=3, progress=False)
     pd.testing.assert_frame_equal(a, b)
-    c = probes.layerwise(traj, n_boot=50, random_state=4)
+    c = probes.layerwise(traj, n_boot=50, random_state=4, progress=False)
     assert not np.allclose(a["value"], c["value"], equal_nan=True)
 
 
 def test_n_jobs_does_not_change_results():
     traj, _ = planted(n=60, n_points=4)
-    a = probes.layerwise(traj, n_boot=20, n_jobs=1)
-    b = probes.layerwise(traj, n_boot=20, n_jobs=2)
+    a = probes.layerwise(traj, n_boot=20, n_jobs=1, progress=False)
+    b = probes.layerwise(traj, n_boot=20, n_jobs=2, progress=False)
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_progress_bar_counts_points_x_folds_and_progress_false_is_silent(capsys, n_jobs):
+    traj, _ = planted(n=60, n_points=3, d=4)
+    loud = probes.layerwise(traj, probe="prototype", cv=4, control=False, n_boot=5, n_jobs=n_jobs)
+    err = capsys.readouterr().err
+    assert "layerwise" in err and "12/12" in err  # 3 points x 4 folds, all done
+    quiet = probes.layerwise(traj, probe="prototype", cv=4, control=False, n_boot=5, n_jobs=n_jobs,
+                             progress=False)
+    assert capsys.readouterr().err == ""
+    pd.testing.assert_frame_equal(loud, quiet)
+    tr = probes.transfer(traj, probe="prototype", cv=4, n_jobs=n_jobs)
+    assert "transfer" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(tr, probes.transfer(traj, probe="prototype", cv=4, progress=False))
+    assert capsys.readouterr().err == ""
+    probes.expected_layer(traj, probe="prototype", cv=4, mix="mean", n_jobs=n_jobs)
+    assert "12/12" in capsys.readouterr().err
+    # 4 blocks: the first is sent with the uniform code, the other 3 with a probe per point
+    m = probes.mdl(traj, blocks=(0.25, 0.5, 0.75, 1.0), n_jobs=n_jobs)
+    err = capsys.readouterr().err
+    assert "mdl" in err and "9/9" in err  # 3 points x 3 probed blocks
+    pd.testing.assert_frame_equal(m, probes.mdl(traj, blocks=(0.25, 0.5, 0.75, 1.0), progress=False))
+    assert capsys.readouterr().err == ""
 
 
 def _brute_standardize(x: np.ndarray, tr: np.ndarray) -> np.ndarray:
@@ -178,8 +204,9 @@ def test_1nn_and_prototype_match_a_brute_force_loop():
     traj, y = planted(n=60, n_points=3, d=6, strength=0.8)
     x = traj.states.astype(np.float64)
     splits = probes.make_splits(y, None, 3, random_state=0)
-    got_nn = per_fold(probes.layerwise(traj, probe="1nn", cv=3, control=False, n_boot=5), "accuracy")
-    got_pr = per_fold(probes.layerwise(traj, probe="prototype", cv=3, control=False, n_boot=5), "accuracy")
+    kw = dict(cv=3, control=False, n_boot=5, progress=False)
+    got_nn = per_fold(probes.layerwise(traj, probe="1nn", **kw), "accuracy")
+    got_pr = per_fold(probes.layerwise(traj, probe="prototype", **kw), "accuracy")
     for f, (tr, te) in enumerate(splits):
         for p in range(3):
             z = _brute_standardize(x[:, p], tr)
@@ -196,7 +223,7 @@ def test_1nn_and_prototype_match_a_brute_force_loop():
 def test_user_classifier_equals_a_scaler_pipeline_and_metrics_match_sklearn():
     traj, y = planted(n=150, n_points=3, d=8, strength=0.7)
     clf = LogisticRegression(C=0.3)
-    df = probes.layerwise(traj, probe=clf, cv=4, control=False, n_boot=5)
+    df = probes.layerwise(traj, probe=clf, cv=4, control=False, n_boot=5, progress=False)
     assert not hasattr(clf, "coef_")  # the user's estimator is cloned, never fitted in place
     splits = probes.make_splits(y, None, 4, random_state=0)
     for f, (tr, te) in enumerate(splits):
@@ -212,20 +239,20 @@ def test_user_classifier_equals_a_scaler_pipeline_and_metrics_match_sklearn():
 
 def test_svm_and_mlp_probes_run_and_have_no_log_loss_without_probabilities():
     traj, _ = planted(n=120, n_points=8)
-    svm = probes.layerwise(traj, probe="svm", control=False, n_boot=5)
+    svm = probes.layerwise(traj, probe="svm", control=False, n_boot=5, progress=False)
     assert summary(svm, "log_loss").tolist() == [] or np.isnan(summary(svm, "log_loss")).all()
     assert (summary(svm, "accuracy")[SIGNAL_POINTS] > 0.75).all()
-    mlp = probes.layerwise(traj, probe="mlp", control=False, cv=3, n_boot=5)
+    mlp = probes.layerwise(traj, probe="mlp", control=False, cv=3, n_boot=5, progress=False)
     assert np.isfinite(summary(mlp, "log_loss")).all()
 
 
 def test_transfer_diagonal_equals_per_point_accuracy():
     traj, _ = planted(n=120, n_points=6)
-    tr = probes.transfer(traj)
+    tr = probes.transfer(traj, progress=False)
     assert list(tr.columns) == ["train_point", "test_point", "accuracy"]
     assert len(tr) == 36
     diag = tr[tr.train_point == tr.test_point].sort_values("train_point")["accuracy"].to_numpy()
-    lw = probes.layerwise(traj, control=False, n_boot=5)
+    lw = probes.layerwise(traj, control=False, n_boot=5, progress=False)
     assert np.allclose(diag, summary(lw, "accuracy"))
     # a probe trained on one signal point works on the others, and not off them
     m = tr.pivot(index="train_point", columns="test_point", values="accuracy").to_numpy()
@@ -250,30 +277,30 @@ def test_control_labels_are_fixed_per_type_with_the_task_distribution():
 def test_balance_subsamples_every_class_to_the_smallest():
     traj, y = planted(n=300, n_points=2)
     sense = np.where(np.arange(300) < 270, "finance", "river")
-    base = summary(probes.layerwise(traj, labels=sense, control=False, n_boot=5), "majority_baseline")
-    bal = summary(probes.layerwise(traj, labels=sense, control=False, balance=True, n_boot=5),
-                  "majority_baseline")
+    kw = dict(labels=sense, control=False, n_boot=5, progress=False)
+    base = summary(probes.layerwise(traj, **kw), "majority_baseline")
+    bal = summary(probes.layerwise(traj, balance=True, **kw), "majority_baseline")
     assert base[0] == pytest.approx(0.9, abs=0.01)
     assert bal[0] == pytest.approx(0.5, abs=0.12)
 
 
 def test_expected_layer_and_resolution_point_on_planted_onset():
     traj, _ = planted(n=120, n_points=7, d=8, points=[4, 5, 6], strength=2.0)
-    expected, table = probes.expected_layer(traj)
+    expected, table = probes.expected_layer(traj, progress=False)
     assert list(table.columns) == ["point", "score", "gain"]
     assert int(table["gain"].idxmax()) == 4  # the onset adds (nearly) everything
     assert table["gain"][4] > 0.4 and np.abs(table["gain"][1:4]).max() < 0.1
     assert 3.5 <= expected <= 5.0
     # the equal-weight mix dilutes the onset among the noise points: it still rises from there on
-    _, mean_table = probes.expected_layer(traj, mix="mean")
+    _, mean_table = probes.expected_layer(traj, mix="mean", progress=False)
     assert mean_table["score"][4:].min() > mean_table["score"][:4].max()
-    df = probes.layerwise(traj, control=False, n_boot=5)
+    df = probes.layerwise(traj, control=False, n_boot=5, progress=False)
     rp = probes.resolution_point(df, fraction=0.9, n_boot=200)
     assert rp["resolution_point"].iloc[0] == 4
     assert rp["ci_low"].iloc[0] <= 4 <= rp["ci_high"].iloc[0]
     # the out-of-fold predictions ride along in attrs without breaking concatenation
     assert len(pd.concat([df, df.copy(), df[df.fold == -1]])) == 2 * len(df) + (df.fold == -1).sum()
-    rp2 = probes.resolution_point(traj, fraction=0.9, n_boot=200)
+    rp2 = probes.resolution_point(traj, fraction=0.9, n_boot=200, progress=False)
     assert rp2["resolution_point"].iloc[0] == 4
 
 
@@ -311,7 +338,7 @@ def test_smollm2_bank_sense_becomes_linearly_readable(smollm2, coarsewsd_dir):
     examples = balanced_bank(coarsewsd_dir, per_sense=30)
     examples["group"] = pd.factorize(examples["text"])[0]
     traj = tg.extract(smollm2, examples, max_point=12, progress=False)
-    df = probes.layerwise(traj, cv=3, n_boot=200)
+    df = probes.layerwise(traj, cv=3, n_boot=200, progress=False)
     acc = summary(df, "accuracy")
     sel = summary(df, "selectivity")
     print("\nSmolLM2 bank accuracy per point:", np.round(acc, 3).tolist())

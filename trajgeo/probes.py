@@ -31,12 +31,18 @@ took 236 s with default BLAS threading (5.2x slower than the sweep) but 3.2 s wi
 thread: per fit the sweep is as cheap as the loop, and the extra time is the tuning and the
 control task the loop does not do. Cost grows linearly in points, folds, grid size x inner
 folds, and roughly linearly in examples; ``n_jobs`` up to the number of folds divides it.
+
+Progress
+--------
+:func:`layerwise`, :func:`transfer`, :func:`expected_layer` and :func:`mdl` show a tqdm bar over
+points x folds (points x blocks for MDL), ``progress=False`` silences it. With ``n_jobs=1`` it
+moves after every point; with parallel jobs it moves by a whole fold as each fold completes.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -514,11 +520,13 @@ def _fold_job(
     transfer_all: bool,
     n_classes: int,
     random_state: int | None,
+    tick: Callable[[int], Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit the probe at every point on one fold's training examples and predict its test examples.
 
     x : (n, P, D) states. Returns predicted codes (n_test, P), log p(true) (n_test, P) and the
     control predictions; with ``transfer_all`` the accuracy matrix (P_train, P_test) instead.
+    ``tick(1)`` is called after each point (in-process runs only: it moves the progress bar).
     """
     from threadpoolctl import threadpool_limits
 
@@ -555,6 +563,8 @@ def _fold_job(
             if transfer_all:
                 hits = model.predict(xn[test].reshape(-1, xn.shape[2])).reshape(len(test), P) == y[test, None]
                 acc_matrix[p] = hits.mean(0)
+                if tick is not None:
+                    tick(1)
                 continue
             x_te = feats(test, p)
             if proba_ok and not isinstance(model, _Constant):
@@ -571,6 +581,8 @@ def _fold_job(
                     c_model = make_probe(probe, random_state)
                 c_model = _fit_or_constant(c_model, xn[train, p], y_ctrl[train], None)
                 pred_c[:, p] = c_model.predict(xn[test, p])
+            if tick is not None:
+                tick(1)
         return {"pred": pred, "logp": logp, "pred_c": pred_c, "acc_matrix": acc_matrix}
 
 
@@ -612,6 +624,34 @@ def _fit_or_constant(est: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray 
     return est.fit(X, y)
 
 
+def _map_with_progress(
+    func: Callable[..., Any],
+    args: Sequence[tuple],
+    n_jobs: int | None,
+    steps_per_job: int,
+    progress: bool,
+    desc: str,
+) -> list[Any]:
+    """``[func(*a) for a in args]``, in parallel with joblib when ``n_jobs`` allows, under a tqdm
+    bar of ``len(args) * steps_per_job`` steps.
+
+    In process (one job) ``func`` gets ``tick=bar.update`` and reports every step; joblib workers
+    cannot reach the bar, so there it advances by ``steps_per_job`` as each job's result arrives
+    (in order). Results are the same either way.
+    """
+    from joblib import Parallel, delayed, effective_n_jobs
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(args) * steps_per_job, desc=desc, unit="fit", disable=not progress) as bar:
+        if effective_n_jobs(n_jobs) == 1:
+            return [func(*a, tick=bar.update) for a in args]
+        out = []
+        for r in Parallel(n_jobs=n_jobs, return_as="generator")(delayed(func)(*a) for a in args):
+            bar.update(steps_per_job)
+            out.append(r)
+        return out
+
+
 def _run_cv(
     traj: Any,
     labels: str | Sequence[Any] | np.ndarray,
@@ -626,9 +666,9 @@ def _run_cv(
     random_state: int | None,
     cumulative: str | None = None,
     transfer_all: bool = False,
+    progress: bool = True,
+    desc: str = "probes",
 ) -> _CVResult:
-    from joblib import Parallel, delayed
-
     traj = as_trajectories(traj)
     y_raw = _labels(traj, labels)
     g = _groups(traj, groups)
@@ -640,12 +680,9 @@ def _run_cv(
     classes, y = np.unique(y_raw, return_inverse=True)
     y_ctrl = None if y_ctrl_raw is None else np.searchsorted(classes, y_ctrl_raw[idx])
     splits = make_splits(y_raw, g, cv, random_state=random_state)  # raw labels: errors name the class
-    jobs = (
-        delayed(_fold_job)(x, tr, te, y, y_ctrl, g, probe, normalize, cumulative, transfer_all,
-                           len(classes), random_state)
-        for tr, te in splits
-    )
-    results = Parallel(n_jobs=n_jobs)(jobs)
+    args = [(x, tr, te, y, y_ctrl, g, probe, normalize, cumulative, transfer_all, len(classes),
+             random_state) for tr, te in splits]
+    results = _map_with_progress(_fold_job, args, n_jobs, x.shape[1], progress, desc)
     n, P = len(y), x.shape[1]
     fold = np.full(n, -1)
     pred = np.zeros((n, P), dtype=int)
@@ -725,6 +762,7 @@ def layerwise(
     ci: float = 0.95,
     n_jobs: int | None = 1,
     random_state: int | None = 0,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Cross-validated probe accuracy at every point, with control task and majority baseline.
 
@@ -760,6 +798,8 @@ def layerwise(
         probe warm-starts from the previous point. Results do not depend on ``n_jobs``.
     random_state : int, optional
         Seeds the splits, the control labels, the subsample, the probes and the bootstrap.
+    progress : bool
+        Show a tqdm bar over points x folds (see the module notes); ``False`` silences it.
 
     Returns
     -------
@@ -778,7 +818,7 @@ def layerwise(
         When a class has fewer examples or groups than folds (naming the class and its count).
     """
     res = _run_cv(traj, labels, probe, cv, groups, control, control_by, normalize, balance, n_jobs,
-                  random_state)
+                  random_state, progress=progress, desc="layerwise")
     df = _frame(res, n_boot, ci, random_state)
     # kept so that resolution_point(frame) can bootstrap without refitting
     units = res.groups if res.groups is not None else np.arange(len(res.y))
@@ -796,6 +836,7 @@ def transfer(
     balance: bool = False,
     n_jobs: int | None = 1,
     random_state: int | None = 0,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Cross-layer transfer: train the probe at point i, test it at point j, for all pairs.
 
@@ -803,13 +844,14 @@ def transfer(
     depth; without this, transfer would mostly measure scale). Splits and probes are those of
     :func:`layerwise` with the same arguments, so the diagonal equals its per-point accuracy.
     Where the sense direction stops moving, a probe trained there keeps working later on.
+    Parameters are those of :func:`layerwise` (``progress``: a bar over training points x folds).
 
     Returns
     -------
     DataFrame with columns ``train_point, test_point, accuracy`` (mean over folds), one row per pair.
     """
     res = _run_cv(traj, labels, probe, cv, groups, False, "auto", normalize, balance, n_jobs,
-                  random_state, transfer_all=True)
+                  random_state, transfer_all=True, progress=progress, desc="transfer")
     acc = np.mean(res.acc_matrices, axis=0)
     P = len(res.points)
     return pd.DataFrame({"train_point": np.repeat(res.points, P), "test_point": np.tile(res.points, P),
@@ -828,6 +870,7 @@ def expected_layer(
     balance: bool = False,
     n_jobs: int | None = 1,
     random_state: int | None = 0,
+    progress: bool = True,
 ) -> tuple[float, pd.DataFrame]:
     """Tenney et al. (2019)'s expected layer from cumulative probes.
 
@@ -845,7 +888,8 @@ def expected_layer(
         :func:`layerwise` for 31 points. ``"mean"`` is a fixed equal-weight mix that costs the same as
         :func:`layerwise` but dilutes a signal that appears late among many uninformative points,
         which moves the gains, and so the expected layer, later.
-    Other parameters are those of :func:`layerwise`; ``metric`` is the score whose gains are used.
+    Other parameters are those of :func:`layerwise` (``progress``: a bar over points x folds);
+    ``metric`` is the score whose gains are used.
 
     Returns
     -------
@@ -858,7 +902,7 @@ def expected_layer(
     if mix not in ("concat", "mean"):
         raise ValueError(f"mix must be 'concat' or 'mean', got {mix!r}")
     res = _run_cv(traj, labels, probe, cv, groups, False, "auto", normalize, balance, n_jobs,
-                  random_state, cumulative=mix)
+                  random_state, cumulative=mix, progress=progress, desc="expected_layer")
     fold_w = (res.fold[None, :] == np.arange(res.n_folds)[:, None]).astype(np.float64)
     score = _metric_arrays(res, fold_w)[metric].mean(0)
     gain = np.r_[np.nan, np.diff(score)]
@@ -932,6 +976,7 @@ def mdl(
     C: float = 1.0,
     n_jobs: int | None = 1,
     random_state: int | None = 0,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Online codelength of the labels given the states at each point (Voita and Titov 2020).
 
@@ -953,13 +998,15 @@ def mdl(
         1e-3 of the uniform distribution so that no label costs more than log2(1000 K) bits.
     C : float
         Fallback C; see ``probe``.
+    n_jobs : int, optional
+        Blocks run in parallel (joblib).
+    progress : bool
+        Show a tqdm bar over points x blocks; ``False`` silences it.
 
     Returns
     -------
     DataFrame with columns ``point, codelength_bits, uniform_bits, compression``.
     """
-    from joblib import Parallel, delayed
-
     traj = as_trajectories(traj)
     y_raw = _labels(traj, labels)
     idx = _balanced_subset(y_raw, random_state) if balance else np.arange(len(y_raw))
@@ -977,9 +1024,10 @@ def mdl(
            if isinstance(probe, str) and probe == "logistic" else make_probe(probe, random_state))
     if not hasattr(est, "predict_proba"):
         raise ValueError(f"mdl needs a probe with predict_proba; {type(est).__name__} has none")
-    jobs = (delayed(_mdl_block)(x[:start], y[:start], x[start:stop], y[start:stop], est, normalize, K)
-            for start, stop in zip(ends[:-1], ends[1:]))
-    bits = np.sum(Parallel(n_jobs=n_jobs)(jobs), axis=0) + ends[0] * np.log2(K)
+    args = [(x[:start], y[:start], x[start:stop], y[start:stop], est, normalize, K)
+            for start, stop in zip(ends[:-1], ends[1:])]
+    bits = np.sum(_map_with_progress(_mdl_block, args, n_jobs, x.shape[1], progress, "mdl"), axis=0)
+    bits = bits + ends[0] * np.log2(K)
     uniform = n * np.log2(K)
     return pd.DataFrame({"point": traj.points, "codelength_bits": bits, "uniform_bits": uniform,
                          "compression": uniform / bits})
@@ -987,14 +1035,19 @@ def mdl(
 
 def _mdl_block(
     x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, est: BaseEstimator,
-    normalize: str | None, K: int,
+    normalize: str | None, K: int, tick: Callable[[int], Any] | None = None,
 ) -> np.ndarray:
-    """Bits to send y_te given x_te with a probe trained on the prefix, per point -> (P,)."""
+    """Bits to send y_te given x_te with a probe trained on the prefix, per point -> (P,).
+
+    ``tick(1)`` is called after each point (in-process runs only: it moves the progress bar).
+    """
     from threadpoolctl import threadpool_limits
 
     P = x_tr.shape[1]
     if len(np.unique(y_tr)) < 2 or len(y_tr) < 2:
         freq = (np.bincount(y_tr, minlength=K) + 1.0) / (len(y_tr) + K)
+        if tick is not None:
+            tick(P)
         return np.full(P, -np.log2(freq[y_te]).sum())
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -1006,6 +1059,8 @@ def _mdl_block(
             model = clone(est).fit(a[:, p], y_tr)
             proba = (1 - 1e-3) * _proba_full(model, b[:, p], classes) + 1e-3 / K
             out[p] = -np.log2(proba[np.arange(len(y_te)), y_te]).sum()
+            if tick is not None:
+                tick(1)
     return out
 
 

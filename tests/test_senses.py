@@ -279,6 +279,37 @@ def test_learned_directions_point_from_one_sense_to_the_other(method):
     np.testing.assert_allclose(u_new[0, 0], u_new[1, 0])
 
 
+@pytest.mark.parametrize("normalize,reference", [("standardize", "last"), (None, 1), ("center", "same")])
+def test_scoring_one_word_at_a_time_gives_identical_results(monkeypatch, normalize, reference):
+    traj = random_traj(seed=3)
+    # a third word whose rows interleave with the others', so blocks are not contiguous slices
+    rng = np.random.default_rng(1)
+    extra = tg.Trajectories(
+        rng.normal(size=(6, traj.n_points, traj.d_model)).astype(np.float32),
+        pd.DataFrame({"word": "u", "sense": list("pqpqpq"), "example": np.arange(6)}),
+    )
+    both = tg.concat([traj, extra])
+    mixed = both[np.argsort(np.r_[np.arange(16) * 2, np.arange(6) * 5 + 1], kind="stable")]
+    kw = dict(normalize=normalize, reference=reference)
+
+    def run():
+        fitted = senses.SensePrototypes(**kw).fit(mixed)
+        out = [senses.curves(mixed, **kw), senses.commitment(mixed, **kw), fitted.transform(mixed)]
+        if reference != "same":
+            out.append(senses.superposition(mixed, **kw))
+        return out
+
+    at_once = run()
+    monkeypatch.setattr(senses, "_SCORE_BLOCK_BYTES", 1)  # every word its own block
+    blocks = [rows for rows, *_ in senses.SensePrototypes(**kw).fit(mixed)._score_blocks(mixed, None)]
+    assert len(blocks) == 3
+    for a, b in zip(at_once, run()):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+        else:
+            np.testing.assert_array_equal(a, b)
+
+
 def duplicated_sentences(n_sent: int = 40, copies: int = 3, d: int = 30, seed: int = 0) -> tg.Trajectories:
     """Pure-noise sentences, each repeated ``copies`` times (tiny jitter) under one ``group``:
     labels carry no signal, so only a direction learned from a duplicate can "predict" them."""

@@ -52,6 +52,10 @@ __all__ = [
 
 DIRECTIONS = ("prototype", "lda", "probe")
 
+# Scoring packs words into blocks while one float64 (examples x points x groups) array of the
+# block stays under this; about eight such arrays are alive at once (see _score_blocks).
+_SCORE_BLOCK_BYTES = 64 * 2**20
+
 # ====================================================================== helpers
 def _is_dask(a: Any) -> bool:
     return not isinstance(a, np.ndarray) and hasattr(a, "compute") and hasattr(a, "chunks")
@@ -386,49 +390,113 @@ class SensePrototypes:
         return self._score(as_trajectories(traj), y)[0]
 
     def _score(self, traj: Trajectories, y: Any, z: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cosines (n, P, K) to every group (NaN outside the example's word), own group (n,) and the
+        same-word mask (n, K), assembled from :meth:`_score_blocks`. Memory n x P x all groups:
+        only :meth:`transform` needs this; the metrics consume the blocks."""
+        own, same_word, _ = self._score_keys(traj, y)
+        cos = np.full((traj.n_examples, traj.n_points, len(self.groups_)), np.nan)
+        for rows, gk, cos_b, _, _ in self._score_blocks(traj, y, z):
+            cos[np.ix_(rows, np.arange(traj.n_points), gk)] = cos_b
+        return cos, own, same_word
+
+    def _margins(self, traj: Trajectories, y: Any, z: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Margin and nearest-prototype correctness, each (n_examples, n_points), block by block."""
+        margin = np.full((traj.n_examples, traj.n_points), np.nan)
+        correct = np.zeros((traj.n_examples, traj.n_points), dtype=bool)
+        for rows, _, cos_b, own_b, same_b in self._score_blocks(traj, y, z):
+            margin[rows], correct[rows] = _margin(cos_b, own_b, same_b)
+        return margin, correct
+
+    def _score_blocks(self, traj: Trajectories, y: Any, z: Any = None) -> Any:
+        """Leave-one-out cosines, a few words at a time.
+
+        Yields ``(rows, gk, cos, own, same_word)``: positions of the block's examples (n_b,), its
+        groups (K_b,), cosines (n_b, n_points, K_b) float64 (NaN for groups of another word), the
+        own group as a position in ``gk`` (-1 if unseen) and the same-word mask (n_b, K_b).
+        Words are packed into a block while one (n_b, n_points, K_b) float64 array stays under
+        ``_SCORE_BLOCK_BYTES``: the scoring keeps about eight such arrays alive, and for all groups
+        at once 50 words x 3 senses x 200 examples x 31 points would be 1.1 GB each. Examples of
+        words that were not fitted are in no block.
+        """
         self._check_fitted()
         if traj.d_model != self.n_features_in_:
             raise ValueError(f"trajectories have d_model {traj.d_model}, prototypes were fitted on {self.n_features_in_}")
         r = self.reference_index_
+        if r is None and traj.n_points != self.sums_.shape[1]:
+            raise ValueError(f"reference='same' needs the fitted points {list(self.points_)}, got {list(traj.points)}")
         own, same_word, loo = self._score_keys(traj, y)
         if z is None:
             z = _normalised(traj.states, self.normalizer_, _shared_stats(self.normalize, r))
+        fit_rows = self._fit_rows(traj)
+        words = _keys(traj, self.labels if y is None else y, self.by if self.has_word_ else None)[0]
+        word_code, word_uniq = pd.factorize(self.groups_["word"])
+        ex_word = pd.Index(word_uniq).get_indexer(words)
+        per_word = [(np.flatnonzero(ex_word == w), np.flatnonzero(word_code == w)) for w in range(len(word_uniq))]
+        block: list[tuple[np.ndarray, np.ndarray]] = []
+        for w, (rows_w, gk_w) in enumerate(per_word):
+            if not len(rows_w):
+                continue
+            n_b = sum(len(a) for a, _ in block) + len(rows_w)
+            k_b = sum(len(b) for _, b in block) + len(gk_w)
+            if block and n_b * traj.n_points * k_b * 8 > _SCORE_BLOCK_BYTES:
+                yield self._score_block(z, block, own, same_word, loo, fit_rows)
+                block = []
+            block.append((rows_w, gk_w))
+        if block:
+            yield self._score_block(z, block, own, same_word, loo, fit_rows)
+
+    def _score_block(
+        self,
+        z: Any,
+        block: list[tuple[np.ndarray, np.ndarray]],
+        own: np.ndarray,
+        same_word: np.ndarray,
+        loo: np.ndarray,
+        fit_rows: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cosines of the examples of a few words with those words' groups (see :meth:`_score_blocks`)."""
+        rows = np.concatenate([a for a, _ in block])
+        gk = np.concatenate([b for _, b in block])
+        if not (len(rows) == z.shape[0] and np.array_equal(rows, np.arange(len(rows)))):
+            z = z[rows] if _is_dask(z) else np.take(z, rows, axis=0)
+        same = same_word[np.ix_(rows, gk)]
+        own_b = pd.Index(gk).get_indexer(own[rows])  # -1 for an unseen sense
+        rows_fit = fit_rows[rows]
+        r = self.reference_index_
         xp = _xp(z)
         zz = _einsum("npd,npd->np", z, z)
         if r is not None:
-            s_ref = self.sums_[:, r]  # (K, d)
+            s_ref = self.sums_[gk, r]  # (K_b, d)
             zS = _einsum("npd,kd->npk", z, s_ref.astype(np.float32))
-            rows = self._fit_rows(traj)
-            x_ref = np.where((rows >= 0)[:, None], self.ref_states_[np.maximum(rows, 0)], 0.0).astype(np.float32)
+            x_ref = np.where((rows_fit >= 0)[:, None], self.ref_states_[np.maximum(rows_fit, 0)], 0.0)
+            x_ref = x_ref.astype(np.float32)
             zx = _einsum("npd,nd->np", z, _like(x_ref, z))
             if xp is not np:
                 zz, zS, zx = xp.compute(zz, zS, zx)
-            xS = (x_ref.astype(np.float64) @ s_ref.T)[:, None, :]  # (n, 1, K)
-            xx = (x_ref.astype(np.float64) ** 2).sum(1)[:, None]  # (n, 1)
-            SS = np.einsum("kd,kd->k", s_ref, s_ref)[None, None, :]  # (1, 1, K)
+            xS = (x_ref.astype(np.float64) @ s_ref.T)[:, None, :]  # (n_b, 1, K_b)
+            xx = (x_ref.astype(np.float64) ** 2).sum(1)[:, None]  # (n_b, 1)
+            SS = np.einsum("kd,kd->k", s_ref, s_ref)[None, None, :]  # (1, 1, K_b)
         else:
-            if traj.n_points != self.sums_.shape[1]:
-                raise ValueError(f"reference='same' needs the fitted points {list(self.points_)}, got {list(traj.points)}")
-            zS = _einsum("npd,kpd->npk", z, self.sums_.astype(np.float32))
+            sums = self.sums_[gk]
+            zS = _einsum("npd,kpd->npk", z, sums.astype(np.float32))
             if xp is not np:
                 zz, zS = xp.compute(zz, zS)
             zx, xS, xx = zz, zS, zz
-            SS = np.einsum("kpd,kpd->pk", self.sums_, self.sums_)[None]  # (1, P, K)
+            SS = np.einsum("kpd,kpd->pk", sums, sums)[None]  # (1, P, K_b)
         zz, zS, zx = (np.asarray(a, dtype=np.float64) for a in (zz, zS, zx))
         # e[i, k] = 1 where example i sits in group k's sum: use (S_k - x_i) / (n_k - 1) there
-        K = len(self.groups_)
-        e = (loo[:, None] == np.arange(K)[None]).astype(np.float64)[:, None, :]  # (n, 1, K)
-        count = self.counts_[None, None, :] - e
+        e = (loo[rows][:, None] == gk[None]).astype(np.float64)[:, None, :]  # (n_b, 1, K_b)
+        count = self.counts_[gk][None, None, :] - e
         dot = zS - e * zx[..., None]
         sq = SS - 2 * e * xS + e * np.asarray(xx, dtype=np.float64)[..., None]
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = dot / np.sqrt(zz[..., None] * np.maximum(sq, 0.0))
         # A vector at the population mean (point 0 of one word, centred: every context shares it) has no
         # direction and so no preference for any sense: its cosine is 0, and its margin 0.
-        at_mean = zz <= 1e-12 * max(float(zz.max()), np.finfo(np.float64).tiny)
+        at_mean = zz <= 1e-12 * max(float(zz.max()), np.finfo(np.float64).tiny)  # relative to the block
         cos = np.where(at_mean[..., None], 0.0, cos)
-        cos = np.where((count > 0) & same_word[:, None, :], cos, np.nan)
-        return cos, own, same_word
+        cos = np.where((count > 0) & same[:, None, :], cos, np.nan)
+        return rows, gk, cos, own_b, same
 
     def margin(self, traj: Any, y: Any = None) -> np.ndarray:
         """Cosine to the correct sense minus the largest cosine to another sense of the same word.
@@ -437,8 +505,7 @@ class SensePrototypes:
         -------
         ndarray of shape (n_examples, n_points); NaN for unseen senses or one-sense words.
         """
-        cos, own, same_word = self._score(as_trajectories(traj), y)
-        return _margin(cos, own, same_word)[0]
+        return self._margins(as_trajectories(traj), y)[0]
 
     def predict_correct(self, traj: Any, y: Any = None) -> np.ndarray:
         """Whether the nearest (leave-one-out) prototype of the word is the example's sense.
@@ -447,8 +514,7 @@ class SensePrototypes:
         -------
         ndarray of bool, shape (n_examples, n_points). A tie is not right (chance, not credit).
         """
-        cos, own, same_word = self._score(as_trajectories(traj), y)
-        return _margin(cos, own, same_word)[1]
+        return self._margins(as_trajectories(traj), y)[1]
 
     # ------------------------------------------------------------ directions
     def directions(
@@ -710,17 +776,24 @@ def curves(
     """
     traj = as_trajectories(traj)
     fitted = SensePrototypes(labels, by, reference, normalize)
-    cos, own, same_word = fitted._score(traj, None, fitted._fit(traj))
-    margin = _margin(cos, own, same_word)[0]
-    n, p, _ = cos.shape
-    ex, k = np.nonzero(same_word)  # (example, group) pairs of the same word
+    n, p = traj.n_examples, traj.n_points
+    margin = np.full((n, p), np.nan)
+    parts = []  # per block of words: (example, group, cosines (pairs, P)) of same-word pairs
+    for rows, gk, cos_b, own_b, same_b in fitted._score_blocks(traj, None, fitted._fit(traj)):
+        margin[rows] = _margin(cos_b, own_b, same_b)[0]
+        i, j = np.nonzero(same_b)
+        parts.append((rows[i], gk[j], cos_b[i, :, j]))
+    ex, k, val = (np.concatenate(a) for a in zip(*parts)) if parts else (
+        np.zeros(0, int), np.zeros(0, int), np.zeros((0, p)))
+    order = np.lexsort((k, ex))  # example by example, groups in order
+    ex, k, val = ex[order], k[order], val[order]
     cos_rows = pd.DataFrame(
         {
             **{c: np.repeat(v, p) for c, v in _meta_cols(traj, ex, fitted, None).items()},
             "point": np.tile(traj.points, len(ex)),
             "metric": "cos",
             "to_sense": np.repeat(fitted.groups_["sense"].to_numpy()[k], p),
-            "value": cos[ex, :, k].reshape(-1),
+            "value": val.reshape(-1),
         }
     )
     all_ex = np.arange(n)
@@ -777,10 +850,10 @@ def commitment(
     """
     traj = as_trajectories(traj)
     fitted = SensePrototypes(labels, by, reference, normalize)
-    margin, correct = _margin(*fitted._score(traj, None, fitted._fit(traj)))
+    margin, correct = fitted._margins(traj, None, fitted._fit(traj))
     if reference != "same":
         per_point = SensePrototypes(labels, by, "same", normalize)
-        correct = _margin(*per_point._score(traj, None, per_point._fit(traj)))[1]
+        correct = per_point._margins(traj, None, per_point._fit(traj))[1]
     with np.errstate(invalid="ignore"):
         above = margin > threshold
     out = pd.DataFrame(_meta_cols(traj, np.arange(traj.n_examples), fitted, None))
@@ -829,12 +902,17 @@ def superposition(
         raise ValueError("superposition compares point 0 with resolved prototypes; reference='same' is not allowed")
     if 0 not in set(traj.points.tolist()):
         raise ValueError(f"superposition needs point 0 (the embedding); these trajectories have {list(traj.points)}")
-    fitted = SensePrototypes(labels, by, reference, normalize).fit(traj)
-    cos, _, same_word = fitted._score(traj.select_points([0]), None)
+    fitted = SensePrototypes(labels, by, reference, normalize)
+    z = fitted._fit(traj)
+    # point 0 normalised with its own statistics (a point-0-only copy would not match the fitted ones)
+    at0 = int(np.flatnonzero(traj.points == 0)[0])
     groups = fitted.groups_
-    with np.errstate(invalid="ignore"):
-        cosine = np.nansum(cos[:, 0, :], axis=0) / np.maximum((~np.isnan(cos[:, 0, :])).sum(0), 1)
-    cosine = np.where((~np.isnan(cos[:, 0, :])).any(0), cosine, np.nan)
+    total, seen = np.zeros(len(groups)), np.zeros(len(groups))
+    for _, gk, cos_b, _, _ in fitted._score_blocks(traj.select_points([0]), None, z[:, at0 : at0 + 1]):
+        c = cos_b[:, 0, :]  # (n_b, K_b): NaN for other words' groups
+        np.add.at(total, gk, np.nansum(c, axis=0))
+        np.add.at(seen, gk, (~np.isnan(c)).sum(0))
+    cosine = np.where(seen > 0, total / np.maximum(seen, 1), np.nan)
     out = pd.DataFrame({"word": groups["word"].to_numpy(), "sense": groups["sense"].to_numpy(), "cosine": cosine})
     g = out.groupby("word", sort=False)["cosine"]
     hi, lo = g.transform("max"), g.transform("min")

@@ -377,3 +377,69 @@ def test_smollm2_upper_points_have_a_rogue_dimension_that_standardize_removes(sm
     raw = separation(traj.states)
     std = separation(geo.normalize(traj, "standardize"))
     assert std[12:].mean() > 2 * raw[12:].mean()
+
+
+# ------------------------------------------------------------------ fast paths (chunked sums, capped MEV)
+def test_standardize_fit_is_exact_despite_large_offsets():
+    # float32 data on a large offset: a naive float32 E[x^2] - E[x]^2 would lose the variance entirely
+    rng = np.random.default_rng(14)
+    x = (1e3 + rng.normal(size=(3000, 2, 5)) * np.array([0.01, 1, 3, 10, 100])).astype(np.float32)
+    nz = geo.PointNormalizer("standardize").fit(x)
+    np.testing.assert_allclose(nz.mean_, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(nz.scale_, x.astype(np.float64).std(0), rtol=1e-4)
+    assert nz.transform(x).dtype == np.float32
+
+
+def test_group_sums_in_blocks_equal_a_loop(monkeypatch):
+    rng = np.random.default_rng(15)
+    x = rng.normal(size=(53, 3, 4)).astype(np.float32)
+    codes = rng.integers(0, 6, 53)
+    codes[codes == 5] = 0  # codes must be 0..k-1, all present
+    monkeypatch.setattr(geo, "_GROUP_BLOCK", 4)  # groups straddle many blocks
+    got, sizes = geo._group_sums(x, codes)
+    for c in range(codes.max() + 1):
+        np.testing.assert_allclose(got[c], x[codes == c].astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+        assert sizes[c] == (codes == c).sum()
+
+
+def test_mev_lanczos_path_matches_svd_for_large_gram():
+    # m and d above _EIGSH_MIN, so the top eigenvalue comes from ARPACK, not eigvalsh
+    rng = np.random.default_rng(16)
+    x = rng.normal(size=(150, 2, 130)) + 0.3 * rng.normal(size=(1, 2, 130))
+    assert min(x.shape[0], x.shape[2]) >= geo._EIGSH_MIN
+    got = geo._mev(x.astype(np.float32))
+    for p in range(2):
+        s = np.linalg.svd(x[:, p], compute_uv=False)
+        assert got[p] == pytest.approx(s[0] ** 2 / np.sum(s**2), rel=1e-5)
+
+
+def test_mev_cap_uses_the_same_size_for_metric_and_baseline():
+    rng = np.random.default_rng(17)
+    n = 240
+    x = rng.normal(size=(n, 2, 16))
+    words = np.array(["line"] * 120 + ["other"] * 120)
+    x[:120] = rng.normal(size=(120, 1, 1)) * rng.normal(size=(1, 2, 16)) + 0.01 * rng.normal(size=(120, 2, 16))
+    t = tg.Trajectories(x, pd.DataFrame({"word": words}))
+    full = geo.population_metrics(t, normalize=None, max_examples=None)
+    capped = geo.population_metrics(t, normalize=None, max_examples=30)
+    # a planted rank-one word stays rank one in any subset; random vectors' MEV grows as m shrinks
+    assert (pop(capped, "max_explainable_variance", "line") > 0.99).all()
+    assert (pop(capped, "max_explainable_variance", "other") > pop(full, "max_explainable_variance", "other")).all()
+    # a cap above every word's size changes nothing, not even the other metrics' random draws
+    pd.testing.assert_frame_equal(geo.population_metrics(t, normalize=None, max_examples=120), full)
+    with pytest.raises(ValueError, match="max_examples"):
+        geo.population_metrics(t, max_examples=1)
+
+
+def test_mev_baseline_sd_is_zero_when_every_draw_is_the_whole_other_word():
+    rng = np.random.default_rng(18)
+    x = rng.normal(size=(40, 3, 10)) + rng.normal(size=(1, 3, 10))
+    words = np.array(["a"] * 20 + ["b"] * 20)  # pool of "a" is all 20 of "b": every draw is the same set
+    t = tg.Trajectories(x, pd.DataFrame({"word": words}))
+    df = geo.population_metrics(t, normalize=None)
+    np.testing.assert_allclose(pop(df, "max_explainable_variance_baseline_sd", "a"), 0.0, atol=1e-7)
+    np.testing.assert_allclose(pop(df, "adjusted_max_explainable_variance", "a"),
+                               pop(df, "max_explainable_variance", "a") - pop(df, "max_explainable_variance", "b"),
+                               atol=1e-7)
+    one = geo.population_metrics(t, normalize=None, n_baseline_draws=1)
+    assert np.isnan(pop(one, "max_explainable_variance_baseline_sd", "a")).all()

@@ -81,6 +81,7 @@ POPULATION_METRICS = (
     "intra_sentence_similarity",
     "max_explainable_variance",
     "adjusted_max_explainable_variance",
+    "max_explainable_variance_baseline_sd",
     "intrinsic_dimension",
     "between_within_ratio",
 )
@@ -136,9 +137,10 @@ class PointNormalizer:
             return self
         if x.shape[0] < 2:
             raise ValueError(f"normalize={self.method!r} needs at least 2 reference examples, got {x.shape[0]}")
-        self.mean_ = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+        mean, var = _moments(x)  # chunked, float64 sums: no float64 copy of the states
+        self.mean_ = mean.astype(np.float32)
         if self.method == "standardize":
-            self.scale_ = np.maximum(x.std(axis=0, dtype=np.float64), self.eps).astype(np.float32)
+            self.scale_ = np.maximum(np.sqrt(var), self.eps).astype(np.float32)
         elif self.method == "whiten":
             from sklearn.covariance import LedoitWolf
 
@@ -200,7 +202,7 @@ class PointNormalizer:
             raise RuntimeError("PointNormalizer is not fitted; call fit first")
         if x.shape[1:] != self.mean_.shape:
             raise ValueError(f"states have shape {x.shape[1:]} per example, fitted on {self.mean_.shape}")
-        out = x - self.mean_
+        out = np.subtract(x, self.mean_, dtype=np.float32)  # float32 throughout: no float64 copy
         if self.method == "standardize":
             out /= self.scale_
         elif self.method == "whiten":
@@ -219,6 +221,36 @@ class PointNormalizer:
 
     def fit_transform(self, states: Any) -> np.ndarray:
         return self.fit(states).transform(states)
+
+
+_BLOCK_BYTES = 64 * 2**20  # float32 bytes per block of examples in chunked passes
+_GROUP_BLOCK = 256  # rows summed in float32 before a float64 accumulation (_group_sums)
+
+
+def _blocks(n: int, row_bytes: int) -> range:
+    """Starts of blocks of examples holding about ``_BLOCK_BYTES`` each (at least one example)."""
+    return range(0, n, max(1, _BLOCK_BYTES // max(1, row_bytes)))
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point mean and (population) variance over examples, of shape (n_points, d_model) each.
+
+    One pass over blocks of examples: each block is centred on a provisional float32 shift (the
+    first example), squared in float32 and summed in float64, so no float64 copy of ``x`` is made
+    and the shift keeps large offsets (rogue dimensions) from cancelling the variance away.
+    """
+    n = x.shape[0]
+    shift = np.asarray(x[0], dtype=np.float32)
+    s1 = np.zeros(x.shape[1:], dtype=np.float64)
+    s2 = np.zeros(x.shape[1:], dtype=np.float64)
+    step = _blocks(n, 4 * int(np.prod(x.shape[1:]))).step
+    for start in range(0, n, step):
+        c = np.subtract(x[start : start + step], shift, dtype=np.float32)
+        s1 += c.sum(axis=0, dtype=np.float64)
+        c *= c
+        s2 += c.sum(axis=0, dtype=np.float64)
+    m1 = s1 / n
+    return shift + m1, np.maximum(s2 / n - m1**2, 0.0)
 
 
 def _unwrap(states: Any) -> Any:
@@ -453,20 +485,89 @@ def _segments(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _group_sums(x: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-code sums of x (n, ...) -> (k, ...), and the sizes (k,). Vectorised (reduceat)."""
+    """Per-code sums of x (n, ...) -> (k, ...) in float64, and the sizes (k,). Vectorised (reduceat).
+
+    Sorted blocks of at most ``_GROUP_BLOCK`` rows are summed in x's dtype (reduceat casting to
+    float64 row by row is ~10x slower) and the block sums accumulated in float64, so no copy of
+    the whole array is made and float32 rounding does not grow with the group size.
+    """
     order, starts, sizes = _segments(codes)
-    return np.add.reduceat(x[order], starts, axis=0, dtype=np.float64), sizes
+    out = np.zeros((len(sizes),) + x.shape[1:], dtype=np.float64)
+    sorted_codes = np.repeat(np.arange(len(sizes)), sizes)
+    step = min(_GROUP_BLOCK, _blocks(len(codes), x[:1].nbytes).step)
+    for s in range(0, len(codes), step):
+        ids = sorted_codes[s : s + step]
+        runs = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+        out[ids[runs]] += np.add.reduceat(x[order[s : s + step]], runs, axis=0)
+    return out, sizes
+
+
+_SMALL_WORK = 5e8  # flops below which BLAS / OpenMP run on one thread (see _threads_for)
+
+
+def _threads_for(flops: float) -> Any:
+    """A context limiting BLAS and OpenMP to one thread for small work, else doing nothing.
+
+    Many small products (one Gram per word and point) and small neighbour searches spend more
+    time waking and synchronising threads than computing; on a loaded machine the 550-example
+    demo took 20 s with all threads and 2 s with one.
+    """
+    from contextlib import nullcontext
+
+    if flops >= _SMALL_WORK:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+_EIGSH_MIN = 96  # below this Gram/scatter size a full (batched) eigvalsh is cheaper than Lanczos
+
+
+def _top_eigenvalue(g: np.ndarray) -> float:
+    """Largest eigenvalue of one symmetric PSD matrix (k, k), by Lanczos (ARPACK) in float64.
+
+    Only the top eigenvalue is needed, and a full ``eigvalsh`` of a 576 x 576 matrix costs 7x (and
+    far more, batched, on a busy machine). The start vector is fixed so results are reproducible;
+    if ARPACK does not converge the full decomposition is used instead.
+    """
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+    g = np.asarray(g, dtype=np.float64)
+    v0 = np.random.default_rng(0).uniform(0.5, 1.5, size=g.shape[0])  # positive: never orthogonal to a PSD top vector in practice
+    try:
+        return float(eigsh(g, k=1, which="LA", v0=v0, return_eigenvectors=False, tol=1e-10)[0])
+    except ArpackNoConvergence:
+        return float(np.linalg.eigvalsh(g)[-1])
 
 
 def _mev(x: np.ndarray) -> np.ndarray:
     """Maximum explainable variance per point: sigma_1^2 / sum sigma_i^2 of the (uncentred) matrix.
 
-    x : ndarray of shape (m, n_points, d); returns (n_points,). Uses the smaller Gram matrix.
+    Parameters
+    ----------
+    x : ndarray of shape (m, n_points, d)
+
+    Returns
+    -------
+    ndarray of shape (n_points,), float64; NaN where the matrix is all zeros.
+
+    Notes
+    -----
+    sigma_1^2 is the top eigenvalue of the smaller of the Gram (m, m) and scatter (d, d) matrices,
+    built in float32 by batched BLAS; sum sigma_i^2 is the sum of squares, accumulated in float64.
+    Against a float64 SVD this differs by float32 rounding (relative ~1e-6).
     """
-    x = x.astype(np.float64)
-    gram = _gram(x) if x.shape[0] <= x.shape[2] else _scatter(x)
-    top = np.linalg.eigvalsh(gram)[:, -1]
-    total = np.trace(gram, axis1=1, axis2=2)
+    x = np.asarray(x, dtype=np.float32)
+    xt = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # (p, m, d)
+    total = np.einsum("pmd,pmd->p", xt, xt, dtype=np.float64)
+    m, d = x.shape[0], x.shape[2]
+    with _threads_for(2.0 * xt.shape[0] * min(m, d) ** 2 * max(m, d)):
+        gram = xt @ np.swapaxes(xt, 1, 2) if m <= d else np.swapaxes(xt, 1, 2) @ xt
+        if gram.shape[-1] < _EIGSH_MIN:
+            top = np.linalg.eigvalsh(gram.astype(np.float64))[:, -1]
+        else:
+            top = np.array([_top_eigenvalue(g) if t > 0 else 0.0 for g, t in zip(gram, total)])
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(total > 0, top / total, np.nan)
 
@@ -491,12 +592,21 @@ def twonn_dimension(x: np.ndarray, max_samples: int | None = 5000, random_state:
     """
     from sklearn.neighbors import NearestNeighbors
 
-    x = np.unique(np.asarray(x, dtype=np.float64), axis=0)
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    # np.unique sorts rows lexicographically; float32 -> float64 is exact, so deduplicating in the
+    # input's own dtype gives the same rows in the same order at a fraction of the cost
+    x = np.unique(x, axis=0)
     if max_samples is not None and len(x) > max_samples:
         x = x[np.random.default_rng(random_state).choice(len(x), max_samples, replace=False)]
     if len(x) < 3:
         return float("nan")
-    dist, _ = NearestNeighbors(n_neighbors=3).fit(x).kneighbors(x)
+    # scikit-learn's float32 neighbour search accumulates distances in float64 chunks: 2-3x faster
+    # than float64 input, same neighbours, distances equal up to float32 rounding of the inputs
+    with _threads_for(2.0 * len(x) ** 2 * x.shape[1]):
+        dist, _ = NearestNeighbors(n_neighbors=3).fit(x).kneighbors(x)
+    dist = dist.astype(np.float64)
     r1, r2 = dist[:, 1], dist[:, 2]
     keep = r1 > 0
     if keep.sum() < 3:
@@ -547,6 +657,7 @@ def population_metrics(
     n_baseline_draws: int = 5,
     max_samples: int | None = 5000,
     reference: Any = None,
+    max_examples: int | None = 500,
 ) -> pd.DataFrame:
     """Population geometry per point: anisotropy, self-similarity and friends (Ethayarajh 2019).
 
@@ -573,7 +684,18 @@ def population_metrics(
         first principal component, sigma_1^2 / sum sigma_i^2. The adjusted form subtracts the same
         estimator applied to as many random vectors of other words (mean of ``n_baseline_draws``
         draws), so sample size biases cancel. NaN for words with fewer than 2 examples, or fewer
-        other-word examples than the word has.
+        other-word examples than the word has (after the cap below).
+        A word with more than ``max_examples`` examples is represented by a seeded random subset
+        of ``max_examples`` of them, and the baseline draws have that same size: the metric and
+        its baseline always use the same estimator. The cost per word is about
+        min(m, d)^2 max(m, d) per point and draw (m examples, d dimensions), so the cap (default
+        500) bounds it: at 5,000 examples of one word and d = 576 the uncapped metric with its 5
+        draws costs minutes, the capped one seconds. ``max_examples=None`` gives the exact
+        all-examples estimator.
+    ``max_explainable_variance_baseline_sd``
+        Per word: the standard deviation over the ``n_baseline_draws`` baseline draws (ddof 1; NaN
+        with a single draw), so one can judge whether the number of draws is enough (the standard
+        error of the adjustment is this over sqrt(n_baseline_draws)).
     ``intrinsic_dimension``
         TwoNN estimate over all examples (see :func:`twonn_dimension`); duplicates merged.
     ``between_within_ratio``
@@ -599,6 +721,9 @@ def population_metrics(
         Random draws averaged for the MEV baseline.
     max_samples : int or None
         Cap on the examples given to TwoNN.
+    max_examples : int or None
+        Cap on the examples per word for the maximum explainable variance and its baseline draws
+        (a seeded random subset; ``None``: all examples). See ``max_explainable_variance``.
     reference : boolean mask or integer indices, optional
         Examples whose statistics define the normalisation (default: all).
 
@@ -609,6 +734,8 @@ def population_metrics(
     t = _traj(traj)
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    if max_examples is not None and max_examples < 2:
+        raise ValueError(f"max_examples must be >= 2 or None, got {max_examples}")
     rng = np.random.default_rng(random_state)
     x = _normalized(t, normalize, reference)
     n, p, _ = x.shape
@@ -655,9 +782,14 @@ def population_metrics(
         gsum, gsize = _group_sums(x, gcodes)
         multi = gsize >= 2
         if multi.any():
-            member = multi[gcodes]
-            mean_vec = _unit(gsum[gcodes[member]].astype(np.float32))  # each member's group mean
-            cos = np.einsum("npd,npd->np", u[member], mean_vec)
+            member = np.flatnonzero(multi[gcodes])
+            gdir = _unit(gsum.astype(np.float32))  # direction of each group's mean
+            del gsum
+            cos = np.empty((len(member), p), dtype=np.float64)
+            step = _blocks(len(member), u[:1].nbytes).step
+            for s in range(0, len(member), step):  # blocks: no (n, p, d) gather of group means
+                blk = member[s : s + step]
+                cos[s : s + len(blk)] = np.einsum("npd,npd->np", u[blk], gdir[gcodes[blk]])
             per_group, cnt = _group_sums(cos, np.unique(gcodes[member], return_inverse=True)[1].reshape(-1))
             intra = (per_group / cnt[:, None]).mean(axis=0)
     add("intra_sentence_similarity", intra)
@@ -665,20 +797,28 @@ def population_metrics(
     # --- maximum explainable variance (per word; one Gram per word, not per example)
     mev = np.full((n_words, p), np.nan)
     adj = np.full((n_words, p), np.nan)
+    base_sd = np.full((n_words, p), np.nan)
+    # the cap has its own stream, so that uncapped words see the same draws with or without it
+    cap_rng = np.random.default_rng(None if random_state is None else [int(random_state), 1])
     for w in range(n_words):
         idx = np.flatnonzero(wcodes == w)
         if len(idx) < 2:
             continue
+        if max_examples is not None and len(idx) > max_examples:
+            idx = np.sort(cap_rng.choice(idx, max_examples, replace=False))
         mev[w] = _mev(x[idx])
         pool = np.flatnonzero(wcodes != w) if n_words > 1 else np.arange(n)
         if len(pool) < len(idx):
             continue
-        base = np.mean(
-            [_mev(x[rng.choice(pool, len(idx), replace=False)]) for _ in range(max(1, n_baseline_draws))], axis=0
+        draws = np.stack(
+            [_mev(x[rng.choice(pool, len(idx), replace=False)]) for _ in range(max(1, n_baseline_draws))]
         )
-        adj[w] = mev[w] - base
+        adj[w] = mev[w] - draws.mean(axis=0)
+        if len(draws) > 1:
+            base_sd[w] = draws.std(axis=0, ddof=1)
     _add_per_word(add, "max_explainable_variance", mev, wnames, has_words)
     _add_per_word(add, "adjusted_max_explainable_variance", adj, wnames, has_words)
+    _add_per_word(add, "max_explainable_variance_baseline_sd", base_sd, wnames, has_words)
 
     # --- intrinsic dimension (all examples, per point)
     seeds = rng.integers(0, 2**31 - 1, size=p)
@@ -691,10 +831,16 @@ def population_metrics(
         _, scodes = _codes(np.char.add(np.char.add(wcodes.astype(str), "\x1f"), np.asarray(svals).astype(str)))
         ssum, ssize = _group_sums(x, scodes)  # per (word, sense) cell
         smean = ssum / ssize[:, None, None]
-        within_cell, _ = _group_sums(np.einsum("npd,npd->np", x - smean[scodes], x - smean[scodes]), scodes)
+        smean32 = smean.astype(np.float32)
+        sq_dev = np.empty((n, p), dtype=np.float64)
+        step = _blocks(n, x[:1].nbytes).step
+        for s in range(0, n, step):  # squared distance to the own cell mean, in blocks of examples
+            dev = x[s : s + step] - smean32[scodes[s : s + step]]
+            sq_dev[s : s + step] = np.einsum("npd,npd->np", dev, dev)
+        within_cell, _ = _group_sums(sq_dev, scodes)
         cell_word = np.zeros(len(ssize), dtype=int)
         cell_word[scodes] = wcodes
-        wmean = _group_sums(x, wcodes)[0] / sizes[:, None, None]
+        wmean = _group_sums(ssum, cell_word)[0] / sizes[:, None, None]
         off = smean - wmean[cell_word]
         between_cell = ssize[:, None] * np.einsum("cpd,cpd->cp", off, off)
         within, _ = _group_sums(within_cell, cell_word)
@@ -824,11 +970,9 @@ def rogue_dimensions(
         xz = nz.transform_lazy(x).astype(np.float64)
         uz = xz / _da_norm(xz)
         s1, s2, us, uq = dask.compute(xz.sum(0), (xz**2).sum(0), uz.sum(0), (uz**2).sum(0))
+        var = s2 / n - (s1 / n) ** 2  # (p, d)
     else:
-        xz = nz.transform(x).astype(np.float64)
-        uz = _unit(xz).astype(np.float64)
-        s1, s2, us, uq = xz.sum(0), (xz**2).sum(0), uz.sum(0), (uz**2).sum(0)
-    var = s2 / n - (s1 / n) ** 2  # (p, d)
+        var, us, uq = _rogue_sums(np.asarray(x, dtype=np.float32), nz)
     contrib = (us**2 - uq) / (n * (n - 1))  # (p, d): sums to the mean pairwise cosine
     with np.errstate(divide="ignore", invalid="ignore"):
         vshare = var / var.sum(axis=1, keepdims=True)
@@ -847,6 +991,32 @@ def rogue_dimensions(
             "cosine_share": cshare[rows, top].ravel(),
         }
     )
+
+
+def _rogue_sums(x: np.ndarray, nz: PointNormalizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point variance, sum of unit vectors and sum of their squares, each (n_points, d_model).
+
+    Blocks of examples are normalised and turned into unit vectors in float32; only the sums are
+    kept, in float64 (the variance via :func:`_moments`, shifted so that offsets do not cancel it).
+    """
+    n = x.shape[0]
+    us = np.zeros(x.shape[1:], dtype=np.float64)
+    uq = np.zeros(x.shape[1:], dtype=np.float64)
+    step = _blocks(n, 4 * int(np.prod(x.shape[1:]))).step
+    moments = []
+    for start in range(0, n, step):
+        xz = nz.transform(x[start : start + step])
+        moments.append((len(xz),) + _moments(xz))
+        u = _unit(xz)
+        us += u.sum(axis=0, dtype=np.float64)
+        u *= u
+        uq += u.sum(axis=0, dtype=np.float64)
+    # combine the blocks' means and variances (Chan et al.'s parallel formula)
+    sizes = np.array([m[0] for m in moments], dtype=np.float64)[:, None, None]
+    means = np.stack([m[1] for m in moments])
+    mean = (sizes * means).sum(0) / n
+    var = (sizes * (np.stack([m[2] for m in moments]) + (means - mean) ** 2)).sum(0) / n
+    return var, us, uq
 
 
 def _da_norm(x: Any) -> Any:

@@ -4,7 +4,6 @@ prediction depth, sense-word read-out, model checks, and the tuned lens (KL, ide
 from __future__ import annotations
 
 import re
-import warnings
 
 import numpy as np
 import pandas as pd

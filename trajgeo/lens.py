@@ -283,7 +283,8 @@ def _lens_arrays(lm: LoadedModel, traj: Trajectories, *, lens: "TunedLens | None
     out["topk_ids"] = np.zeros((n, n_pts, k), np.int64)
     out["topk_prob"] = np.zeros((n, n_pts, k), np.float32)
     out["set_logp"] = np.zeros((n, n_pts, len(sets)), np.float32)
-    set_ids = [torch.as_tensor(ids, dtype=torch.long) for _, _, ids in sets]
+    set_ids = [torch.as_tensor(ids, dtype=torch.long, device=readout.device) for _, _, ids in sets]
+    cpu = lambda t: t.cpu().numpy()  # noqa: E731
     with torch.inference_mode():
         for i0 in range(0, n, batch_size):
             x = np.asarray(traj.states[i0:i0 + batch_size], dtype=np.float32)
@@ -293,19 +294,19 @@ def _lens_arrays(lm: LoadedModel, traj: Trajectories, *, lens: "TunedLens | None
             logp = torch.log_softmax(logits, dim=-1)
             p = logp.exp()
             rows = slice(i0, i0 + len(x))
-            out["entropy"][rows] = (-(p * logp).sum(-1)).numpy()
+            out["entropy"][rows] = cpu(-(p * logp).sum(-1))
             logp_f, p_f = logp[:, last:last + 1], p[:, last:last + 1]
-            out["kl"][rows] = (p_f * (logp_f - logp)).sum(-1).numpy()
+            out["kl"][rows] = cpu((p_f * (logp_f - logp)).sum(-1))
             top1_final = logits[:, last].argmax(-1)  # (b,)
             at = top1_final[:, None, None].expand(-1, n_pts, 1)
-            out["rank"][rows] = ((logits > logits.gather(-1, at)).sum(-1) + 1).numpy()
-            out["prob"][rows] = p.gather(-1, at)[..., 0].numpy()
-            out["top1"][rows] = logits.argmax(-1).numpy()
+            out["rank"][rows] = cpu((logits > logits.gather(-1, at)).sum(-1) + 1)
+            out["prob"][rows] = cpu(p.gather(-1, at)[..., 0])
+            out["top1"][rows] = cpu(logits.argmax(-1))
             if k:
                 vals, ids = torch.topk(logp, k, dim=-1)
-                out["topk_ids"][rows], out["topk_prob"][rows] = ids.numpy(), vals.exp().numpy()
+                out["topk_ids"][rows], out["topk_prob"][rows] = cpu(ids), cpu(vals.exp())
             for j, ids in enumerate(set_ids):
-                out["set_logp"][rows, :, j] = torch.logsumexp(logp[..., ids], dim=-1).numpy()
+                out["set_logp"][rows, :, j] = cpu(torch.logsumexp(logp[..., ids], dim=-1))
     return out
 
 
@@ -672,11 +673,13 @@ class TunedLens(BaseEstimator):
         n_rows, n_pts, d = h_all.shape
         n_tr = n_pts - 1  # the last point keeps the identity
         torch.manual_seed(self.random_state)
-        resid = torch.zeros(n_tr, d, d, requires_grad=True)  # translator = identity + resid
-        bias = torch.zeros(n_tr, d, requires_grad=True)
+        dev = lm.device
+        resid = torch.zeros(n_tr, d, d, device=dev, requires_grad=True)  # translator = identity + resid
+        bias = torch.zeros(n_tr, d, device=dev, requires_grad=True)
         # The bias is learned in units of each point's RMS norm, so that Adam's steps (about lr per
         # parameter) move small-norm early points and large-norm late points by similar fractions.
         scale = torch.from_numpy(np.sqrt((h_all[:, :n_tr].astype(np.float64) ** 2).mean((0, 2))).astype(np.float32))
+        scale = scale.to(dev)
         opt = torch.optim.AdamW([resid, bias], lr=self.lr, weight_decay=self.weight_decay)
         # points per backward pass, so the (batch, points, vocab) logits stay near the row budget
         pt_chunk = max(1, _ROW_BUDGET // (self.batch_size * readout.vocab_size))
@@ -687,7 +690,7 @@ class TunedLens(BaseEstimator):
             for _ in range(self.n_epochs):
                 order = rng.permutation(n_rows)
                 for s in range(0, n_rows, self.batch_size):
-                    h = torch.from_numpy(h_all[order[s:s + self.batch_size]])
+                    h = torch.from_numpy(h_all[order[s:s + self.batch_size]]).to(dev)
                     with torch.no_grad():
                         logp_f = torch.log_softmax(readout(h[:, -1]), -1)[:, None]  # (b, 1, vocab)
                     opt.zero_grad()
@@ -707,8 +710,8 @@ class TunedLens(BaseEstimator):
                     bar.set_postfix(kl=f"{total:.3f}")
         bar.close()
         eye = np.eye(d, dtype=np.float32)
-        self.weight_ = np.concatenate([eye + resid.detach().numpy(), eye[None]], 0)
-        self.bias_ = np.concatenate([(bias * scale[:, None]).detach().numpy(), np.zeros((1, d), np.float32)], 0)
+        self.weight_ = np.concatenate([eye + resid.detach().cpu().numpy(), eye[None]], 0)
+        self.bias_ = np.concatenate([(bias * scale[:, None]).detach().cpu().numpy(), np.zeros((1, d), np.float32)], 0)
         self.loss_history_ = np.asarray(losses, np.float32)
         self.n_train_positions_ = int(n_rows)
         self.model_name_ = lm.name

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def analyse_word(traj: tg.Trajectories, folds: int, random_state: int) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """The summary row, the layer-wise probe table and the margin curve of one word."""
-    pr = tg.probes.layerwise(traj, cv=folds, random_state=random_state)
+    pr = tg.probes.layerwise(traj, cv=folds, random_state=random_state, progress=False)
     curves = tg.senses.curves(traj)
     com = tg.senses.commitment(traj)
     word = traj.meta["word"].iloc[0]

@@ -109,7 +109,7 @@ def _probes_per_word(traj: Any, folds: int, random_state: int) -> pd.DataFrame:
     frames, res = [], []
 
     def one(t: Any) -> pd.DataFrame:
-        pr = probes.layerwise(t, cv=folds, random_state=random_state)
+        pr = probes.layerwise(t, cv=folds, random_state=random_state, progress=False)
         r = probes.resolution_point(pr, random_state=random_state)
         res.append(r.assign(word=t.meta["word"].iloc[0] if "word" in t.meta else None))
         return pr
@@ -171,8 +171,10 @@ def analyze(traj: Any, model: Any = None, out: str | os.PathLike | None = None, 
         ("superposition", lambda: senses.superposition(traj)),
         ("reinforcement", lambda: senses.reinforcement(traj)),
         ("probes", lambda: _probes_per_word(traj, probe_folds, random_state)),
-        ("transfer", lambda: probes.transfer(focus, random_state=random_state).assign(word=focus_word)),
-        ("coords", lambda: projections.fit(traj, method="pca", random_state=random_state).coords(traj)),
+        ("transfer", lambda: probes.transfer(focus, random_state=random_state, progress=False).assign(word=focus_word)),
+        # one PCA plane per word: a word's paths spread in its own plane, not in one shared by all words
+        ("coords", lambda: _per_word(traj, lambda t: projections.fit(
+            t, method="pca", random_state=random_state).coords(t), min_senses=1)),
     ]
     if traj.components:
         steps.append(("attribution", lambda: senses.attribution(traj)))
@@ -279,8 +281,15 @@ def _fig_lens(t: dict, plotting: Any) -> Any:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, squeeze=False, gridspec_kw={"width_ratios": [2, 1]})
-    plotting.lens_table(t["top_tokens"], ax=axes[0, 0])
-    plotting.sense_log_odds(t["lens"], ax=axes[0, 1])
+    top = t["top_tokens"]
+    plotting.lens_table(top, ax=axes[0, 0])
+    lens = t["lens"]
+    if "word" in lens and "example" in top and lens["word"].nunique() > 1:
+        # the log-odds of the displayed example's word: one line per sense stays legible
+        word = lens.loc[lens["example"] == top["example"].iloc[0], "word"].iloc[0]
+        lens = lens[lens["word"] == word]
+        axes[0, 1].set_title(str(word))
+    plotting.sense_log_odds(lens, ax=axes[0, 1])
     return fig
 
 
@@ -293,7 +302,10 @@ def _fig_superposition(t: dict, plotting: Any) -> Any:
 
 
 def _fig_geometry(t: dict, plotting: Any) -> Any:
-    return plotting.path_panels(t["path_metrics"])
+    pm = t["path_metrics"]
+    # one curve per sense while that stays legible, else the mean over all examples
+    hue = "sense" if "sense" in pm and pm["sense"].nunique() <= 6 else None
+    return plotting.path_panels(pm, hue=hue)
 
 
 #: The standard figures: name -> (tables it needs, drawing function, caption).

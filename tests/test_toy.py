@@ -1,0 +1,264 @@
+"""The toy language: generator determinism, planted truth recoverable by an independent decoder, no
+positional shortcut at level 2; trained toy models: the accuracy bar, superposition at the embedding,
+margin rising with depth, attention carrying the decisive push, and depth needed at level 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import trajgeo as tg
+from trajgeo.toy import ToyLanguage, continuation_accuracy, train
+
+CONFIGS = [
+    dict(level=1),
+    dict(level=2),
+    dict(level=3, distractors=2),
+    dict(level=2, cue_side="after"),
+    dict(level=1, cue_side="both", n_senses=[2, 3, 4, 2]),
+    dict(level=2, cue_side="both", n_senses=4, distractors=3),
+    dict(level=2, cue_distance=5),
+    dict(level=1, cue_noise=0.3),
+]
+
+# Training configurations shared by the slow tests (trained once, cached on disk by `train`).
+# Level 1: the default language, 4 layers; the loss is ~0.01 by step 120 (measured), 300 steps leave margin.
+LEVEL1 = dict(level=1)
+LEVEL1_TRAIN = dict(n_layers=4, n_steps=300)
+# Level 2 with one distractor chain: the smallest language where counting modifiers says nothing. Two-layer
+# models sit on a loss plateau at ln 2 for ~1700 steps, then solve it by ~2400 (measured on 2 cores); 3000 steps.
+LEVEL2 = dict(level=2, distractors=1)
+LEVEL2_STEPS = 3000
+
+
+# ============================================================== an independent decoder of the rules
+def decode(tokens: list[str], t: int) -> tuple[int, int, int]:
+    """Sense index, deciding-cue index and chain depth of the target at ``t``, from the written rules only."""
+    word = tokens[t][1:]
+    binder = lambda tok: tok[0] in "xv" and tok[1:].isdigit()  # noqa: E731
+
+    def value(q: int, depth: int) -> tuple[int, int]:
+        tok = tokens[q]
+        if tok[0] == "x":
+            return int(tok[1:]), depth
+        # a variable's value comes from its binding occurrence: the one preceded by a binder
+        binding = [r for r in range(1, len(tokens)) if tokens[r] == tok and binder(tokens[r - 1])]
+        assert len(binding) == 1, f"variable {tok} bound {len(binding)} times"
+        return value(binding[0] - 1, depth + 1)
+
+    cues = [i for i, tok in enumerate(tokens) if tok.startswith(f"c{word}s")]
+    if cues:
+        assert len(cues) == 1, f"word w{word} has {len(cues)} level-1 cues"
+        return int(tokens[cues[0]].split("s")[1]), cues[0], 1
+    mediators = [i for i, tok in enumerate(tokens) if tok == f"m{word}"]
+    assert len(mediators) == 1, f"word w{word} has {len(mediators)} mediators"
+    sense, depth = value(mediators[0] - 1, 2)
+    return sense, mediators[0], depth
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_planted_sense_is_recoverable_from_the_cue_by_an_independent_decoder(config):
+    lang = ToyLanguage(**config)
+    texts, df = lang.generate(300, random_state=3)
+    assert len(set(len(t.split()) for t in texts)) == 1 == len({lang.seq_len})  # fixed length, no padding
+    for text, row in zip(texts, df.itertuples()):
+        tokens = text.split()
+        t = text[: row.char_start].count(" ")
+        assert text[row.char_start:row.char_end] == tokens[t] == row.target == row.word
+        sense, cue, depth = decode(tokens, t)
+        assert f"s{sense}" == row.cue_sense, f"example {row.example}: decoder says s{sense}"
+        assert depth == lang.level
+        assert cue == row.cue_index and abs(cue - t) == row.cue_distance
+        assert (cue < t) == (row.cue_position == "before")
+        assert tokens[t + 1] == row.continuation == f"{row.word.replace('w', 'n')}{row.sense}"
+    if config.get("cue_noise", 0) == 0:
+        assert (df["sense"] == df["cue_sense"]).all()
+    else:
+        # the cue lies at the stated rate: 3 binomial standard errors at n = 300 (sd 0.026)
+        assert abs((df["sense"] != df["cue_sense"]).mean() - config["cue_noise"]) < 0.08
+
+
+def test_generate_is_deterministic_for_a_seed():
+    lang = ToyLanguage(level=2)
+    a_texts, a = lang.generate(50, random_state=7)
+    b_texts, b = lang.generate(50, random_state=7)
+    c_texts, _ = lang.generate(50, random_state=8)
+    assert a_texts == b_texts
+    pd.testing.assert_frame_equal(a, b)
+    assert a_texts != c_texts
+    # the language's own random_state is the default seed
+    assert ToyLanguage(level=2, random_state=7).generate(50)[0] == a_texts
+
+
+def test_level2_position_says_nothing_about_whose_cue_it_is():
+    """The planted anti-shortcut: the modifier nearest to the target (a recency rule one attention layer
+    can implement) predicts the sense at chance, and so does the one at the most common cue distance."""
+    lang = ToyLanguage(**LEVEL2)
+    texts, df = lang.generate(4000, random_state=11)
+    nearest = []
+    for text, t in zip(texts, df["target_index"]):
+        xs = [tok for tok in text.split()[:t] if tok.startswith("x")]
+        nearest.append(f"s{xs[-1][1:]}")
+    # chance is 0.5 (balanced modifiers); 0.05 is 6 binomial standard errors at n = 4000 (sd 0.008)
+    assert abs(np.mean(np.array(nearest) == df["sense"].to_numpy()) - 0.5) < 0.05
+
+
+def test_tokens_are_single_ids_and_extract_aligns_on_an_untrained_model():
+    import transformers as tf
+
+    lang = ToyLanguage(level=1)
+    tok = lang.tokenizer()
+    texts, df = lang.generate(8, random_state=0)
+    ids = tok(texts[0])["input_ids"]
+    assert ids == [lang.tokens.index(t) for t in texts[0].split()]
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(lang.tokens), n_positions=lang.seq_len, n_embd=16,
+                                             n_layer=1, n_head=2)).eval()
+    traj = tg.extract((model, tok), df, progress=False)
+    assert (traj.meta["token_start"].to_numpy() == df["target_index"].to_numpy()).all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n_senses=5), "between 2 and 4"),
+    (dict(n_senses=[2, 3]), "entries"),
+    (dict(cue_side="left"), "cue_side"),
+    (dict(level=0), "level"),
+    (dict(level=2, cue_distance=(1, 6)), "cannot hold"),
+    (dict(length=3), "too short"),
+    (dict(cue_side="after", cue_distance=(1, 12)), ">= 2"),
+    (dict(n_words=1), "n_words >= 2"),
+    (dict(vocab=["f0", "w0"]), "distinct"),
+    (dict(cue_noise=1.0), "cue_noise"),
+])
+def test_bad_parameters_raise_naming_the_problem(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ToyLanguage(**kw)
+
+
+def test_training_is_deterministic_and_cached_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path))
+    lang = ToyLanguage(level=1, n_words=2, distractors=1)
+    kw = dict(n_layers=1, d_model=16, n_heads=2, n_steps=5, batch_size=8)
+    a, _ = train(lang, cache=False, return_pair=True, **kw)
+    b, _ = train(lang, cache=False, return_pair=True, **kw)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert np.array_equal(p.numpy(), q.numpy()), name
+    lm = train(lang, cache=True, **kw)
+    folders = list((tmp_path / "toy").iterdir())
+    assert len(folders) == 1 and (folders[0] / "config.json").exists() and ".tmp" not in folders[0].name
+    again = train(lang, cache=True, **kw)  # loaded, not retrained: same weights and the training record
+    assert again.fingerprint() == lm.fingerprint() == tg.load_model((a, lm.tokenizer)).fingerprint()
+    assert again.model.config.trajgeo_toy["steps"] == 5
+    c, _ = train(lang, cache=False, return_pair=True, random_state=1, **kw)
+    assert not np.array_equal(c.state_dict()["lm_head.weight"].numpy(), a.state_dict()["lm_head.weight"].numpy())
+
+
+# ============================================================== trained models (slow)
+@pytest.fixture(scope="session")
+def level1_model():
+    lang = ToyLanguage(**LEVEL1)
+    return lang, train(lang, **LEVEL1_TRAIN)
+
+
+@pytest.fixture(scope="session")
+def level1_traj(level1_model):
+    lang, lm = level1_model
+    _, df = lang.generate(200, random_state=101)
+    return tg.extract(lm, df, components=True, progress=False)
+
+
+@pytest.fixture(scope="session")
+def level2_models():
+    lang = ToyLanguage(**LEVEL2)
+    # one layer: every run's loss sat at ln 2 from step ~400 to 4000 (3 seeds x 2 languages measured); 1500 do
+    return lang, {1: train(lang, n_layers=1, n_steps=1500), 2: train(lang, n_layers=2, n_steps=LEVEL2_STEPS)}
+
+
+@pytest.mark.slow
+def test_level1_four_layer_model_reaches_the_accuracy_bar(level1_model):
+    lang, lm = level1_model
+    # the issue's bar; the measured value is 1.000 on 2000 fresh sequences
+    assert continuation_accuracy(lm, lang, n=2000) >= 0.95
+    assert lm.model.config.trajgeo_toy["steps"] == LEVEL1_TRAIN["n_steps"]
+
+
+@pytest.mark.slow
+def test_embedding_is_superposed_between_the_senses(level1_traj):
+    # Resolved prototypes of point 1, where the probe finds the sense resolved (next test) and the stream
+    # still holds the embedding. At the last point of this 4-layer model the stream has rotated away from
+    # the embedding (every cosine |c| < 0.35, most < 0.2, measured) so min/max of two near-zero cosines is noise.
+    sup = tg.senses.superposition(level1_traj, reference=1, normalize="standardize")
+    # point 0 is one vector per word, planted to carry the word and no sense: its cosines to the word's two
+    # resolved prototypes must be within 20% of each other (balance = min/max; measured 0.90 to 0.99)
+    assert (sup.groupby("word")["balance"].first() > 0.8).all(), sup
+    # independent check by hand for every word: standardise each point over all examples, mean prototypes
+    s, meta = level1_traj.states, level1_traj.meta
+    z = (s - s.mean(0, keepdims=True)) / s.std(0, keepdims=True)
+    for word, rows in meta.groupby("word").groups.items():
+        rows = np.asarray(rows)
+        assert np.allclose(s[rows, 0], s[rows[0], 0])  # the embedding does not depend on the context
+        e = z[rows[0], 0]
+        protos = [z[rows[meta["sense"].to_numpy()[rows] == k], 1].mean(0) for k in ("s0", "s1")]
+        cos = np.array([e @ p / np.linalg.norm(e) / np.linalg.norm(p) for p in protos])
+        assert cos.min() > 0 and cos.min() / cos.max() > 0.8, (word, cos)
+
+
+@pytest.mark.slow
+def test_margin_rises_with_depth(level1_traj):
+    cur = tg.senses.curves(level1_traj)
+    m = cur[cur["metric"] == "margin"].groupby("point")["value"].mean()
+    # point 0 is the same vector for both senses: its mean margin is ~0 (the two senses cancel)
+    assert abs(m.loc[0]) < 0.05
+    # non-decreasing from the first layer on, up to noise of 0.02 (cosine units), and clearly positive at the top
+    assert (np.diff(m.loc[1:].to_numpy()) > -0.02).all(), m
+    assert m.iloc[-1] > m.loc[0] + 0.2
+    com = tg.senses.commitment(level1_traj)
+    assert com["commitment_point"].notna().mean() > 0.95  # every example commits
+
+
+def decisive_push(traj) -> tuple[pd.Series, tuple[int, str]]:
+    """Mean attribution per (layer, component) in forward order (attn before mlp within a layer), and the
+    first one that carries at least 10% of the total positive push: where the sense enters the stream."""
+    att = tg.senses.attribution(traj)
+    mean = att[att["component"] != "head"].groupby(["layer", "component"])["attribution"].mean()
+    total = mean.clip(lower=0).sum()
+    return mean, mean.index[int(np.argmax(mean.to_numpy() >= 0.1 * total))]
+
+
+@pytest.mark.slow
+def test_attention_write_carries_the_decisive_push(level1_traj):
+    mean, first = decisive_push(level1_traj)
+    # the cue is readable from layer 1 on (one attention hop): the push starts in an attention write at or
+    # after layer 1 (measured: layer 2's attention, 2.6 of a total 4.4; the MLPs then amplify it). 10% of the
+    # total is far above the noise of a mean over 200 examples and below any real hop's share.
+    assert first[1] == "attn" and first[0] >= 1, mean
+    assert mean.xs("attn", level="component").sum() > 0
+
+
+@pytest.mark.slow
+def test_probe_resolves_level1_at_the_first_layer(level1_traj):
+    lw = tg.probes.layerwise(level1_traj, labels=level1_traj.meta["word"] + ":" + level1_traj.meta["sense"],
+                             cv=5, control=False, n_boot=1)
+    rp = tg.probes.resolution_point(lw, n_boot=100)
+    assert rp["resolution_point"].iloc[0] <= 2 and rp["max_value"].iloc[0] > 0.95
+
+
+@pytest.mark.slow
+def test_level2_needs_two_layers(level2_models):
+    lang, models = level2_models
+    acc = {n: continuation_accuracy(m, lang, n=2000) for n, m in models.items()}
+    # chance is 0.5; 0.6 is 9 binomial standard errors above it at n = 2000 (sd 0.011): one layer cannot pair
+    # a modifier with its mediator. Two layers reach >= 0.9 (measured 1.000 after 3000 steps).
+    assert acc[1] < 0.6, acc
+    assert acc[2] >= 0.9, acc
+    # trajgeo sees it too: in the 2-layer model the sense becomes decodable at the target only at point 2,
+    # and the push starts in layer 2's attention write (layer 1 cannot yet read the resolved mediator)
+    _, df = lang.generate(200, random_state=202)
+    traj = tg.extract(models[2], df, components=True, progress=False)
+    lw = tg.probes.layerwise(traj, labels=df["word"] + ":" + df["sense"], cv=5, control=False, n_boot=1)
+    rp = tg.probes.resolution_point(lw, n_boot=100)
+    assert rp["resolution_point"].iloc[0] == 2, rp
+    mean, first = decisive_push(traj)
+    assert first == (2, "attn"), mean
+    # nothing in layer 1 moves the target toward its sense: < 5% of the total push (measured 0.04%)
+    assert abs(mean.loc[1].sum()) < 0.05 * mean.clip(lower=0).sum(), mean

@@ -499,8 +499,9 @@ def train(
               "torch": torch.__version__.split("+")[0], "transformers": tf.__version__}
     folder = cache_dir() / "toy" / _config_key(config)
     if cache and (folder / "config.json").exists():
-        model = tf.GPT2LMHeadModel.from_pretrained(folder).eval()
-        tok = tf.PreTrainedTokenizerFast.from_pretrained(folder)
+        with _quiet_transformers():
+            model = tf.GPT2LMHeadModel.from_pretrained(folder).eval()
+            tok = tf.PreTrainedTokenizerFast.from_pretrained(folder)
         return (model, tok) if return_pair else load_model((model, tok))
 
     old_threads = torch.get_num_threads()
@@ -553,8 +554,25 @@ def train(
                                 "threads": torch.get_num_threads() if not n_threads else n_threads}
     tok = language.tokenizer()
     if cache:
-        _save_atomically(model, tok, folder)
+        with _quiet_transformers():
+            _save_atomically(model, tok, folder)
     return (model, tok) if return_pair else load_model((model, tok))
+
+
+class _quiet_transformers:
+    """Silence transformers' per-file progress bars while a tiny model is saved or loaded (restored after)."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging
+
+        self.was = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging
+
+        if self.was:
+            logging.enable_progress_bar()
 
 
 def _save_atomically(model: Any, tokenizer: Any, folder: Path) -> None:

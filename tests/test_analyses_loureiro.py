@@ -42,6 +42,7 @@ PLANTED = {
         "senses": {0: ["lifted", "steel", "beams", "waded", "marsh", "water"],
                    1: ["lifted", "steel", "beams", "waded", "marsh", "water"]},
         "counts": {"train": {0: 6, 1: 8}, "test": {0: 7, 1: 7}},
+        "position": 0,  # the target opens the sentence: no token before it
     },
 }
 RECOVERABLE = ("bank", "match")
@@ -61,8 +62,9 @@ def _write_planted(root: Path, seed: int = 0) -> Path:
                 for _ in range(n):
                     # the sense's context words in a random order around the target, one neutral filler
                     ctx = list(rng.permutation(spec["senses"][sense])[:4])
-                    toks = ctx[:2] + [word] + ctx[2:] + [str(rng.choice(FILLERS))]
-                    data.append(f"2\t{' '.join(toks)}")
+                    pos = spec.get("position", 2)
+                    toks = ctx[:pos] + [word] + ctx[pos:] + [str(rng.choice(FILLERS))]
+                    data.append(f"{pos}\t{' '.join(toks)}")
                     gold.append(str(sense))
             order = rng.permutation(len(data))
             (folder / f"{split}.data.txt").write_text("\n".join(data[i] for i in order) + "\n")
@@ -103,7 +105,8 @@ def result(script, models, planted, tmp_path_factory):
     return out
 
 
-def _brute_force_1nn(train: tg.Trajectories, test: tg.Trajectories) -> tuple[float, float]:
+def _brute_force_1nn(train: tg.Trajectories, test: tg.Trajectories,
+                     standardize: bool = False) -> tuple[float, float]:
     """Accuracy and macro F1 of the 1-NN protocol, with plain loops over examples and senses."""
     def token_vector(states: np.ndarray) -> np.ndarray:  # sum of the last 4 points
         v = np.zeros(states.shape[-1])
@@ -111,17 +114,20 @@ def _brute_force_1nn(train: tg.Trajectories, test: tg.Trajectories) -> tuple[flo
             v += states[p]
         return v
 
-    xs = np.asarray(train.states, dtype=np.float64)
-    ys = np.asarray(test.states, dtype=np.float64)
+    xs = [token_vector(x) for x in np.asarray(train.states, dtype=np.float64)]
+    ys = [token_vector(x) for x in np.asarray(test.states, dtype=np.float64)]
+    if standardize:  # per dimension, with the training vectors' mean and (population) std
+        mu = sum(xs) / len(xs)
+        sd = np.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
+        xs, ys = [(x - mu) / sd for x in xs], [(y - mu) / sd for y in ys]
     y_tr, y_te = train.meta["sense"].tolist(), test.meta["sense"].tolist()
     senses = sorted(set(y_tr))
     protos = {}
     for s in senses:
-        members = [token_vector(xs[i]) for i in range(len(xs)) if y_tr[i] == s]
+        members = [xs[i] for i in range(len(xs)) if y_tr[i] == s]
         protos[s] = sum(members) / len(members)
     pred = []
-    for i in range(len(ys)):
-        v = token_vector(ys[i])
+    for v in ys:
         cos = {s: v @ c / (np.linalg.norm(v) * np.linalg.norm(c)) for s, c in protos.items()}
         pred.append(max(senses, key=lambda s: cos[s]))
     acc = sum(p == t for p, t in zip(pred, y_te)) / len(y_te)
@@ -159,6 +165,12 @@ def test_accuracy_and_f1_equal_a_brute_force_1nn_from_the_stores(result):
         row = per_word.loc[word]
         assert row.accuracy == pytest.approx(acc, abs=1e-9)
         assert row.macro_f1 == pytest.approx(f1, abs=1e-9)
+        acc, f1 = _brute_force_1nn(train, test, standardize=True)
+        assert row.accuracy_standardize == pytest.approx(acc, abs=1e-9)
+        assert row.macro_f1_standardize == pytest.approx(f1, abs=1e-9)
+        # the sentence-initial targets are counted (the word tokenizer adds no special token)
+        at_start = PLANTED[word].get("position", 2) == 0
+        assert (row.n_train_at_start, row.n_test_at_start) == ((row.n_train, row.n_test) if at_start else (0, 0))
         if word in RECOVERABLE:  # the planted sense is recoverable: well above the majority baseline
             assert row.accuracy >= 0.8 > row.majority_baseline
 
@@ -178,6 +190,7 @@ def test_caps_are_stratified_and_the_majority_baseline_is_the_training_mfs(resul
         assert row.majority_baseline == pytest.approx(spec["counts"]["test"][mfs] / 14)
     s = summary.loc["tiny-bert"]
     assert s.mean_macro_f1 == pytest.approx(per_word.macro_f1.mean())
+    assert s.mean_accuracy_standardize == pytest.approx(per_word.accuracy_standardize.mean())
     assert s.pooled_accuracy == pytest.approx((per_word.accuracy * per_word.n_test).sum() / per_word.n_test.sum())
     assert (s.max_train, s.max_test, s.n_words) == (10, 0, len(PLANTED))
 

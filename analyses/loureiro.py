@@ -31,10 +31,10 @@ paper's BERT-base figures) and prints both.
 Caveats, printed with the results:
 
 - The caps make the run feasible on 2 shared CPU cores. Measured on the development machine
-  (2 cores at a load average of about 8, i.e. roughly a quarter of them): MiniLM extracts about
-  12 examples/s, SmolLM2 about 1.8 examples/s, so the default caps (32 training and 64 test
-  examples per word, about 1,400 examples per model over the 15 words) take about 15 minutes for
-  both models; caps of 64/128 took 27 minutes (4 for MiniLM, 23 for SmolLM2). The paper uses the
+  (2 cores at a load average of 6-8, i.e. roughly a quarter of them), all 15 words: the default
+  caps (32 training and 64 test examples per word, 1,418 examples per model) took 17 minutes for
+  both models (1.5 for MiniLM, 15 for SmolLM2 at about 1.6 examples/s); caps of 64/128 (2,580
+  examples per model) took 27 minutes (4 for MiniLM, 23 for SmolLM2). The paper uses the
   full splits: sense vectors from fewer training examples are noisier, and capped test sets widen
   the uncertainty of each word's figures (a rare sense may have only a few test examples). Use
   ``--max-train 0 --max-test 0`` for the full protocol.
@@ -43,10 +43,11 @@ Caveats, printed with the results:
   data. A causal model also sees only the context before the target.
 - Raw token vectors of a pre-LN decoder are raw residuals. When the target is the first token of
   the input (SmolLM2 adds no BOS token), its state is the attention-sink state, 25-30 times the
-  usual norm; one such training example dominates its sense's mean vector and drags the raw
-  protocol below the majority baseline (observed for SmolLM2 on apple, bow, club, java, square).
-  ``n_train_at_start``/``n_test_at_start`` count these examples; the standardised columns are
-  far less affected.
+  usual norm; a single such training example dominates its sense's mean vector, and the raw
+  protocol falls to or below the majority baseline. For SmolLM2 this happened for exactly the
+  words with a sentence-initial training example (apple, java, yard at the default caps; also arm,
+  bow, club, square at 64/128). ``n_train_at_start``/``n_test_at_start`` count these examples;
+  the standardised columns are not affected this way.
 
 Usage::
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -279,3 +281,17 @@ def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
     acc = brute_loo_centroid_accuracy(s, df["sense"].to_numpy())
     assert acc[0] <= 0.6  # every context shares the embedding: nothing to tell senses apart
     assert acc[1:].max() >= 0.8
+
+
+def test_target_at_the_first_position_is_flagged_for_causal_models_only(wtok):
+    texts = ["bank of the river", "the bank was closed"]
+    df = pd.DataFrame({"text": texts, "char_start": [0, 4], "char_end": [4, 8]})
+    causal = load_model((tiny_model("llama", len(wtok)), wtok))
+    with pytest.warns(UserWarning, match=r"1 target\(s\) are the first token.*examples \[0\]"):
+        traj = tg.extract(causal, df, progress=False)
+    assert traj.meta["at_sequence_start"].tolist() == [True, False]
+    encoder = load_model((tiny_model("bert", len(wtok)), wtok))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an encoder's first word has context on both sides: no warning
+        traj = tg.extract(encoder, df, progress=False)
+    assert traj.meta["at_sequence_start"].tolist() == (traj.meta["token_start"] == 0).tolist()

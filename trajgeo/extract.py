@@ -378,6 +378,16 @@ def extract(
     meta["token_end"] = [x.positions[-1] + 1 for x in aligned]
     meta["n_subtokens"] = [len(x.positions) for x in aligned]
     meta["windowed"] = [x.windowed for x in aligned]
+    meta["at_sequence_start"] = meta["token_start"] == 0
+    if a.causal and meta["at_sequence_start"].any():
+        # A causal model's first position attends only to itself and is where attention sinks live:
+        # its residual has a norm many times the others' (SmolLM2, which adds no BOS token: 25-30x the
+        # median) and can dominate a sense prototype. Flag it rather than alter the user's text.
+        ids = meta.loc[meta["at_sequence_start"], "example"].tolist()
+        warnings.warn(f"{len(ids)} target(s) are the first token of their input (examples {ids[:5]}"
+                      f"{' ...' if len(ids) > 5 else ''}): in a causal model without a BOS token that is the "
+                      "attention-sink position, whose residual is atypically large; meta['at_sequence_start'] "
+                      "marks them (drop them, or prefix the texts)", stacklevel=2)
 
     rank, world_size = _distributed(rank, world_size)
     if world_size > 1 and store is None:

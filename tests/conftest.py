@@ -126,6 +126,15 @@ def wtok():
 
 
 @pytest.fixture(scope="session")
+def saved_model(tmp_path_factory, wtok):
+    """A tiny random Llama and its tokenizer saved as a local model directory."""
+    path = tmp_path_factory.mktemp("model")
+    tiny_model("llama", len(wtok)).save_pretrained(path)
+    wtok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def coarsewsd_dir() -> Path:
     if not COARSEWSD.exists():
         pytest.skip(f"CoarseWSD-20 sample not found at {COARSEWSD} (CI places ../shared beside the repo)")

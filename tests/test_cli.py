@@ -13,15 +13,7 @@ import trajgeo as tg
 from trajgeo.cli import build_parser, main
 from trajgeo.models import load_model
 
-from conftest import CORPUS, span_frame, tiny_model
-
-
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, wtok):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model("llama", len(wtok)).save_pretrained(path)
-    wtok.save_pretrained(path)
-    return path
+from conftest import CORPUS, span_frame
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ from trajgeo.models import load_model
 from conftest import CORPUS, span_frame, tiny_model
 
 
-@pytest.fixture(scope="module")
-def saved_model(tmp_path_factory, wtok):
-    path = tmp_path_factory.mktemp("model")
-    tiny_model("llama", len(wtok)).save_pretrained(path)
-    wtok.save_pretrained(path)
-    return path
-
-
 def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, saved_model):
     texts = [c for c in CORPUS if " the " in f" {c} "] * 5
     df = span_frame(texts, "the")

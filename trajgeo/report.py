@@ -106,7 +106,7 @@ def _probes_per_word(traj: Any, folds: int, random_state: int) -> pd.DataFrame:
     (and its bootstrap interval) kept in ``attrs["resolution"]``."""
     from trajgeo import probes
 
-    frames, res = [], []
+    res: list[pd.DataFrame] = []
 
     def one(t: Any) -> pd.DataFrame:
         pr = probes.layerwise(t, cv=folds, random_state=random_state, progress=False)

@@ -15,7 +15,7 @@ import trajgeo as tg
 from trajgeo.extract import AlignmentError, align_targets
 from trajgeo.models import load_model
 
-from conftest import ALL_FAMILIES, brute_loo_centroid_accuracy, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer, word_tokenizer
+from conftest import ALL_FAMILIES, brute_loo_centroid_accuracy, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer
 
 TEXTS = [
     "i sat by the river bank and watched the water flow past the muddy shore",

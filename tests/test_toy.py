@@ -195,9 +195,9 @@ def level1_traj(level1_model):
 @pytest.fixture(scope="session")
 def level2_models():
     lang = ToyLanguage(**LEVEL2)
-    # one layer: every run's loss sat at ln 2 from step ~150 on (to 4000 without and 600 with the auxiliary loss,
-    # 3 seeds each, measured); the same budget as the 2-layer model
-    return lang, {1: train(lang, n_layers=1, n_steps=LEVEL2_STEPS), 2: train(lang, n_layers=2, n_steps=LEVEL2_STEPS)}
+    # one layer: every run's loss sat at ln 2 from step ~150 on (to 4000 without and 800 with the auxiliary loss,
+    # 3 seeds each, measured); the same budget as the deeper models
+    return lang, {n: train(lang, n_layers=n, n_steps=LEVEL2_STEPS) for n in (1, 2, 4)}
 
 
 @pytest.mark.slow
@@ -274,9 +274,9 @@ def test_level2_needs_two_layers(level2_models):
     lang, models = level2_models
     acc = {n: continuation_accuracy(m, lang, n=2000) for n, m in models.items()}
     # chance is 0.5; 0.6 is 9 binomial standard errors above it at n = 2000 (sd 0.011): one layer cannot pair
-    # a modifier with its mediator. Two layers reach >= 0.9 (measured 1.000 after 3000 steps).
+    # a modifier with its mediator. Two and four layers reach >= 0.9 (measured 1.000 for 3 seeds each).
     assert acc[1] < 0.6, acc
-    assert acc[2] >= 0.9, acc
+    assert acc[2] >= 0.9 and acc[4] >= 0.9, acc
     # trajgeo sees it too: in the 2-layer model the sense becomes decodable at the target only at point 2,
     # and the push starts in layer 2's attention write (layer 1 cannot yet read the resolved mediator)
     _, df = lang.generate(200, random_state=202)

@@ -108,24 +108,30 @@ def run_method(method: str, model: str, words: str, n: int, batch_size: int) -> 
                 hs = lm.model(input_ids=torch.tensor([a.ids]), output_hidden_states=True).hidden_states
                 kept.append([h[0].cpu().numpy()[a.positions[-1]] for h in hs])
     elif method == "nnsight":
-        from nnsight import NNsight  # optional: pip install .[bench]
+        import nnsight  # optional: pip install .[bench]
+        from nnsight import NNsight
 
         nn_model = NNsight(lm.model)
+        layers = nn_model.model.layers  # the Llama-style path (SmolLM2)
         kept = []
         for ids, mask, pos in _batches(lm, df, batch_size):
             with torch.inference_mode(), nn_model.trace(input_ids=ids, attention_mask=mask):
-                saved = [blk.output.save() for blk in lm.adapter.blocks]  # every layer, full sequences
-            kept.append([(s[0] if isinstance(s, tuple) else s)[torch.arange(len(pos)), pos] for s in saved])
+                saved = nnsight.save([])  # names bound in a trace body do not escape it unless saved
+                for layer in layers:
+                    saved.append(layer.output)  # every layer, full sequences
+            rows = torch.arange(len(pos))
+            kept.append([(s[0] if isinstance(s, tuple) else s)[rows, pos] for s in saved])
     elif method == "transformer_lens":
-        from transformer_lens import HookedTransformer  # optional: pip install .[bench]
+        from transformer_lens import TransformerBridge  # optional: pip install .[bench]
 
-        # TransformerLens needs the architecture's official name to convert weights; it takes ours as hf_model
-        tl = HookedTransformer.from_pretrained_no_processing(
-            "HuggingFaceTB/SmolLM2-135M", hf_model=lm.model, tokenizer=lm.tokenizer, device="cpu")
+        # TransformerLens needs the architecture's official name to map the weights; it takes ours as hf_model
+        tl = TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M", hf_model=lm.model,
+                                                 tokenizer=lm.tokenizer, device="cpu")
         kept = []
         with torch.inference_mode():
             for ids, mask, pos in _batches(lm, df, batch_size):
-                _, cache = tl.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n.endswith("resid_post"))
+                _, cache = tl.run_with_cache(ids, attention_mask=mask,
+                                             names_filter=lambda n: n.endswith("hook_resid_post"))
                 kept.append([v[torch.arange(len(pos)), pos] for v in cache.values()])
     else:
         raise ValueError(method)

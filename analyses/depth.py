@@ -170,8 +170,8 @@ def sweep(depths: list[int], levels: list[int], seeds: list[int], steps: dict[in
     return runs, points
 
 
-def figure(runs: pd.DataFrame, out: Path) -> None:
-    """Continuation accuracy and probe resolution point against depth, one line per level."""
+def draw(runs: pd.DataFrame) -> Any:
+    """Continuation accuracy and probe resolution point against depth, one line per level; returns the Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,9 +199,18 @@ def figure(runs: pd.DataFrame, out: Path) -> None:
     axes[1].set(xlabel="layers", ylabel="resolution point (probe)", xticks=depths, yticks=range(0, max(depths) + 1))
     for ax in axes:
         ax.legend(frameon=False, fontsize=8)
+    return fig
+
+
+def figure(runs: pd.DataFrame, out: Path) -> None:
+    """Draw the figure and write it as ``<out>/depth.pdf`` and ``.png``."""
+    import matplotlib.pyplot as plt
+
+    from trajgeo import plotting
+
+    fig = draw(runs)
     out.mkdir(parents=True, exist_ok=True)
-    for ext in ("pdf", "png"):
-        fig.savefig(out / f"depth.{ext}", dpi=200)
+    plotting.savefig(fig, out / "depth")
     plt.close(fig)
 
 

@@ -35,7 +35,7 @@ def run_one(model: str, words: str, n: int, components: bool, max_point: int | N
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         traj = tg.extract(lm, df, components=components, store=Path(tmp) / "m.zarr", max_point=max_point,
-                          batch_size=32, chunk_size=256, progress=False)
+                          batch_size=32, chunk_size=256, progress=False, lazy=True)
         shape = traj.states.shape
     return {"examples": n, "seconds": time.perf_counter() - t0, "peak_rss_mb": _rss("VmHWM"),
             "model_rss_mb": rss_model, "states_mb": 4 * shape[0] * shape[1] * shape[2] / 2**20}

@@ -48,6 +48,19 @@ def test_multiple_ranks_without_a_store_are_refused(wtok):
         tg.extract(lm, span_frame(CORPUS[:2], "the"), rank=0, world_size=2, progress=False)
 
 
+def test_extract_can_return_the_store_lazily(tmp_path, wtok):
+    import dask.array as da
+
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    df = span_frame([c for c in CORPUS if " the " in f" {c} "] * 2, "the")
+    lazy = tg.extract(lm, df, store=tmp_path / "l.zarr", chunk_size=4, lazy=True, progress=False)
+    assert isinstance(lazy.states, da.Array)
+    again = tg.extract(lm, df, store=tmp_path / "l.zarr", chunk_size=4, progress=False)  # finished store: read back
+    assert isinstance(again.states, np.ndarray)
+    np.testing.assert_array_equal(lazy.states.compute(), again.states)
+    np.testing.assert_allclose(again.states, tg.extract(lm, df, progress=False).states, rtol=1e-5, atol=1e-6)
+
+
 def test_lazy_load_gives_dask_arrays_equal_to_memory(tmp_path, wtok):
     import dask.array as da
 

@@ -263,6 +263,7 @@ def extract(
     chunk_size: int = 256,
     overwrite: bool = False,
     progress: bool = True,
+    lazy: bool = False,
     rank: int | None = None,
     world_size: int | None = None,
 ) -> Trajectories:
@@ -315,6 +316,10 @@ def extract(
         Replace an existing complete store.
     progress : bool
         Show a tqdm bar with examples per second.
+    lazy : bool
+        With ``store=``, return trajectories backed by the store (dask arrays, see
+        ``tg.load(path, lazy=True)``) instead of reading them into memory: peak memory then stays
+        bounded by a chunk however many examples there are.
     rank, world_size : int, optional
         Extract only this process's share of the chunks into a shared store (under
         ``torchrun``/``accelerate launch`` they are read from the environment). Rank 0 finalises
@@ -398,9 +403,9 @@ def extract(
         from pathlib import Path
 
         if Path(store).exists() and not overwrite:
-            done = load(store)
+            done = load(store, lazy=True)
             if done.model_info.get("resume_key") == resume_key:
-                return done
+                return done if lazy else done.compute()
         writer = StoreWriter.create(
             store, shapes, meta, {"points": list(range(n_points)), "model_info": {**info, "resume_key": resume_key}},
             dtype=storage_dtype, chunk_size=chunk_size, overwrite=overwrite, resume_key=resume_key,
@@ -439,7 +444,7 @@ def extract(
             return None  # type: ignore[return-value]
         _wait_all_done(writer)
         path = writer.finalize()
-        return load(path)
+        return load(path, lazy=lazy)
     comps = {k: results[k] for k in ("attn", "mlp", "heads") if k in results}
     aux = {k: results[k] for k in ("block_input", "final_normed") if k in results}
     return Trajectories(results["states"], meta, comps, aux, None, info)

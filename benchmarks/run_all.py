@@ -19,7 +19,7 @@ BENCHMARKS = {
     "extract.py": ([], ["--n", "64"]),
     "memory.py": ([], ["--sizes", "200,2000", "--max-point", "4"]),
     "metrics.py": ([], ["--quick"]),
-    "probes.py": ([], ["--quick"]),
+    "probes.py": ([], ["--n", "400", "--points", "8"]),
 }
 
 

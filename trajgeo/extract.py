@@ -35,7 +35,7 @@ class _StopForward(Exception):
 # ================================================================ alignment
 @dataclass
 class _Aligned:
-    ids: list[int]  # input ids to feed (after truncation / windowing)
+    ids: np.ndarray  # int32 input ids to feed (after truncation / windowing): compact for 10^5 examples
     positions: list[int]  # positions of the target's tokens in ``ids``
     target_ids: list[int]  # the target's token ids (for point 0)
     windowed: bool
@@ -68,17 +68,19 @@ def align_targets(
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("extraction needs a fast tokenizer: character offsets come from it")
     texts = examples["text"].tolist()
-    enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True,
-                    return_special_tokens_mask=True, truncation=False)
     strip_accents = bool(getattr(tokenizer, "do_lower_case", False)) or "uncased" in str(
         getattr(tokenizer, "name_or_path", ""))
     out: list[_Aligned] = []
     n_windowed = 0
     ids_col = examples["example"].tolist()
+    block = 1024  # tokenise in blocks: the encodings (offsets, masks) of a whole data set would dominate memory
     for i, (ex, cs, ce) in enumerate(zip(ids_col, examples["char_start"], examples["char_end"])):
-        ids = list(enc["input_ids"][i])
-        offs = enc["offset_mapping"][i]
-        special = enc["special_tokens_mask"][i]
+        if i % block == 0:
+            enc = tokenizer(texts[i:i + block], add_special_tokens=True, return_offsets_mapping=True,
+                            return_special_tokens_mask=True, truncation=False)
+        ids = list(enc["input_ids"][i % block])
+        offs = enc["offset_mapping"][i % block]
+        special = enc["special_tokens_mask"][i % block]
         pos = [t for t, ((a, b), sp) in enumerate(zip(offs, special)) if not sp and b > a and a < ce and b > cs]
         target = texts[i][cs:ce]
         if not pos:
@@ -118,7 +120,7 @@ def align_targets(
             new_ids = ids[:n_pre] + ids[start:start + body] + ids[len(ids) - n_post:]
             pos = [p - start + n_pre for p in pos]
             ids = new_ids
-        out.append(_Aligned(ids, pos, target_ids, windowed))
+        out.append(_Aligned(np.asarray(ids, dtype=np.int32), pos, target_ids, windowed))
     return out, n_windowed
 
 
@@ -466,7 +468,7 @@ def _run_batch(lm: LoadedModel, capture: _Capture, items: Sequence[_Aligned], po
     emb_idx = torch.zeros((bsz, k), dtype=torch.long)
     for r, x in enumerate(items):
         off = longest - len(x.ids) if padding_side == "left" else 0
-        input_ids[r, off:off + len(x.ids)] = torch.tensor(x.ids)
+        input_ids[r, off:off + len(x.ids)] = torch.from_numpy(x.ids)
         mask[r, off:off + len(x.ids)] = 1
         pos = {"last": x.positions[-1:], "first": x.positions[:1], "mean": x.positions}[pool]
         tid = {"last": x.target_ids[-1:], "first": x.target_ids[:1], "mean": x.target_ids}[pool]

@@ -49,8 +49,8 @@ def findings(tables: dict[str, pd.DataFrame]) -> str:
     ci = tg.stats.bootstrap_ci(margin, by=("point",), random_state=0)
     pts = sorted(set([0, 1, 5, 10, 15, 20, 25, int(ci['point'].max())]) & set(ci["point"]))
     lines.append("margin by point (mean [95% CI]): " + "; ".join(
-        f"{p}: {r.mean:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
-        for p, r in ci.set_index("point").loc[pts].iterrows()))
+        f"{r.point}: {r.mean:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
+        for r in ci.set_index("point").loc[pts].reset_index().itertuples()))
     com = tables["commitment"]["commitment_point"]
     lines.append(f"commitment point: median {com.median():.0f}, quartiles {com.quantile(.25):.0f}-"
                  f"{com.quantile(.75):.0f}, never committed {com.isna().mean():.0%}")

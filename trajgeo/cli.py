@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no tables folder at {args.tables} (write one with 'trajgeo analyze')")
         out = args.out or args.tables.parent / "figures"
         paths = report.figures(args.tables, out)
-        print(f"{len(paths)} figures in {out}")
+        print(f"{len({p.stem for p in paths})} figures (PDF and PNG) in {out}")
         return 0
     if args.command == "report":
         examples = _examples(args)

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import trajgeo as tg  # noqa: E402
 from trajgeo.toy import ToyLanguage, continuation_accuracy, train  # noqa: E402
+from trajgeo.demo import _loo_nearest_centroid  # noqa: E402  (the demo's LOO nearest-centroid accuracy)
 
 __all__ = ["language", "run_one", "sweep", "figure", "main"]
 
@@ -56,23 +57,6 @@ EVAL_SEED = 987_654  # sequences for accuracy and extraction: never the training
 def language(level: int) -> ToyLanguage:
     """The sweep's language at a composition level."""
     return ToyLanguage(level=level, **LANGUAGE)
-
-
-def _loo_centroid(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Leave-one-out nearest-centroid accuracy per point (cosine after per-point centring).
-
-    Parameters
-    ----------
-    states : ndarray of shape (n_examples, n_points, d_model)
-    labels : ndarray of shape (n_examples,)
-
-    Returns
-    -------
-    ndarray of shape (n_points,); ties count as wrong.
-    """
-    from trajgeo.demo import _loo_nearest_centroid
-
-    return _loo_nearest_centroid(states, labels)
 
 
 def run_one(level: int, n_layers: int, seed: int, n_steps: int, n_eval: int = 2000, n_extract: int = 400,
@@ -106,7 +90,7 @@ def run_one(level: int, n_layers: int, seed: int, n_steps: int, n_eval: int = 20
     centroid = np.zeros(traj.n_points)
     for _, rows in examples.groupby("word").groups.items():  # within-word centroids, pooled
         rows = np.asarray(rows)
-        centroid += _loo_centroid(traj.states[rows], examples["sense"].to_numpy()[rows]) * len(rows)
+        centroid += _loo_nearest_centroid(traj.states[rows], examples["sense"].to_numpy()[rows]) * len(rows)
     centroid /= len(examples)
     row = dict(level=level, n_layers=n_layers, seed=seed, steps=n_steps,
                train_seconds=info.get("seconds", np.nan), train_threads=info.get("threads", np.nan),

@@ -105,6 +105,15 @@ def tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
     return model.eval()
 
 
+def load_analysis(name: str):
+    """Import a script of ``analyses/`` as a module (they are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "analyses" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def span_frame(texts: list[str], target: str, occurrence: int = 0) -> pd.DataFrame:
     """Examples with the char span of the occurrence-th whole-word match of target."""
     import re

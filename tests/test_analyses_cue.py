@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,21 +9,13 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import load_model
 
-from conftest import tiny_model, trained_tokenizer
+from conftest import load_analysis, tiny_model, trained_tokenizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "cue_position.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("cue_position", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
 def cue():
-    return _script()
+    return load_analysis("cue_position")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ its cache, and the 1-NN protocol recomputed by brute force from the stores."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,9 +14,8 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import load_model
 
-from conftest import tiny_model, word_tokenizer
+from conftest import load_analysis, tiny_model, word_tokenizer
 
-SCRIPT = Path(__file__).resolve().parents[1] / "analyses" / "loureiro.py"
 
 # Each sense of bank and match has its own context words (all in the word tokenizer's vocabulary), so
 # the sense is recoverable from the context even through a random encoder. Unbalanced so that the
@@ -72,16 +70,9 @@ def _write_planted(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("loureiro_analysis", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def script():
-    return _script()
+    return load_analysis("loureiro")
 
 
 @pytest.fixture(scope="module")

@@ -482,6 +482,11 @@ def _run_batch(lm: LoadedModel, capture: _Capture, items: Sequence[_Aligned], po
                               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset}
     if a.causal:
         kwargs["use_cache"] = False
+        if padding_side == "right":
+            # Right padding comes after every real token, and a causal model's real tokens never attend
+            # forward: the mask changes nothing they compute. Without it attention takes the plain causal
+            # path instead of materialising a (batch, 1, seq, seq) mask.
+            kwargs["attention_mask"] = None
     if stop_after > 0:
         try:
             a.base(**kwargs)

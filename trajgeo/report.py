@@ -95,8 +95,8 @@ def _per_word(traj: Any, fn: Callable[[Any], pd.DataFrame], min_senses: int = 2)
         if sub.meta["sense"].nunique() < min_senses:
             continue
         df = fn(sub)
-        if w is not None:
-            df.insert(0, "word", w) if "word" not in df.columns else None
+        if w is not None and "word" not in df.columns:
+            df.insert(0, "word", w)
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -346,10 +346,7 @@ def figures(tables: str | os.PathLike | Mapping[str, pd.DataFrame], out: str | o
     -------
     list of Path: the files written (``<name>.pdf`` and ``<name>.png`` per figure).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook's stays as it is (headless falls back to Agg)
 
     from trajgeo import plotting
 

@@ -316,7 +316,7 @@ FIGURES: dict[str, tuple[tuple[str, ...], Callable, str]] = {
     "probes": (("probes",), _fig_probes,
                "Layer-wise probe accuracy (grouped cross-validation) with the control task and the majority baseline."),
     "trajectories": (("coords",), _fig_paths,
-                     "Trajectories in one shared PCA plane from the common embedding point, coloured by sense."),
+                     "Trajectories in one PCA plane per word from the word's common embedding point, coloured by sense."),
     "attribution": (("attribution",), _fig_attribution,
                     "Mean push of each layer's attention and MLP write (and each head) toward the correct sense."),
     "lens": (("lens", "top_tokens"), _fig_lens,

@@ -14,6 +14,18 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from trajgeo._arrays import is_lazy, row_step, unwrap
+from trajgeo.normalization import (  # noqa: F401  (re-exported: they lived here before 0.2)
+    DEFAULT_NORMALIZE,
+    DEFAULT_NORMALIZE_DOC,
+    NORMALIZE_OPTIONS,
+    PointNormalizer,
+    _moments,
+    fit_normalizer,
+    normalize,
+    normalized,
+)
+
 __all__ = [
     "PointNormalizer",
     "normalize",
@@ -29,38 +41,6 @@ __all__ = [
     "rogue_dimensions",
 ]
 
-NORMALIZE_OPTIONS = (None, "center", "standardize", "whiten")
-DEFAULT_NORMALIZE = "standardize"
-DEFAULT_NORMALIZE_DOC = """Why ``"standardize"`` is the default.
-
-Residual streams carry rogue dimensions whose scale grows with depth, so raw cosines are dominated by
-a few coordinates (Timkey and van Schijndel 2021). Measured once on SmolLM2 (``tg.load_model("smollm2")``)
-with CoarseWSD-20 ``bank`` (218 examples: 150 finance, 68 river; normalisation statistics fitted on
-146 train examples, everything scored on the 72 held-out test examples). "separation" is the mean
-within-sense cosine minus the mean between-sense cosine; "AUC" is how well a pair's cosine tells
-same-sense from different-sense pairs.
-
-=========  ==========  =============  =====  ======  ===========  ======
-points     mean norm   top-dim share  raw    center  standardize  whiten
-=========  ==========  =============  =====  ======  ===========  ======
-1-11       64 - 162    0.03 - 0.88    0.070  0.334   0.288        0.040
-12-28      490 - 941   0.97 - 0.99    0.099  0.037   0.297        0.312
-29-30      814 - 847   0.30 - 0.85    0.087  0.305   0.259        0.042
-min 1-30                              0.000  -0.008  0.004        0.015
-AUC 1-30                              0.881  0.881  0.883        0.764
-=========  ==========  =============  =====  ======  ===========  ======
-
-From point 12 on the mean norm jumps 3x (162 -> 490) and a single dimension carries 98% of the
-variance. Raw cosines then separate the senses by only ~0.1 at every point; centring alone keeps
-that dimension and its separation collapses from 0.59 (point 9) to 0.01 (points 12-22); whitening
-(n < d, Ledoit-Wolf shrinkage) throws the early and last points' signal away (0.02-0.08).
-Standardising each dimension per point is the only option that keeps a clear separation at every
-point from 4 on (0.23-0.45, mean 0.29) with the same pair AUC as raw cosines (0.88), and it needs
-no more examples than dimensions. Scratch script: ``/tmp/geo_scratch/measure_normalize.py``.
-"""
-
-# The table above is part of the module's documentation: ``help(trajgeo.geometry)`` shows it.
-__doc__ = (__doc__ or "") + "\n" + DEFAULT_NORMALIZE_DOC
 
 PATH_METRICS = (
     "norm",
@@ -87,222 +67,18 @@ POPULATION_METRICS = (
 )
 
 
-# ====================================================================== normalisation
-def _is_dask(x: Any) -> bool:
-    return hasattr(x, "dask") and hasattr(x, "map_blocks")
-
-
-class PointNormalizer:
-    """Centre and scale vectors separately at every point, with statistics from a reference set.
-
-    Parameters
-    ----------
-    method : {None, "center", "standardize", "whiten"}
-        ``None`` leaves vectors as they are; ``"center"`` subtracts the per-point mean;
-        ``"standardize"`` also divides each dimension by its per-point standard deviation;
-        ``"whiten"`` applies per-point PCA whitening of a shrunk (Ledoit-Wolf) covariance.
-        The default, ``"standardize"``, is justified by a measurement in :data:`DEFAULT_NORMALIZE_DOC`.
-    eps : float
-        Floor on standard deviations / eigenvalues, so that constant dimensions do not explode.
-
-    Attributes
-    ----------
-    mean_ : ndarray of shape (n_points, d_model)
-    scale_ : ndarray of shape (n_points, d_model)
-        Per-dimension standard deviation ("standardize").
-    whitener_ : ndarray of shape (n_points, d_model, d_model)
-        Per-point whitening matrix ("whiten"): x_white = (x - mean_) @ whitener_.
-
-    Notes
-    -----
-    Fit on the examples that define the space (a training fold, or all examples) and transform
-    any others: statistics never come from the examples being evaluated unless you ask for it.
-    A dask array (lazy trajectories) is fitted chunk by chunk, never loaded whole; the result
-    equals the in-memory fit up to float rounding.
-    """
-
-    def __init__(self, method: str | None = DEFAULT_NORMALIZE, eps: float = 1e-6) -> None:
-        self.method = method
-        self.eps = eps
-
-    def fit(self, states: Any) -> "PointNormalizer":
-        """Learn per-point statistics from states of shape (n_examples, n_points, d_model)."""
-        if self.method not in NORMALIZE_OPTIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}, got {self.method!r}")
-        raw = _unwrap(states)
-        if _is_dask(raw):
-            return self._fit_dask(raw)
-        x = _as_array(raw)
-        if self.method is None:
-            return self
-        if x.shape[0] < 2:
-            raise ValueError(f"normalize={self.method!r} needs at least 2 reference examples, got {x.shape[0]}")
-        mean, var = _moments(x)  # chunked, float64 sums: no float64 copy of the states
-        self.mean_ = mean.astype(np.float32)
-        if self.method == "standardize":
-            self.scale_ = np.maximum(np.sqrt(var), self.eps).astype(np.float32)
-        elif self.method == "whiten":
-            from sklearn.covariance import LedoitWolf
-
-            mats = []
-            for p in range(x.shape[1]):
-                cov = LedoitWolf(assume_centered=False).fit(x[:, p].astype(np.float64)).covariance_
-                mats.append(self._whitener(cov))
-            self.whitener_ = np.stack(mats)
-        return self
-
-    def _whitener(self, cov: np.ndarray) -> np.ndarray:
-        vals, vecs = np.linalg.eigh(cov)
-        return (vecs / np.sqrt(np.maximum(vals, self.eps))).astype(np.float32)
-
-    def _fit_dask(self, x: Any) -> "PointNormalizer":
-        """Chunk-wise fit of a dask array (two passes: mean, then centred moments)."""
-        import dask.array as da
-
-        if len(x.shape) != 3:
-            raise ValueError(f"expected states of shape (n_examples, n_points, d_model), got {x.shape}")
-        if self.method is None:
-            return self
-        n = int(x.shape[0])
-        if n < 2:
-            raise ValueError(f"normalize={self.method!r} needs at least 2 reference examples, got {n}")
-        mean = x.astype(np.float64).mean(axis=0).compute()
-        self.mean_ = mean.astype(np.float32)
-        xc = x.astype(np.float64) - mean
-        if self.method == "standardize":
-            std = da.sqrt((xc**2).mean(axis=0)).compute()
-            self.scale_ = np.maximum(std, self.eps).astype(np.float32)
-        elif self.method == "whiten":
-            # Ledoit-Wolf needs only the empirical covariance C and sum_i ||x_i||^4 of the centred
-            # data (the same closed form as sklearn.covariance.ledoit_wolf_shrinkage).
-            cov = da.einsum("npd,npe->pde", xc, xc).compute() / n
-            r4 = (da.einsum("npd,npd->np", xc, xc) ** 2).sum(axis=0).compute()
-            d = cov.shape[-1]
-            mats = []
-            for p in range(cov.shape[0]):
-                c = cov[p]
-                mu = np.trace(c) / d
-                delta_ = np.sum(c**2)
-                beta = (r4[p] / n - delta_) / (d * n)
-                delta = (delta_ - 2.0 * mu * np.trace(c) + d * mu**2) / d
-                beta = min(beta, delta)
-                shrink = 0.0 if beta == 0 else beta / delta
-                shrunk = (1.0 - shrink) * c
-                shrunk.flat[:: d + 1] += shrink * mu
-                mats.append(self._whitener(shrunk))
-            self.whitener_ = np.stack(mats)
-        return self
-
-    def transform(self, states: Any) -> np.ndarray:
-        """Apply the fitted per-point normalisation; returns float32 of the same shape."""
-        x = _as_array(states)
-        if self.method is None:
-            return x
-        if not hasattr(self, "mean_"):
-            raise RuntimeError("PointNormalizer is not fitted; call fit first")
-        if x.shape[1:] != self.mean_.shape:
-            raise ValueError(f"states have shape {x.shape[1:]} per example, fitted on {self.mean_.shape}")
-        out = np.subtract(x, self.mean_, dtype=np.float32)  # float32 throughout: no float64 copy
-        if self.method == "standardize":
-            out /= self.scale_
-        elif self.method == "whiten":
-            out = np.einsum("npd,pde->npe", out, self.whitener_, optimize=True)
-        return out.astype(np.float32, copy=False)
-
-    def transform_lazy(self, states: Any) -> Any:
-        """Like :meth:`transform` for a dask array: block by block, stays lazy."""
-        x = _unwrap(states)
-        if not _is_dask(x):
-            return self.transform(x)
-        if self.method is None:
-            return x.astype(np.float32)
-        x = x.rechunk({1: -1, 2: -1})
-        return x.map_blocks(self.transform, dtype=np.float32)
-
-    def fit_transform(self, states: Any) -> np.ndarray:
-        return self.fit(states).transform(states)
-
-
-_BLOCK_BYTES = 64 * 2**20  # float32 bytes per block of examples in chunked passes
+# ====================================================================== array helpers
+# One normalisation path (trajgeo.normalization) and one set of array helpers (trajgeo._arrays).
 _GROUP_BLOCK = 256  # rows summed in float32 before a float64 accumulation (_group_sums)
+_is_dask = is_lazy
+_unwrap = unwrap
+_fit_normalizer = fit_normalizer
+_normalized = normalized
 
 
 def _blocks(n: int, row_bytes: int) -> range:
-    """Starts of blocks of examples holding about ``_BLOCK_BYTES`` each (at least one example)."""
-    return range(0, n, max(1, _BLOCK_BYTES // max(1, row_bytes)))
-
-
-def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-point mean and (population) variance over examples, of shape (n_points, d_model) each.
-
-    One pass over blocks of examples: each block is centred on a provisional float32 shift (the
-    first example), squared in float32 and summed in float64, so no float64 copy of ``x`` is made
-    and the shift keeps large offsets (rogue dimensions) from cancelling the variance away.
-    """
-    n = x.shape[0]
-    shift = np.asarray(x[0], dtype=np.float32)
-    s1 = np.zeros(x.shape[1:], dtype=np.float64)
-    s2 = np.zeros(x.shape[1:], dtype=np.float64)
-    step = _blocks(n, 4 * int(np.prod(x.shape[1:]))).step
-    for start in range(0, n, step):
-        c = np.subtract(x[start : start + step], shift, dtype=np.float32)
-        s1 += c.sum(axis=0, dtype=np.float64)
-        c *= c
-        s2 += c.sum(axis=0, dtype=np.float64)
-    m1 = s1 / n
-    return shift + m1, np.maximum(s2 / n - m1**2, 0.0)
-
-
-def _unwrap(states: Any) -> Any:
-    from trajgeo.trajectories import Trajectories
-
-    return states.states if isinstance(states, Trajectories) else states
-
-
-def _as_array(states: Any) -> np.ndarray:
-    states = _unwrap(states)
-    if hasattr(states, "compute"):
-        states = states.compute()
-    x = np.asarray(states, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"expected states of shape (n_examples, n_points, d_model), got {x.shape}")
-    return x
-
-
-def normalize(states: Any, method: str | None = DEFAULT_NORMALIZE, reference: Any = None) -> np.ndarray:
-    """Point-wise normalisation of trajectories.
-
-    Parameters
-    ----------
-    states : Trajectories or ndarray of shape (n_examples, n_points, d_model)
-    method : {None, "center", "standardize", "whiten"}
-        See :class:`PointNormalizer`.
-    reference : boolean mask or integer indices, optional
-        The examples whose statistics define the normalisation (default: all).
-
-    Returns
-    -------
-    ndarray of shape (n_examples, n_points, d_model), float32
-    """
-    x = _as_array(states)
-    ref = x if reference is None else x[np.asarray(reference)]
-    return PointNormalizer(method).fit(ref).transform(x)
-
-
-def _fit_normalizer(x: Any, method: str | None, reference: Any) -> PointNormalizer:
-    if method not in NORMALIZE_OPTIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}, got {method!r}")
-    ref = x if reference is None else x[np.asarray(reference)]
-    return PointNormalizer(method).fit(ref)
-
-
-def _normalized(traj: Any, method: str | None, reference: Any = None) -> np.ndarray:
-    """The trajectories' states, normalised, in memory (float32)."""
-    x = _unwrap(traj)
-    nz = _fit_normalizer(x, method, reference)
-    if _is_dask(x):
-        return np.asarray(nz.transform_lazy(x).compute(), dtype=np.float32)
-    return nz.transform(x)
+    """Starts of blocks of examples holding about ``BLOCK_BYTES`` each (at least one example)."""
+    return range(0, n, row_step(n, row_bytes))
 
 
 def _traj(obj: Any):

@@ -305,24 +305,6 @@ def _labels(traj: Trajectories, labels: str | Sequence[Any] | np.ndarray) -> np.
     return y
 
 
-def _groups(traj: Trajectories, groups: str | Sequence[Any] | np.ndarray | None) -> np.ndarray | None:
-    if groups is None:
-        return None
-    if isinstance(groups, str):
-        if groups not in traj.meta.columns:
-            if groups == "group":  # the default: data without a group column are not grouped
-                return None
-            raise KeyError(f"groups column {groups!r} not in meta; columns are {list(traj.meta.columns)}")
-        g = traj.meta[groups].to_numpy()
-    else:
-        g = np.asarray(groups)
-        if len(g) != traj.n_examples:
-            raise ValueError(f"got {len(g)} groups for {traj.n_examples} examples")
-    if pd.isna(pd.Series(g)).any():
-        raise ValueError("groups contain missing values")
-    return pd.factorize(g)[0]
-
-
 def _balanced_subset(y: np.ndarray, random_state: int | None) -> np.ndarray:
     """Indices of a class-balanced subsample: every class cut to the smallest class's size."""
     rng = np.random.default_rng(random_state)
@@ -671,7 +653,7 @@ def _run_cv(
 ) -> _CVResult:
     traj = as_trajectories(traj)
     y_raw = _labels(traj, labels)
-    g = _groups(traj, groups)
+    g = traj.group_codes(groups)
     y_ctrl_raw = control_labels(traj, y_raw, control_by, random_state) if control else None
     idx = _balanced_subset(y_raw, random_state) if balance else np.arange(len(y_raw))
     x = _states(traj)[idx]

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from trajgeo.geometry import DEFAULT_NORMALIZE, NORMALIZE_OPTIONS, PointNormalizer
+from trajgeo.normalization import DEFAULT_NORMALIZE, NORMALIZE_OPTIONS, PointNormalizer, fit_normalizer
 from trajgeo.trajectories import Trajectories, as_trajectories
 
 __all__ = ["Projector", "AlignedPCA", "fit", "aligned_pca", "METHODS"]
@@ -85,33 +85,6 @@ def _sample_index(n: int, sample: int | float | None, random_state: int | None) 
         return np.arange(n)
     rng = np.random.default_rng(random_state)
     return np.sort(rng.choice(n, size=size, replace=False))
-
-
-def _fit_normalizer(x: Any, method: str | None) -> PointNormalizer:
-    """Fit a :class:`PointNormalizer` on states of shape (n_examples, n_points, d_model).
-
-    In memory this is ``PointNormalizer.fit``; on a dask array the same statistics (mean and
-    standard deviation per point and dimension, in float64) are reduced chunk by chunk.
-    """
-    norm = PointNormalizer(method)
-    if isinstance(x, np.ndarray) or method is None:
-        return norm.fit(x) if isinstance(x, np.ndarray) else norm
-    if method not in NORMALIZE_OPTIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}, got {method!r}")
-    if method == "whiten":
-        raise ValueError(
-            "normalize='whiten' needs a per-point covariance shrinkage fit in memory; for a lazy store use "
-            "'standardize' or 'center', or call traj.compute() first"
-        )
-    if x.shape[0] < 2:
-        raise ValueError(f"normalize={method!r} needs at least 2 reference examples, got {x.shape[0]}")
-    import dask
-
-    mean, std = dask.compute(x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64))
-    norm.mean_ = np.asarray(mean, dtype=np.float32)
-    if method == "standardize":
-        norm.scale_ = np.maximum(np.asarray(std), norm.eps).astype(np.float32)
-    return norm
 
 
 def _flip_signs(components: np.ndarray) -> np.ndarray:
@@ -308,13 +281,13 @@ class Projector(TransformerMixin, BaseEstimator):
             import dask
 
             x = _full_feature_chunks(x)
-            self.normalizer_ = _fit_normalizer(x, self.normalize)
+            self.normalizer_ = fit_normalizer(x, self.normalize)
             xn = x.map_blocks(self.normalizer_.transform, dtype=np.float32)
             mean, cov = dask.compute(*_lazy_moments(xn.reshape(-1, traj.d_model)))
             fitted = _pca_from_moments(mean, cov, min(k, traj.d_model))
         else:
             x = np.asarray(x.compute() if hasattr(x, "compute") else x, dtype=np.float32)
-            self.normalizer_ = _fit_normalizer(x, self.normalize)
+            self.normalizer_ = fit_normalizer(x, self.normalize)
             flat = self.normalizer_.transform(x).reshape(-1, traj.d_model)
             if self.method == "pca":
                 fitted = _pca_in_memory(flat, k, self.random_state)
@@ -504,13 +477,13 @@ class AlignedPCA(TransformerMixin, BaseEstimator):
             import dask
 
             x = _full_feature_chunks(x)
-            self.normalizer_ = _fit_normalizer(x, self.normalize)
+            self.normalizer_ = fit_normalizer(x, self.normalize)
             xn = x.map_blocks(self.normalizer_.transform, dtype=np.float32)
             moments = dask.compute(*[_lazy_moments(xn[:, j]) for j in range(len(pos))])
             fits = [_pca_from_moments(m, c, k) for m, c in moments]
         else:
             x = np.asarray(x, dtype=np.float32)
-            self.normalizer_ = _fit_normalizer(x, self.normalize)
+            self.normalizer_ = fit_normalizer(x, self.normalize)
             xn = self.normalizer_.transform(x)
             fits = [_pca_in_memory(xn[:, j], k, self.random_state) for j in range(len(pos))]
         self.mean_ = np.stack([f["mean"] for f in fits])

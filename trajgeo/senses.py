@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trajgeo.geometry import DEFAULT_NORMALIZE, PointNormalizer
+from trajgeo.normalization import DEFAULT_NORMALIZE, PointNormalizer
 from trajgeo.trajectories import Trajectories, as_trajectories
 
 __all__ = [
@@ -117,63 +117,12 @@ def _reference_position(traj: Trajectories, reference: int | str) -> int | None:
     return int(hits[0])
 
 
-def _shared_stats(method: str | None, ref_pos: int | None) -> bool:
-    """Whether one set of statistics (fitted at the reference point) is applied at every point:
-    only for whitening, whose per-point versions would rotate each point into its own basis."""
-    return ref_pos is not None and method == "whiten"
-
-
-def _fit_normalizer(states: Any, method: str | None, ref_pos: int | None) -> PointNormalizer:
-    """Fit a :class:`PointNormalizer` at the reference point (stats of shape (1, d), whitening with a
-    fixed reference) or at every point.
-
-    Lazy states are read one point at a time, so memory holds n_examples x d_model, not the store.
-    """
-    if method is None:
-        return PointNormalizer(None)  # nothing to learn
-    if _shared_stats(method, ref_pos):
-        return PointNormalizer(method).fit(_compute(states[:, [ref_pos]]))
-    if not _is_dask(states):
-        return PointNormalizer(method).fit(states)
-    parts = [PointNormalizer(method).fit(_compute(states[:, [p]])) for p in range(states.shape[1])]
-    merged = PointNormalizer(method)
-    for attr in ("mean_", "scale_", "whitener_"):
-        if hasattr(parts[0], attr):
-            setattr(merged, attr, np.concatenate([getattr(q, attr) for q in parts]))
-    return merged
-
-
-def _apply_normalizer(x: np.ndarray, norm: PointNormalizer, shared: bool) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if norm.method is None:
-        return x
-    if shared:  # one set of statistics, shape (1, d), applied at every point
-        b, p, d = x.shape
-        return norm.transform(x.reshape(b * p, 1, d)).reshape(b, p, d)
-    return norm.transform(x)
-
-
-def _normalised(states: Any, norm: PointNormalizer, shared: bool) -> Any:
-    """Normalised states, (n_examples, n_points, d_model); lazily, block by block, for dask input."""
-    if _is_dask(states):
-        s = states.rechunk({1: -1, 2: -1}).astype(np.float32)
-        return s.map_blocks(_apply_normalizer, norm, shared, dtype=np.float32)
-    return _apply_normalizer(states, norm, shared)
-
-
-def _pull_back(u: np.ndarray, norm: PointNormalizer, at: int = 0) -> np.ndarray:
-    """Raw-space linear functionals ``w`` with ``normalise(x) @ u == (x - mean) @ w`` (rows of ``u``).
-
-    Differences of normalised projections are then exactly ``(x_b - x_a) @ w``: centring cancels,
-    so attributions of raw sublayer writes add up to the change of the normalised projection.
-    """
-    if norm.method in (None, "center"):
-        return u
-    if norm.method == "standardize":
-        return u / norm.scale_[at]
-    if norm.method == "whiten":
-        return u @ norm.whitener_[at].T
-    raise ValueError(f"unknown normalize {norm.method!r}")
+def _normalizer(method: str | None, ref_pos: int | None) -> PointNormalizer:
+    """The normaliser of a comparison: per-point statistics, except ``"whiten"`` with a fixed
+    reference, which fits one whitening at the reference point and applies it at every point
+    (per-point whitenings would rotate each point into its own basis)."""
+    shared = ref_pos if (ref_pos is not None and method == "whiten") else None
+    return PointNormalizer(method, shared_at=shared)
 
 
 def _keys(traj: Trajectories, labels: Any, by: str | None) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -190,18 +139,6 @@ def _keys(traj: Trajectories, labels: Any, by: str | None) -> tuple[np.ndarray, 
     if pd.isna(words).any():
         raise ValueError(f"{by!r} is missing for examples {traj.meta['example'].to_numpy()[pd.isna(words)][:10].tolist()}")
     return words, senses, True
-
-
-def _group_codes(traj: Trajectories, groups: Any) -> np.ndarray | None:
-    """Integer cross-fitting group per example, shape (n_examples,), or None when ungrouped.
-
-    The rules of :func:`trajgeo.probes.layerwise`: a missing default ``"group"`` column means
-    ungrouped, any other missing column is a KeyError. Imported here, not at module load, because
-    ``trajgeo.probes`` pulls in most of scikit-learn.
-    """
-    from trajgeo.probes import _groups
-
-    return _groups(traj, groups)
 
 
 def _suffix_onset(ok: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -325,8 +262,8 @@ class SensePrototypes:
             {"word": uniq.get_level_values(0), "sense": uniq.get_level_values(1), "count": counts}
         )
         self.reference_index_ = _reference_position(traj, self.reference)
-        self.normalizer_ = _fit_normalizer(traj.states, self.normalize, self.reference_index_)
-        z = _normalised(traj.states, self.normalizer_, _shared_stats(self.normalize, self.reference_index_))
+        self.normalizer_ = _normalizer(self.normalize, self.reference_index_).fit(traj.states)
+        z = self.normalizer_.transform(traj.states)
         if _is_dask(z):
             import dask.array as da
 
@@ -343,7 +280,7 @@ class SensePrototypes:
         self.points_ = np.asarray(traj.points)
         self.fit_examples_ = ids
         self.fit_group_ = group
-        self.fit_split_group_ = _group_codes(traj, self.groups)
+        self.fit_split_group_ = traj.group_codes(self.groups)
         self.n_features_in_ = traj.d_model
         return z
 
@@ -426,7 +363,7 @@ class SensePrototypes:
             raise ValueError(f"reference='same' needs the fitted points {list(self.points_)}, got {list(traj.points)}")
         own, same_word, loo = self._score_keys(traj, y)
         if z is None:
-            z = _normalised(traj.states, self.normalizer_, _shared_stats(self.normalize, r))
+            z = self.normalizer_.transform(traj.states)
         fit_rows = self._fit_rows(traj)
         words = _keys(traj, self.labels if y is None else y, self.by if self.has_word_ else None)[0]
         word_code, word_uniq = pd.factorize(self.groups_["word"])
@@ -1044,7 +981,7 @@ def attribution(
         local, ok = _local_index(gk, own[rows])
         u_own[rows[ok]] = u[np.flatnonzero(ok), local[ok]]
     r = fitted.reference_index_
-    w = _pull_back(u_own, fitted.normalizer_, 0 if _shared_stats(normalize, r) else r).astype(np.float64)
+    w = fitted.normalizer_.pull_back(u_own, r).astype(np.float64)
     meta = _frame_meta(traj, fitted)
     frames = []
     for name in ("attn", "mlp", "heads"):

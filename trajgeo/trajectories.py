@@ -160,6 +160,42 @@ class Trajectories:
             raise ValueError(f"got {len(arr)} labels for {self.n_examples} examples")
         return arr
 
+    def group_codes(self, groups: str | Sequence[Any] | np.ndarray | None = "group") -> np.ndarray | None:
+        """Integer cross-validation group of each example, shape (n_examples,), or None if ungrouped.
+
+        Examples that share a group must never be split across folds, nor score each other.
+
+        Parameters
+        ----------
+        groups : str, array-like of shape (n_examples,) or None
+            A ``meta`` column name or the groups themselves. Without a ``"group"`` column the
+            default means ungrouped (None); any other missing column is a KeyError.
+
+        Raises
+        ------
+        KeyError
+            For a missing column other than the default.
+        ValueError
+            For missing values or a length that is not n_examples.
+        """
+        if groups is None:
+            return None
+        if isinstance(groups, str):
+            if groups not in self.meta.columns:
+                if groups == "group":  # the default: data without a group column are not grouped
+                    return None
+                raise KeyError(f"groups column {groups!r} not in meta; columns are {list(self.meta.columns)}")
+            g = self.meta[groups].to_numpy()
+        else:
+            g = np.asarray(groups)
+            if len(g) != self.n_examples:
+                raise ValueError(f"got {len(g)} groups for {self.n_examples} examples")
+        missing = pd.isna(pd.Series(g)).to_numpy()
+        if missing.any():
+            ex = self.meta["example"].to_numpy()[missing][:5].tolist()
+            raise ValueError(f"groups are missing for {int(missing.sum())} examples (example ids {ex} ...)")
+        return pd.factorize(g)[0]
+
     def point_labels(self) -> list[str]:
         """Readable names for the points: ``"emb"`` for point 0, ``"L<l>"`` after block l."""
         return ["emb" if p == 0 else f"L{p}" for p in self.points]

@@ -159,3 +159,38 @@ def test_paired_difference_pairs_conditions_by_group():
     out = stats.paired_difference(pd.concat([before, after]), "after", "before", column="cue_position",
                                   unit="group", n_boot=200, n_permutations=500)
     assert out["difference"].item() == pytest.approx(1.0) and out["n"].item() == 30
+
+
+def test_bootstrap_weights_draw_whole_units_like_a_brute_force_multinomial():
+    units = np.array(["s2", "s1", "s2", "s3", "s1", "s2"])
+    w = stats.bootstrap_weights(units, n_boot=400, random_state=11)
+    assert w.shape == (400, 6)
+    # units are numbered by first appearance (s2, s1, s3) and drawn with the same generator
+    draws = np.random.default_rng(11).multinomial(3, np.full(3, 1 / 3), size=400)
+    np.testing.assert_array_equal(w, draws[:, [0, 1, 0, 2, 1, 0]])
+    # rows of one unit move together; every replicate draws as many units as there are
+    assert (w[:, 0] == w[:, 2]).all() and (w[:, 0] == w[:, 5]).all() and (w[:, 1] == w[:, 4]).all()
+    np.testing.assert_array_equal(w[:, [0, 1, 3]].sum(1), 3)
+    # every unit is drawn 1 time per replicate on average
+    assert abs(w[:, 3].mean() - 1) < 0.15
+    with pytest.raises(ValueError, match="missing for rows \\[1\\]"):
+        stats.bootstrap_weights(np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError, match="n_boot"):
+        stats.bootstrap_weights(units, n_boot=0)
+
+
+def test_percentile_interval_equals_numpy_quantiles_and_keeps_all_nan_columns_nan():
+    rng = np.random.default_rng(12)
+    b = rng.normal(size=(500, 3))
+    b[:, 2] = np.nan  # e.g. log-loss of a probe without probabilities
+    b[:10, 1] = np.nan  # a few replicates that left a cell empty
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no all-NaN RuntimeWarning
+        low, high = stats.percentile_interval(b, ci=0.9)
+    np.testing.assert_allclose([low[0], high[0]], np.quantile(b[:, 0], [0.05, 0.95]))
+    np.testing.assert_allclose([low[1], high[1]], np.quantile(b[10:, 1], [0.05, 0.95]))
+    assert np.isnan(low[2]) and np.isnan(high[2])
+    with pytest.raises(ValueError, match="ci must be"):
+        stats.percentile_interval(b, ci=1.5)

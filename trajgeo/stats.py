@@ -1,10 +1,14 @@
 """Uncertainty for per-point curves: cluster bootstrap intervals, paired sign-flip permutation tests
 and paired differences between two models or conditions.
 
-All functions take a long DataFrame (as returned by the metric functions) and resample *units*:
+The frame functions take a long DataFrame (as returned by the metric functions) and resample *units*:
 examples by default, or any coarser column (``group`` for sentences, ``word``) when rows of one unit
 are not independent. Resampling is vectorised: one multinomial weight matrix (n_boot, n_units) or
 one sign matrix (n_permutations, n_units) for all cells at once.
+
+This is the one bootstrap of the package: :func:`bootstrap_weights` (cluster-bootstrap replicate
+weights) and :func:`percentile_interval` (the interval of a set of replicates) are what
+:func:`bootstrap_ci`, the probes and the analysis scripts all resample and summarise with.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["bootstrap_ci", "permutation_test", "paired_difference"]
+__all__ = ["bootstrap_ci", "bootstrap_weights", "percentile_interval", "permutation_test", "paired_difference"]
 
 
 def _as_tuple(by: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -68,9 +72,76 @@ def _unit_cells(
     return cells_df.reset_index(drop=True), sums, counts
 
 
-def _bootstrap_weights(n_units: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each unit is drawn in each bootstrap sample: (n_boot, n_units)."""
-    return rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot).astype(np.float64)
+def bootstrap_weights(
+    units: Sequence[Any] | np.ndarray,
+    n_boot: int = 1000,
+    random_state: int | np.random.Generator | None = 0,
+) -> np.ndarray:
+    """Cluster-bootstrap replicate weights: how often each row's unit is drawn in each replicate.
+
+    A replicate draws as many units as there are, with replacement; every row keeps the count of
+    its unit, so rows of one unit (examples of one sentence) move together. A weighted mean
+    ``w @ values / w.sum(1)`` is then the replicate's mean.
+
+    Parameters
+    ----------
+    units : array-like of shape (n_rows,)
+        The unit of each row (group codes, example ids, any hashable labels). Units are numbered
+        in order of first appearance; with ``units = np.arange(n)`` every row is its own unit.
+    n_boot : int
+        Replicates.
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    ndarray of shape (n_boot, n_rows), float64
+        Non-negative integer counts; each replicate's counts over *units* sum to the number of units.
+
+    Examples
+    --------
+    >>> w = bootstrap_weights(["a", "a", "b"], n_boot=4, random_state=0)
+    >>> w.shape, bool((w[:, 0] == w[:, 1]).all())
+    ((4, 3), True)
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    units = np.asarray(units)
+    if units.ndim != 1 or len(units) == 0:
+        raise ValueError(f"units must be a non-empty 1-D array, got shape {units.shape}")
+    if pd.isna(pd.Series(units)).any():
+        raise ValueError(f"units are missing for rows {np.flatnonzero(pd.isna(pd.Series(units)))[:10].tolist()}")
+    codes, uniq = pd.factorize(units)
+    n_units = len(uniq)
+    rng = np.random.default_rng(random_state)
+    counts = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot)
+    return counts[:, codes].astype(np.float64)
+
+
+def percentile_interval(replicates: np.ndarray, ci: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap replicates, per column; NaN replicates are ignored.
+
+    Parameters
+    ----------
+    replicates : ndarray of shape (n_boot, ...)
+        One replicate statistic per row (e.g. a curve over points per row).
+    ci : float
+        Coverage, in (0, 1).
+
+    Returns
+    -------
+    low, high : ndarrays of shape replicates.shape[1:]
+        NaN where every replicate is NaN.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    b = np.asarray(replicates, dtype=np.float64)
+    alpha = (1 - ci) / 2
+    low = np.full(b.shape[1:], np.nan)
+    high = np.full(b.shape[1:], np.nan)
+    ok = ~np.isnan(b).all(axis=0)  # nanquantile warns on all-NaN columns; they stay NaN
+    if ok.any():
+        low[ok], high[ok] = np.nanquantile(b[:, ok], [alpha, 1 - alpha], axis=0)
+    return low, high
 
 
 def bootstrap_ci(
@@ -126,13 +197,11 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     cells, sums, counts = _unit_cells(df, value, by, unit)
-    rng = np.random.default_rng(random_state)
-    w = _bootstrap_weights(sums.shape[0], n_boot, rng)
+    w = bootstrap_weights(np.arange(sums.shape[0]), n_boot, random_state)  # rows of sums are the units
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = (w @ sums) / (w @ counts)  # (n_boot, n_cells); NaN if a cell's units were all left out
         mean = sums.sum(0) / counts.sum(0)
-    alpha = (1 - ci) / 2
-    low, high = np.nanquantile(boot, [alpha, 1 - alpha], axis=0)
+    low, high = percentile_interval(boot, ci)
     out = cells.copy() if by else pd.DataFrame(index=[0])
     out["mean"] = mean
     out["ci_low"] = low

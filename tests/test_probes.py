@@ -49,7 +49,9 @@ def planted_result():
 
 def test_layerwise_returns_the_contract(planted_result):
     traj, _, df = planted_result
-    assert list(df.columns) == ["point", "fold", "metric", "value", "ci_low", "ci_high"]
+    # the planted data are one word ("bank"): its name leads every row
+    assert list(df.columns) == ["word", "point", "fold", "metric", "value", "ci_low", "ci_high"]
+    assert set(df.word) == {"bank"}
     assert list(pd.unique(df.metric)) == list(probes.METRICS)
     assert set(df.fold) == {-1, 0, 1, 2, 3, 4}
     assert df[df.fold >= 0][["ci_low", "ci_high"]].isna().all().all()
@@ -88,7 +90,7 @@ def test_majority_baseline_is_the_training_folds_majority(planted_result):
 def test_mdl_codelength_drops_where_the_signal_is():
     traj, y = planted(n=300)
     res = probes.mdl(traj, progress=False)
-    assert list(res.columns) == ["point", "codelength_bits", "uniform_bits", "compression"]
+    assert list(res.columns) == ["word", "point", "codelength_bits", "uniform_bits", "compression"]
     assert np.allclose(res.uniform_bits, 300 * np.log2(2))
     bits = res.codelength_bits.to_numpy()
     off = [p for p in range(8) if p not in SIGNAL_POINTS]
@@ -249,7 +251,7 @@ def test_svm_and_mlp_probes_run_and_have_no_log_loss_without_probabilities():
 def test_transfer_diagonal_equals_per_point_accuracy():
     traj, _ = planted(n=120, n_points=6)
     tr = probes.transfer(traj, progress=False)
-    assert list(tr.columns) == ["train_point", "test_point", "accuracy"]
+    assert list(tr.columns) == ["word", "train_point", "test_point", "accuracy"]
     assert len(tr) == 36
     diag = tr[tr.train_point == tr.test_point].sort_values("train_point")["accuracy"].to_numpy()
     lw = probes.layerwise(traj, control=False, n_boot=5, progress=False)
@@ -287,19 +289,21 @@ def test_balance_subsamples_every_class_to_the_smallest():
 def test_expected_layer_and_resolution_point_on_planted_onset():
     traj, _ = planted(n=120, n_points=7, d=8, points=[4, 5, 6], strength=2.0)
     expected, table = probes.expected_layer(traj, progress=False)
-    assert list(table.columns) == ["point", "score", "gain"]
+    assert list(table.columns) == ["word", "point", "score", "gain"]
     assert int(table["gain"].idxmax()) == 4  # the onset adds (nearly) everything
     assert table["gain"][4] > 0.4 and np.abs(table["gain"][1:4]).max() < 0.1
     assert 3.5 <= expected <= 5.0
     # the equal-weight mix dilutes the onset among the noise points: it still rises from there on
     _, mean_table = probes.expected_layer(traj, mix="mean", progress=False)
     assert mean_table["score"][4:].min() > mean_table["score"][:4].max()
-    df = probes.layerwise(traj, control=False, n_boot=5, progress=False)
-    rp = probes.resolution_point(df, fraction=0.9, n_boot=200)
+    sweep = probes.layerwise(traj, control=False, n_boot=5, progress=False, return_result=True)
+    rp = probes.resolution_point(sweep, fraction=0.9, n_boot=200)
     assert rp["resolution_point"].iloc[0] == 4
     assert rp["ci_low"].iloc[0] <= 4 <= rp["ci_high"].iloc[0]
-    # the out-of-fold predictions ride along in attrs without breaking concatenation
-    assert len(pd.concat([df, df.copy(), df[df.fold == -1]])) == 2 * len(df) + (df.fold == -1).sum()
+    # the out-of-fold predictions travel in the result object, not in the frame
+    assert sweep.scores.attrs == {}
+    with pytest.raises(ValueError, match="carries no out-of-fold predictions"):
+        probes.resolution_point(sweep.scores, fraction=0.9)
     rp2 = probes.resolution_point(traj, fraction=0.9, n_boot=200, progress=False)
     assert rp2["resolution_point"].iloc[0] == 4
 
@@ -331,6 +335,168 @@ def test_loureiro_1nn_matches_brute_force():
     assert res.iloc[-1]["macro_f1"] == pytest.approx(res.iloc[:2]["macro_f1"].mean())
     with pytest.raises(ValueError, match="lack"):
         probes.loureiro_1nn(traj.select_points([0, 1, 2, 4, 5, 6]), traj, n_last=4)
+
+
+def two_words(n: int = 120, n_points: int = 7, d: int = 8, seed: int = 0) -> tg.Trajectories:
+    """Three words of n examples each: bank's senses part from point 2 on, crane's from point 5 on,
+    and the senses of "null" never part; sentences (groups) of two examples."""
+    onsets = {"bank": 2, "crane": 5, "null": n_points}
+    rng = np.random.default_rng(seed)
+    xs, metas = [], []
+    for w, onset in onsets.items():
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, n_points, d)).astype(np.float32)
+        x[:, onset:, 0] += ((2 * y - 1) * 2.0)[:, None]
+        xs.append(x)
+        metas.append(pd.DataFrame({"word": w, "sense": np.where(y == 1, f"{w}_a", f"{w}_b")}))
+    meta = pd.concat(metas, ignore_index=True)
+    meta["group"] = np.arange(len(meta)) // 2
+    return tg.Trajectories(np.concatenate(xs), meta)
+
+
+def one_word(traj: tg.Trajectories, w: str) -> tg.Trajectories:
+    return traj[(traj.meta.word == w).to_numpy()]
+
+
+def test_probe_sweep_holds_the_out_of_fold_predictions_behind_the_scores():
+    traj = one_word(two_words(), "bank")
+    sweep = probes.layerwise(traj, probe="prototype", cv=4, control=False, n_boot=300, progress=False,
+                             return_result=True)
+    assert isinstance(sweep, probes.ProbeSweep)
+    n, P = traj.n_examples, traj.n_points
+    assert sweep.correct.shape == (n, P) and sweep.correct.dtype == bool
+    np.testing.assert_array_equal(sweep.points, traj.points)
+    np.testing.assert_array_equal(sweep.example, traj.meta.example)
+    np.testing.assert_array_equal(sweep.units, traj.group_codes())  # grouped: the sentence is the unit
+    assert set(sweep.word) == {"bank"}
+    pd.testing.assert_frame_equal(sweep.scores, probes.layerwise(traj, probe="prototype", cv=4, control=False,
+                                                                 n_boot=300, progress=False))
+    # each fold's accuracy is the mean out-of-fold correctness of its test examples
+    y = pd.factorize(traj.meta.sense, sort=True)[0]
+    for f, (_, te) in enumerate(probes.make_splits(y, traj.group_codes(), 4, random_state=0)):
+        np.testing.assert_allclose(per_fold(sweep.scores, "accuracy")[f], sweep.correct[te].mean(0))
+    # the summary interval is the stats bootstrap over sentences of those predictions
+    w = tg.stats.bootstrap_weights(sweep.units, 300, random_state=0)
+    boot = w @ sweep.correct / w.sum(1, keepdims=True)
+    rows = sweep.scores[(sweep.scores.fold == -1) & (sweep.scores.metric == "accuracy")].sort_values("point")
+    np.testing.assert_allclose(rows.ci_low, np.quantile(boot, 0.025, axis=0))
+    np.testing.assert_allclose(rows.ci_high, np.quantile(boot, 0.975, axis=0))
+    # ungrouped: every example is its own unit, named by its id
+    ids = probes.layerwise(traj, groups=None, probe="prototype", cv=4, control=False, n_boot=5, progress=False,
+                           return_result=True)
+    np.testing.assert_array_equal(ids.units, traj.meta.example)
+
+
+def test_senses_compete_within_a_word_each_word_finds_its_own_onset_and_none_pools():
+    traj = two_words()
+    kw = dict(probe="prototype", control=False, n_boot=20, progress=False)
+    lw = probes.layerwise(traj, **kw)
+    assert list(pd.unique(lw.word)) == ["bank", "crane", "null"]
+    acc = {w: summary(lw[lw.word == w], "accuracy") for w in ("bank", "crane", "null")}
+    assert (acc["bank"][2:] > 0.8).all() and (acc["bank"][:2] < 0.65).all()
+    assert (acc["crane"][5:] > 0.8).all() and (acc["crane"][:5] < 0.65).all()
+    assert (acc["null"] < 0.65).all()  # no signal: silent at every point
+    # each word's rows are those of a sweep on that word alone
+    for w in ("bank", "crane"):
+        alone = probes.layerwise(one_word(traj, w), **kw).drop(columns="word")
+        pd.testing.assert_frame_equal(lw[lw.word == w].drop(columns="word").reset_index(drop=True), alone)
+    # word=None is one sweep over all examples, as if there were no word column
+    pooled = probes.layerwise(traj, word=None, **kw)
+    assert "word" not in pooled.columns
+    no_word = tg.Trajectories(traj.states, traj.meta.drop(columns="word"))
+    pd.testing.assert_frame_equal(pooled, probes.layerwise(no_word, **kw))
+    # the resolution point, per word, from one sweep: the planted onsets
+    sweep = probes.layerwise(traj, return_result=True, **kw)
+    rp = probes.resolution_point(sweep, fraction=0.9, n_boot=200).set_index("word")
+    assert rp.loc["bank", "resolution_point"] == 2 and rp.loc["crane", "resolution_point"] == 5
+    assert rp.loc["bank", "ci_low"] <= 2 <= rp.loc["bank", "ci_high"]
+    assert rp.loc["crane", "ci_low"] <= 5 <= rp.loc["crane", "ci_high"]
+    pd.testing.assert_frame_equal(
+        probes.resolution_point(sweep, fraction=0.9, n_boot=200)[lambda d: d.word == "crane"].drop(columns="word")
+        .reset_index(drop=True),
+        probes.resolution_point(one_word(traj, "crane"), fraction=0.9, n_boot=200, probe="prototype",
+                                progress=False).drop(columns="word"))
+
+
+def test_transfer_expected_layer_and_mdl_run_per_word():
+    traj = two_words(n=80, n_points=6)
+    two = traj[traj.meta.word.isin(["bank", "crane"]).to_numpy()]
+    kw = dict(probe="prototype", progress=False)
+    tr = probes.transfer(two, **kw)
+    expected, table = probes.expected_layer(two, **kw)
+    assert list(expected.index) == ["bank", "crane"] and expected.name == "expected_layer"
+    # each word's largest gain is at its own onset, and the expected layer follows
+    assert table.loc[table.gain.groupby(table.word).idxmax(), "point"].tolist() == [2, 5]
+    assert 2 <= expected["bank"] <= 3.5 and 4 <= expected["crane"] <= 5
+    code = probes.mdl(two, blocks=(0.25, 0.5, 1.0), progress=False)
+    for w in ("bank", "crane"):
+        alone = one_word(two, w)
+        pd.testing.assert_frame_equal(tr[tr.word == w].reset_index(drop=True), probes.transfer(alone, **kw))
+        e, t = probes.expected_layer(alone, **kw)
+        assert expected[w] == e
+        pd.testing.assert_frame_equal(table[table.word == w].reset_index(drop=True), t)
+        pd.testing.assert_frame_equal(code[code.word == w].reset_index(drop=True),
+                                      probes.mdl(alone, blocks=(0.25, 0.5, 1.0), progress=False))
+    bits = code.pivot(index="point", columns="word", values="codelength_bits")
+    assert bits.loc[3, "bank"] < 0.7 * code.uniform_bits.max() < bits.loc[3, "crane"]
+
+
+def test_word_errors_name_the_word_and_the_missing_column():
+    traj = two_words(n=40, n_points=3)
+    sense = traj.meta.sense.to_numpy().copy()
+    crane = np.flatnonzero(traj.meta.word == "crane")
+    sense[crane[:37]], sense[crane[37:]] = "crane_b", "crane_a"  # crane_a has 3 examples
+    with pytest.raises(ValueError, match=r"word 'crane': class 'crane_a' has 3 examples, fewer than the cv=5"):
+        probes.layerwise(traj, labels=sense, probe="prototype", progress=False)
+    with pytest.raises(KeyError, match="'lemma' not in meta; columns are"):
+        probes.layerwise(traj, word="lemma", progress=False)
+    with pytest.raises(ValueError, match="got 3 words for 120 examples"):
+        probes.mdl(traj, word=["a", "b", "c"], progress=False)
+
+
+def test_old_positional_and_renamed_calls_warn_and_give_the_same_results():
+    traj = one_word(two_words(n=60, n_points=3), "bank")
+    now = probes.layerwise(traj, labels="sense", probe="prototype", cv=4, control=False, n_boot=5, progress=False)
+    with pytest.warns(DeprecationWarning, match="by position is deprecated"):
+        old = probes.layerwise(traj, "sense", "prototype", 4, "group", False, "auto", "standardize", False, 5,
+                               progress=False)
+    pd.testing.assert_frame_equal(old, now)
+    with pytest.warns(DeprecationWarning):
+        old_t = probes.transfer(traj, "sense", "prototype", 4, progress=False)
+    pd.testing.assert_frame_equal(old_t, probes.transfer(traj, probe="prototype", cv=4, progress=False))
+    with pytest.warns(DeprecationWarning):
+        old_c = probes.control_labels(traj, "sense", "auto", 3)
+    np.testing.assert_array_equal(old_c, probes.control_labels(traj, random_state=3))
+    sweep = probes.layerwise(traj, probe="prototype", cv=4, control=False, n_boot=5, progress=False,
+                             return_result=True)
+    with pytest.warns(DeprecationWarning, match="traj_or_frame"):
+        old_r = probes.resolution_point(traj_or_frame=sweep, fraction=0.9, n_boot=50)
+    pd.testing.assert_frame_equal(old_r, probes.resolution_point(sweep, fraction=0.9, n_boot=50))
+    with pytest.raises(TypeError, match="already run"):
+        probes.resolution_point(sweep, probe="prototype")
+    half = np.arange(traj.n_examples) % 2 == 0
+    with pytest.warns(DeprecationWarning, match="'train' is deprecated"):
+        old_l = probes.loureiro_1nn(train=traj[half], test_traj=traj[~half], n_last=1)
+    pd.testing.assert_frame_equal(old_l, probes.loureiro_1nn(traj[half], traj[~half], n_last=1))
+
+
+def test_loureiro_1nn_old_dataframe_form_extracts_first_with_a_warning():
+    from trajgeo.models import load_model
+
+    from conftest import CORPUS, span_frame, tiny_model, word_tokenizer
+
+    tok = word_tokenizer()
+    lm = load_model((tiny_model("bert", len(tok), n_layers=4, seed=3), tok))
+    texts = [t for t in CORPUS if " bank " in f" {t} "]
+    ex = span_frame(texts * 4, "bank").assign(word="bank", sense=["river", "finance", "finance", "river"] * 4)
+    train, test = ex.iloc[:8].reset_index(drop=True), ex.iloc[8:].reset_index(drop=True)
+    with pytest.warns(DeprecationWarning, match="extract first"):
+        old = probes.loureiro_1nn(train, test, model=lm)
+    now = probes.loureiro_1nn(tg.extract(lm, train, pool="mean", progress=False),
+                              tg.extract(lm, test, pool="mean", progress=False))
+    pd.testing.assert_frame_equal(old, now)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="pass model="):
+        probes.loureiro_1nn(train, test)
 
 
 @pytest.mark.slow

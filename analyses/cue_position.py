@@ -113,38 +113,30 @@ def margin_by_point(margin: pd.DataFrame, by: Sequence[str] = ("model", "causal"
                     n_boot: int = 1000, random_state: int = 0) -> pd.DataFrame:
     """Mean margin per point with a percentile bootstrap interval over examples.
 
+    The interval is :func:`trajgeo.stats.bootstrap_ci` with the example as the unit: one draw of
+    examples serves every cell, so a curve over points is resampled as a whole.
+
     Parameters
     ----------
     margin : DataFrame from :func:`margin_table` (plus the ``by`` columns)
+    by : sequence of str
+        The columns that, with ``point``, define a cell.
 
     Returns
     -------
-    DataFrame with columns ``by..., point, mean, ci_low, ci_high, n``.
+    DataFrame with columns ``by..., point, mean, ci_low, ci_high, n`` (n: examples in the cell).
     """
-    from scipy.stats import bootstrap
-
-    rows = []
-    for key, g in margin.groupby(list(by), sort=False):
-        wide = g.pivot(index="example", columns="point", values="value")  # (n_examples, n_points)
-        x = wide.to_numpy(dtype=np.float64)
-        # one vectorised bootstrap for all points at once (resampling examples, the unit)
-        res = bootstrap((x,), np.mean, axis=0, vectorized=True, n_resamples=n_boot, method="percentile",
-                        random_state=random_state)
-        part = pd.DataFrame({"point": wide.columns.to_numpy(), "mean": x.mean(0),
-                             "ci_low": res.confidence_interval.low, "ci_high": res.confidence_interval.high,
-                             "n": len(x)})
-        for col, v in zip(by, key if isinstance(key, tuple) else (key,)):
-            part.insert(list(by).index(col), col, v)
-        rows.append(part)
-    return pd.concat(rows, ignore_index=True)
+    return tg.stats.bootstrap_ci(margin, value="value", by=[*by, "point"], unit="example", n_boot=n_boot,
+                                 random_state=random_state)
 
 
 def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_state: int = 0) -> pd.DataFrame:
     """Layer-wise probe accuracy fitted separately within each cue position.
 
-    Labels are ``word:sense`` so that one probe covers all words while only a word's own senses
-    compete in practice (the word is decodable from the embedding). Folds keep sentences
-    (``group``) apart. Conditions with a class smaller than 2 are skipped.
+    Labels are ``word:sense`` and all words are pooled in one probe (``word=None``): one curve per
+    condition, while only a word's own senses compete in practice (the word is decodable from the
+    embedding). Folds keep sentences (``group``) apart. Conditions with a class smaller than 2 are
+    skipped.
 
     Returns
     -------
@@ -160,9 +152,8 @@ def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_st
         if smallest < 2:
             print(f"[cue_position] skipping probes for cue {cond}: a sense has {smallest} example", file=sys.stderr)
             continue
-        df = tg.probes.layerwise(sub, labels=labels, cv=min(cv, smallest), groups="group", control=True,
-                                 n_boot=n_boot, random_state=random_state)
-        df.attrs.clear()  # out-of-fold arrays kept for resolution_point; not needed here, and unconcatenable
+        df = tg.probes.layerwise(sub, labels=labels, word=None, groups="group", cv=min(cv, smallest),
+                                 control=True, n_boot=n_boot, random_state=random_state)
         df.insert(0, "cue_position", cond)
         out.append(df)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

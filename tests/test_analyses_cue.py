@@ -53,6 +53,11 @@ def test_tables_have_the_contract_columns_and_one_summary_row_per_model_and_cond
     assert np.isclose(row.margin_last, top)
     mbp = tables["margin_by_point"]
     assert ((mbp.ci_low <= mbp["mean"] + 1e-12) & (mbp["mean"] <= mbp.ci_high + 1e-12)).all()
+    # per cell: the mean and the example count of the long margin table
+    cells = m.groupby(["model", "causal", "cue_position", "point"])["value"]
+    check = mbp.set_index(["model", "causal", "cue_position", "point"])
+    np.testing.assert_allclose(check["mean"], cells.mean().loc[check.index])
+    assert (check["n"] == cells.size().loc[check.index]).all()
 
 
 def test_causal_cue_after_states_equal_those_of_the_text_cut_after_the_target(result, models):

@@ -68,7 +68,7 @@ import numpy as np
 import pandas as pd
 
 import trajgeo as tg
-from trajgeo.geometry import DEFAULT_NORMALIZE
+from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.report import stratified_sample, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,8 @@ def extract_split(model: Any, df: pd.DataFrame, store: Path, batch_size: int = 1
                   progress: bool = False, log: Callable[[str], None] = print) -> tg.Trajectories:
     """All points of ``df``'s targets, mean-pooled over subtokens, cached in ``store``.
 
-    The store is reused when it holds exactly these examples from this model with these options;
+    This is the protocol's extraction (the token vector averages the word's subtokens);
+    :func:`trajgeo.probes.loureiro_1nn` takes the trajectories it returns. The store is reused when it holds exactly these examples from this model with these options;
     a complete store built for other examples (another cap, other data) is re-extracted.
 
     Returns
@@ -152,8 +153,9 @@ def evaluate_word(model: Any, name: str, data: Path, word: str, out: Path, max_t
     test = cap(full["test"], max_test, random_state)
     tr = extract_split(model, train, out / name / f"{word}-train.zarr", batch_size, progress, log)
     te = extract_split(model, test, out / name / f"{word}-test.zarr", batch_size, progress, log)
-    r = tg.probes.loureiro_1nn(tr, te).set_index("word").loc[word]
-    rn = tg.probes.loureiro_1nn(tr, te, normalize=COMPARE_NORMALIZE).set_index("word").loc[word]
+    r = tg.probes.loureiro_1nn(tr, te, labels="sense", word="word").set_index("word").loc[word]
+    rn = tg.probes.loureiro_1nn(tr, te, labels="sense", word="word",
+                                normalize=COMPARE_NORMALIZE).set_index("word").loc[word]
     return {
         "model": name, "word": word, "n_senses": int(full["train"]["sense"].nunique()),
         "n_train": int(r["n_train"]), "n_test": int(r["n_test"]),

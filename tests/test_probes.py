@@ -1,5 +1,6 @@
 """Probes: planted signal, control task, MDL, leakage through duplicated sentences, split errors,
-determinism, brute-force references for 1-NN / prototype / metrics, transfer, and SmolLM2 on bank."""
+determinism, brute-force references for 1-NN / prototype / metrics, transfer, one sweep per word,
+the ProbeSweep result, old call forms, and SmolLM2 on bank."""
 
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ and add a ``word`` column; ``word=None`` pools all examples.
 The package holds four ideas, one module each: :mod:`~trajgeo.probes.estimators` (the probe
 classifiers and :func:`make_probe`), :mod:`~trajgeo.probes.sweep` (the cross-validated sweep and
 what is read from it; its splits and control task in :mod:`~trajgeo.probes.splits`, its engine in
-``_cv``), :mod:`~trajgeo.probes.mdl` and :mod:`~trajgeo.probes.presets` (published protocols).
+``_cv``), :mod:`~trajgeo.probes.codelength` (MDL; not named ``mdl`` so that no module hides behind
+the function) and :mod:`~trajgeo.probes.presets` (published protocols).
 
 Speed
 -----
@@ -55,7 +56,7 @@ completes.
 from trajgeo.probes.estimators import (
     DEFAULT_CS, PROBES, CosinePrototypeClassifier, TunedLogisticRegression, make_probe,
 )
-from trajgeo.probes.mdl import VOITA_TITOV_BLOCKS, mdl
+from trajgeo.probes.codelength import VOITA_TITOV_BLOCKS, mdl
 from trajgeo.probes.presets import LOUREIRO_BERT_BASE, loureiro_1nn
 from trajgeo.probes.splits import control_labels, make_splits
 from trajgeo.probes.sweep import METRICS, ProbeSweep, expected_layer, layerwise, resolution_point, transfer

@@ -52,6 +52,44 @@ def _lines(path: Path) -> list[str]:
     return [ln.rstrip("\r") for ln in lines]
 
 
+def _sense_names(folder: Path, word: str) -> dict[int, str]:
+    """Sense number -> readable name, from the word's ``classes_map.txt``."""
+    cmap_path = folder / "classes_map.txt"
+    try:
+        classes = {int(k): str(v) for k, v in json.loads(cmap_path.read_text(encoding="utf-8")).items()}
+    except (json.JSONDecodeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{cmap_path}: expected a JSON object of sense number -> name ({err})") from None
+    return {k: coarsewsd20_sense_name(word, v) for k, v in classes.items()}
+
+
+def _read_split(folder: Path, word: str, sp: str, names: dict[int, str]) -> pd.DataFrame:
+    """One split's examples, validated; errors name the data or gold file and line."""
+    data_path, gold_path = folder / f"{sp}.data.txt", folder / f"{sp}.gold.txt"
+    for p in (data_path, gold_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"CoarseWSD-20 file {p} is missing")
+    data, gold = _lines(data_path), _lines(gold_path)
+    if len(data) != len(gold):
+        raise ValueError(f"{data_path} has {len(data)} lines but {gold_path} has {len(gold)}; "
+                         "each example needs one data line and one gold line")
+    rows, locations = [], []
+    for lineno, (line, g) in enumerate(zip(data, gold), start=1):
+        idx, tab, sent = line.partition("\t")
+        if not tab:
+            raise ValueError(f"{data_path}:{lineno}: expected '<index>\\t<sentence>'")
+        try:
+            sid = int(g.strip())
+        except ValueError:
+            raise ValueError(f"{gold_path}:{lineno}: gold label must be a sense number, got {g!r}") from None
+        if sid not in names:
+            raise ValueError(f"{gold_path}:{lineno}: sense number {sid} is not in {folder / 'classes_map.txt'} "
+                             f"(known: {sorted(names)})")
+        rows.append({"text": sent, "word_index": idx.strip(), "word": word, "sense": names[sid],
+                     "sense_id": sid, "split": sp})
+        locations.append(f"{data_path}:{lineno}")
+    return validate(pd.DataFrame(rows), locations=locations, require_sense=True)
+
+
 def read_coarsewsd20(root: str | Path, word: str, split: str = "train") -> pd.DataFrame:
     """Examples of one word from a CoarseWSD-20 folder.
 
@@ -79,39 +117,8 @@ def read_coarsewsd20(root: str | Path, word: str, split: str = "train") -> pd.Da
     if not (folder / "classes_map.txt").is_file():
         raise ValueError(f"no CoarseWSD-20 word {word!r} in {root}; available words: "
                          f"{', '.join(coarsewsd20_words(root)) or '(none)'}")
-    cmap_path = folder / "classes_map.txt"
-    try:
-        classes = {int(k): str(v) for k, v in json.loads(cmap_path.read_text(encoding="utf-8")).items()}
-    except (json.JSONDecodeError, ValueError, AttributeError) as err:
-        raise ValueError(f"{cmap_path}: expected a JSON object of sense number -> name ({err})") from None
-    names = {k: coarsewsd20_sense_name(word, v) for k, v in classes.items()}
-
-    frames = []
-    for sp in (("train", "test") if split == "all" else (split,)):
-        data_path, gold_path = folder / f"{sp}.data.txt", folder / f"{sp}.gold.txt"
-        for p in (data_path, gold_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"CoarseWSD-20 file {p} is missing")
-        data, gold = _lines(data_path), _lines(gold_path)
-        if len(data) != len(gold):
-            raise ValueError(f"{data_path} has {len(data)} lines but {gold_path} has {len(gold)}; "
-                             "each example needs one data line and one gold line")
-        rows, locations = [], []
-        for lineno, (line, g) in enumerate(zip(data, gold), start=1):
-            idx, tab, sent = line.partition("\t")
-            if not tab:
-                raise ValueError(f"{data_path}:{lineno}: expected '<index>\\t<sentence>'")
-            try:
-                sid = int(g.strip())
-            except ValueError:
-                raise ValueError(f"{gold_path}:{lineno}: gold label must be a sense number, got {g!r}") from None
-            if sid not in names:
-                raise ValueError(f"{gold_path}:{lineno}: sense number {sid} is not in {cmap_path} "
-                                 f"(known: {sorted(names)})")
-            rows.append({"text": sent, "word_index": idx.strip(), "word": word, "sense": names[sid],
-                         "sense_id": sid, "split": sp})
-            locations.append(f"{data_path}:{lineno}")
-        frames.append(validate(pd.DataFrame(rows), locations=locations, require_sense=True))
+    names = _sense_names(folder, word)
+    frames = [_read_split(folder, word, sp, names) for sp in (("train", "test") if split == "all" else (split,))]
     df = pd.concat(frames, ignore_index=True).drop(columns=["word_index", "example"])
     df["source"] = "coarsewsd20"
     return validate(df)

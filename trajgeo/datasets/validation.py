@@ -1,7 +1,8 @@
 """Validation of example sets: every example checked against the contract of :mod:`trajgeo.datasets`.
 
-:func:`validate` runs one named step per rule of the contract (:data:`_STEPS`), in the order the
-contract lists the columns; every step names the example, row (and file line) it rejects.
+:func:`validate` runs one named check per rule of the contract, in the order the contract lists
+the columns (so the first problem found is the one reported); every check names the example, row
+(and file line) it rejects.
 """
 
 from __future__ import annotations

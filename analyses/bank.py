@@ -34,7 +34,7 @@ def examples(data: str, word: str, max_examples: int | None) -> pd.DataFrame:
     else:
         df = tg.datasets.read_coarsewsd20(data, word, split="all")
     if max_examples:
-        df = report.stratified_sample(df, max_examples, random_state=0)
+        df = tg.datasets.stratified_sample(df, max_examples, random_state=0)
     return df
 
 

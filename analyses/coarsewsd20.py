@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def analyse_word(traj: tg.Trajectories, folds: int, random_state: int) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """The summary row, the layer-wise probe table and the margin curve of one word."""
-    pr = tg.probes.layerwise(traj, cv=folds, random_state=random_state, progress=False)
+    sweep = tg.probes.layerwise(traj, cv=folds, random_state=random_state, progress=False, return_result=True)
+    pr = sweep.scores
     curves = tg.senses.curves(traj)
     com = tg.senses.commitment(traj)
-    word = traj.meta["word"].iloc[0]
-    res = tg.probes.resolution_point(pr, random_state=random_state).assign(word=word)
-    row = report.summarize({"probes": pr.assign(word=word), "commitment": com, "resolution": res},
-                           traj.meta).iloc[0].to_dict()
+    # the resolution point and its interval come from the same out-of-fold predictions (no refit)
+    res = tg.probes.resolution_point(sweep, random_state=random_state)
+    row = report.summarize({"probes": pr, "commitment": com, "resolution": res}, traj.meta).iloc[0].to_dict()
     margin = curves.query("metric == 'margin'").groupby("point")["value"].mean()
     row["margin_point0"] = margin.iloc[0]
     row["margin_last"] = margin.iloc[-1]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             df = tg.datasets.read_coarsewsd20(args.data, word, split=args.split)
             if args.max_per_word:
-                df = report.stratified_sample(df, args.max_per_word, random_state=args.random_state)
+                df = tg.datasets.stratified_sample(df, args.max_per_word, random_state=args.random_state)
             traj = tg.extract(lm, df, store=args.out / name / f"{word}.zarr", progress=not args.quiet)
             row, pr, margin = analyse_word(traj, args.folds, args.random_state)
             n_layers = traj.n_layers

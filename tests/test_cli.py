@@ -41,6 +41,18 @@ def test_extract_command_writes_the_store_the_library_would(tmp_path, saved_mode
     assert got.meta["sense"].tolist() == want.meta["sense"].tolist()
 
 
+def test_max_examples_extracts_the_stratified_sample(tmp_path, saved_model, jsonl):
+    path, df = jsonl
+    out = tmp_path / "few.zarr"
+    n = len(df) - 2
+    assert main(["extract", "--model", str(saved_model), "--dataset", str(path), "--out", str(out),
+                 "--max-examples", str(n), "--quiet"]) == 0
+    want = tg.datasets.stratified_sample(tg.datasets.read_jsonl(path), n, random_state=0)
+    got = tg.load(out).meta
+    assert len(got) < len(df) and got["text"].tolist() == want["text"].tolist()
+    assert got["sense"].value_counts().to_dict() == want["sense"].value_counts().to_dict()
+
+
 def _one_line_error(argv: list[str], capsys) -> str:
     capsys.readouterr()
     rc = main(argv)

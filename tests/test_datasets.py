@@ -110,6 +110,16 @@ def test_from_dataframe_renames_columns():
         "the crane lifted it", "machine", "crane", 4, 9]
 
 
+def test_from_dataframe_positional_column_names_warn_and_match_keywords():
+    df = pd.DataFrame({"sentence": ["the crane lifted it", "a crane waded"], "label": ["machine", "bird"],
+                       "lemma": ["crane", "crane"], "target": ["crane", "crane"]})
+    with pytest.warns(DeprecationWarning, match=r"text, sense, word by position.*text=, sense=, word="):
+        old = ds.from_dataframe(df, "sentence", "label", "lemma")
+    pd.testing.assert_frame_equal(old, ds.from_dataframe(df, text="sentence", sense="label", word="lemma"))
+    with pytest.raises(TypeError, match="multiple values for argument 'text'"), pytest.warns(DeprecationWarning):
+        ds.from_dataframe(df, "sentence", text="sentence")
+
+
 # ================================================================ errors, one per kind
 def _jsonl(tmp_path: Path, records: list) -> Path:
     p = tmp_path / "bad.jsonl"
@@ -387,3 +397,30 @@ def test_load_dataset_specs(coarsewsd_dir, tmp_path):
         ds.load_dataset("imagenet")
     with pytest.raises(FileNotFoundError):
         ds.load_dataset(tmp_path / "missing.jsonl")
+
+
+# ================================================================ sampling
+def test_stratified_sample_keeps_every_cell():
+    df = pd.DataFrame({"word": ["w"] * 100, "sense": ["a"] * 90 + ["b"] * 10, "example": range(100)})
+    sub = ds.stratified_sample(df, 20, random_state=0)
+    counts = sub["sense"].value_counts()
+    assert counts["a"] == 18 and counts["b"] == 2
+    assert sub["example"].tolist() == list(range(len(sub)))
+
+
+def test_stratified_sample_cell_sizes_are_rounded_shares_of_at_least_one():
+    # cells of 50, 30, 15, 4, 1 rows; n = 20 of 100: shares 10, 6, 3, 0.8 -> 1, 0.2 -> 1 (never dropped)
+    sizes = {"a": 50, "b": 30, "c": 15, "d": 4, "e": 1}
+    df = pd.DataFrame({"sense": [s for s, k in sizes.items() for _ in range(k)], "row": range(100)})
+    sub = ds.stratified_sample(df, 20, strata="sense", random_state=3)
+    assert sub["sense"].value_counts().to_dict() == {"a": 10, "b": 6, "c": 3, "d": 1, "e": 1}
+    assert sub["row"].is_monotonic_increasing and sub["row"].is_unique  # original order, no repeats
+    # a str names one column, as a one-element tuple does; absent columns are ignored
+    pd.testing.assert_frame_equal(sub, ds.stratified_sample(df, 20, strata=("sense", "word"), random_state=3))
+    assert not sub.equals(ds.stratified_sample(df, 20, strata="sense", random_state=4))  # the seed draws
+
+
+def test_stratified_sample_rejects_n_below_one():
+    df = pd.DataFrame({"sense": ["a", "b"]})
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        ds.stratified_sample(df, 0)

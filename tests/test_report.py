@@ -118,9 +118,74 @@ def test_unknown_focus_word_names_the_known_words():
         report.analyze(planted(n_per_sense=4), focus_word="heron", progress=False)
 
 
-def test_stratified_sample_keeps_every_cell():
-    df = pd.DataFrame({"word": ["w"] * 100, "sense": ["a"] * 90 + ["b"] * 10, "example": range(100)})
-    sub = report.stratified_sample(df, 20, random_state=0)
-    counts = sub["sense"].value_counts()
-    assert counts["a"] == 18 and counts["b"] == 2
-    assert sub["example"].tolist() == list(range(len(sub)))
+def test_stratified_sample_alias_warns_and_is_the_datasets_sample():
+    df = pd.DataFrame({"word": ["w"] * 100, "sense": ["a"] * 90 + ["b"] * 10, "cue": ["x", "y"] * 50,
+                       "example": range(100)})
+    with pytest.warns(DeprecationWarning, match="trajgeo.datasets.stratified_sample"):
+        sub = report.stratified_sample(df, 20, random_state=0)
+    pd.testing.assert_frame_equal(sub, tg.datasets.stratified_sample(df, 20, random_state=0))
+    # the old by= (keyword or third positional) is the new strata=
+    want = tg.datasets.stratified_sample(df, 20, strata=("sense", "cue"), random_state=1)
+    assert not want.equals(sub)
+    for call, says in [(lambda: report.stratified_sample(df, 20, by=("sense", "cue"), random_state=1),
+                        "the keyword 'by' is deprecated since trajgeo 0.2; use 'strata'"),
+                       (lambda: report.stratified_sample(df, 20, ("sense", "cue"), 1),
+                        "passing strata, random_state by position is deprecated")]:
+        with pytest.warns(DeprecationWarning) as caught:
+            pd.testing.assert_frame_equal(call(), want)
+        messages = [str(w.message) for w in caught]
+        assert any(says in m for m in messages) and any("trajgeo.datasets.stratified_sample" in m for m in messages)
+
+
+def test_resolution_is_the_probe_sweeps_resolution_point(analysed):
+    traj, tables, _ = analysed
+    res, s = tables["resolution"].set_index("word"), tables["summary"].set_index("word")
+    assert set(res.index) == {"bank", "bass"}
+    for word in ["bank", "bass"]:
+        sub = traj[(traj.meta["word"] == word).to_numpy()]
+        sweep = tg.probes.layerwise(sub, cv=3, random_state=0, progress=False, return_result=True)
+        # the same sweep as the word's probe rows (no second, different fit behind the resolution)
+        pr = tables["probes"]
+        mine = pr[pr["word"] == word].drop(columns="word").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, sweep.scores.drop(columns="word", errors="ignore")[mine.columns])
+        # brute force: the first point whose pooled out-of-fold accuracy reaches 95% of its maximum
+        acc = np.asarray(sweep.correct, dtype=float).mean(0)
+        first = np.asarray(sweep.points)[np.flatnonzero(acc >= 0.95 * acc.max() - 1e-12)[0]]
+        assert res.loc[word, "resolution_point"] == first == s.loc[word, "resolution_point"]
+        assert res.loc[word, "ci_low"] <= first <= res.loc[word, "ci_high"]
+        assert (s.loc[word, "resolution_ci_low"], s.loc[word, "resolution_ci_high"]) == (
+            res.loc[word, "ci_low"], res.loc[word, "ci_high"])
+
+
+def test_no_table_carries_attrs(analysed):
+    # results are return values (architecture rule 5): nothing travels in DataFrame.attrs
+    _, tables, _ = analysed
+    assert {name: df.attrs for name, df in tables.items() if df.attrs} == {}
+
+
+def test_summary_without_resolution_table_has_no_resolution_columns(analysed):
+    traj, tables, _ = analysed
+    full = tables["summary"]
+    part = report.summarize({k: tables[k] for k in ("probes", "commitment", "superposition")}, traj.meta)
+    assert not {"resolution_point", "resolution_ci_low", "resolution_ci_high"} & set(part.columns)
+    pd.testing.assert_frame_equal(part, full[part.columns])
+
+
+def test_summary_of_one_word_tables_without_word_column_is_that_words_row(analysed):
+    traj, tables, _ = analysed
+    meta = traj.meta[traj.meta["word"] == "bass"]
+    one = {k: tables[k].loc[tables[k]["word"] == "bass"].drop(columns="word")
+           for k in ("probes", "resolution", "commitment")}
+    got = report.summarize(one, meta.drop(columns="word"))
+    want = tables["summary"].set_index("word").loc[["bass"]].reset_index(drop=True).drop(columns="superposition_balance")
+    pd.testing.assert_frame_equal(got.drop(columns="word"), want)
+
+
+def test_analyze_keeps_the_old_positional_model_and_out(tmp_path):
+    traj = planted(n_per_sense=6, n_points=4, onset=2, seed=1)
+    with pytest.warns(DeprecationWarning, match=r"model, out by position.*model=, out="):
+        tables = report.analyze(traj, None, tmp_path / "t", probe_folds=2, progress=False)
+    assert "lens" not in tables  # model=None
+    back = report.read_tables(tmp_path / "t")
+    assert set(back) == set(tables)
+    pd.testing.assert_frame_equal(back["summary"], tables["summary"], check_dtype=False)

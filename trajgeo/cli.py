@@ -97,9 +97,7 @@ def _examples(args: argparse.Namespace):
 
     df = datasets.load_dataset(args.dataset)
     if args.max_examples is not None and len(df) > args.max_examples:
-        from trajgeo.report import stratified_sample
-
-        df = stratified_sample(df, args.max_examples, random_state=0)
+        df = datasets.stratified_sample(df, args.max_examples, random_state=0)
     return df
 
 

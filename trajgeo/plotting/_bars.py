@@ -8,10 +8,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
 
+from trajgeo._api import changed_signature
 from trajgeo.plotting._common import _levels, _new_axes, _require
 
 
-def superposition_bars(superposition_df: pd.DataFrame, ax: Axes | None = None) -> Axes:
+@changed_signature(positional=("ax",))
+def superposition_bars(superposition_df: pd.DataFrame, *, ax: Axes | None = None) -> Axes:
     """Cosine of the context-free embedding to each sense prototype, grouped by word, balance annotated.
 
     Parameters
@@ -20,6 +22,7 @@ def superposition_bars(superposition_df: pd.DataFrame, ax: Axes | None = None) -
         From ``trajgeo.senses.superposition``: ``word, sense, cosine, balance`` (balance repeated within a word;
         optional; without ``word`` all rows are one word).
     ax : Axes, optional
+        Where to draw; a new figure when omitted.
 
     Returns
     -------

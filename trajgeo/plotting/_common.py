@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import matplotlib as mpl
@@ -10,7 +12,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from trajgeo._api import changed_signature
 
 
 _PRETTY = {
@@ -106,3 +111,28 @@ def _value_column(df: pd.DataFrame) -> str | None:
 def _new_legend(ax: Axes, handles: list, labels: list[str], **kwargs: Any) -> None:
     if handles:
         ax.legend(handles, labels, **kwargs)
+
+
+def _panel_grid(n: int, ncols: int, *, row_height: float, extra_height: float,
+                **subplot_kws: Any) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout figure as wide as the current style with ``n`` panels in rows of ``ncols``; the
+    unused cells of the last row are removed."""
+    nrows = math.ceil(n / ncols)
+    width = mpl.rcParams["figure.figsize"][0]
+    fig = plt.figure(figsize=(width, row_height * nrows + extra_height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kws).ravel()
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, list(axes[:n])
+
+
+def _deprecated_alias(new: Callable, old: str, *, positional: Sequence[str] = ()) -> Callable:
+    """``old``: the function ``new`` under its 0.1 name, accepting the 0.1 positional options; warns."""
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warnings.warn(f"plotting.{old} is deprecated since trajgeo 0.2; use plotting.{new.__name__} "
+                      "(options by keyword, ax= last)", DeprecationWarning, stacklevel=3)
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of :func:`{new.__name__}` (its 0.1 name and argument order); warns."
+    return changed_signature(positional=positional)(alias)

@@ -12,6 +12,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.font_manager import FontProperties
 
+from trajgeo._api import changed_signature
 from trajgeo.plotting._common import _PRETTY, _emb_label, _levels, _new_axes, _require
 
 
@@ -72,9 +73,10 @@ def _diverging_heatmap(ax: Axes, mat: pd.DataFrame, label: str, annot: bool, cma
     _heatmap_ticks(ax, "x", _int_values(mat.columns), 0.75 * ax.figure.get_figwidth())
 
 
-def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = "attribution",
-                        components: Sequence[str] = ("attn", "mlp"), annot: bool = False,
-                        cmap: str = "RdBu_r") -> Axes:
+@changed_signature(positional=("ax",))
+def attribution_heatmap(attr_df: pd.DataFrame, *, value: str = "attribution",
+                        components: Sequence[str] = ("attn", "mlp"), annot: bool = False, cmap: str = "RdBu_r",
+                        ax: Axes | None = None) -> Axes:
     """Layer x component heatmap of the mean push toward the correct sense (diverging, centred at 0).
 
     Parameters
@@ -82,7 +84,6 @@ def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value:
     attr_df : DataFrame
         From ``trajgeo.senses.attribution``: ``example, word, sense, layer, component, head, attribution``.
         Filter it first to show one word or sense.
-    ax : Axes, optional
     value : str
         Column averaged over examples in each cell.
     components : sequence of str
@@ -91,6 +92,8 @@ def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value:
         Write the cell values.
     cmap : str
         A diverging colour map; limits are symmetric so that white means 0.
+    ax : Axes, optional
+        Where to draw; a new figure when omitted.
 
     Returns
     -------
@@ -114,17 +117,19 @@ def attribution_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value:
     return ax
 
 
-def head_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = "attribution", annot: bool = False,
-                 cmap: str = "RdBu_r") -> Axes:
+@changed_signature(positional=("ax",))
+def head_heatmap(attr_df: pd.DataFrame, *, value: str = "attribution", annot: bool = False, cmap: str = "RdBu_r",
+                 ax: Axes | None = None) -> Axes:
     """Layer x head heatmap of the mean push toward the correct sense (rows ``component == "head"``).
 
     Parameters
     ----------
     attr_df : DataFrame
         ``layer, component, head, <value>`` (from ``trajgeo.senses.attribution`` with heads).
-    ax : Axes, optional
     value, annot, cmap
         As in :func:`attribution_heatmap`.
+    ax : Axes, optional
+        Where to draw; a new figure when omitted.
 
     Returns
     -------
@@ -147,21 +152,23 @@ def head_heatmap(attr_df: pd.DataFrame, ax: Axes | None = None, *, value: str = 
     return ax
 
 
-def transfer_heatmap(transfer_df: pd.DataFrame, ax: Axes | None = None, *, value: str = "accuracy",
-                     annot: bool | None = None, cmap: str = "viridis", vmin: float | None = None,
-                     vmax: float | None = None) -> Axes:
+@changed_signature(positional=("ax",))
+def transfer_heatmap(transfer_df: pd.DataFrame, *, value: str = "accuracy", annot: bool | None = None,
+                     cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
+                     ax: Axes | None = None) -> Axes:
     """Cross-layer probe transfer: accuracy of a probe trained at one point and tested at another.
 
     Parameters
     ----------
     transfer_df : DataFrame
         From ``trajgeo.probes.transfer``: ``train_point, test_point, accuracy`` (repeats are averaged).
-    ax : Axes, optional
     value : str
     annot : bool, optional
         Write the values in the cells; by default only when there are at most 8 points.
     cmap : str
     vmin, vmax : float, optional
+    ax : Axes, optional
+        Where to draw; a new figure when omitted.
 
     Returns
     -------
@@ -186,8 +193,9 @@ def transfer_heatmap(transfer_df: pd.DataFrame, ax: Axes | None = None, *, value
     return ax
 
 
-def lens_table(top_tokens_df: pd.DataFrame, ax: Axes | None = None, *, example: int | None = None,
-               max_chars: int = 10, cmap: str = "Blues") -> Axes:
+@changed_signature(positional=("ax",))
+def lens_table(top_tokens_df: pd.DataFrame, *, example: int | None = None, max_chars: int = 10,
+               cmap: str = "Blues", ax: Axes | None = None) -> Axes:
     """Logit-lens read-out of one example: top tokens per point, shaded by probability.
 
     Parameters
@@ -195,13 +203,13 @@ def lens_table(top_tokens_df: pd.DataFrame, ax: Axes | None = None, *, example: 
     top_tokens_df : DataFrame
         From ``trajgeo.lens.top_tokens``: ``point, rank, token, prob`` (one example). With an ``example``
         column holding several examples, pass ``example=``.
-    ax : Axes, optional
-        A new figure is sized to the number of points (one text row per point).
     example : int, optional
         Which example to show.
     max_chars : int
         Longer tokens are cut with an ellipsis; spaces are shown as "\N{OPEN BOX}".
     cmap : str
+    ax : Axes, optional
+        Where to draw; a new figure is sized to the number of points (one text row per point).
 
     Returns
     -------

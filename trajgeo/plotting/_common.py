@@ -17,7 +17,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from trajgeo._api import changed_signature
 
-
+# axis labels of the metrics and components the analysis modules write
 _PRETTY = {
     "margin": "sense margin (cos own \N{MINUS SIGN} cos other)",
     "cos": "cosine to sense prototype",

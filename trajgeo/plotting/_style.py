@@ -16,19 +16,50 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
-
 #: Journal column widths in inches (single column, two columns).
 COLUMN_WIDTHS = {"single": 3.35, "double": 6.9}
 
-
+# Metadata that would otherwise carry a date or a library version into the file; None drops the key.
 _METADATA: dict[str, dict[str, Any]] = {
     "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None},
     "png": {"Software": None},
     "svg": {"Creator": None, "Date": None},
 }
-
-
 _HASHSALT = "trajgeo"  # fixed salt: SVG element ids are otherwise random per process
+
+
+def _paper_rc(width: float, aspect: float, font_size: float, palette: str) -> dict[str, Any]:
+    """The rcParams of :func:`paper_style`: seaborn's "ticks" style with journal sizes and embedded fonts."""
+    small = font_size - 1
+    rc: dict[str, Any] = dict(sns.axes_style("ticks"))
+    rc.update({
+        "figure.figsize": (width, width * aspect),
+        "figure.dpi": 150,
+        "savefig.dpi": 300,
+        "figure.constrained_layout.use": True,
+        "font.size": font_size,
+        "axes.labelsize": font_size,
+        "axes.titlesize": font_size,
+        "xtick.labelsize": small,
+        "ytick.labelsize": small,
+        "legend.fontsize": small,
+        "legend.title_fontsize": small,
+        "legend.frameon": False,
+        "axes.linewidth": 0.6,
+        "xtick.major.width": 0.6,
+        "ytick.major.width": 0.6,
+        "xtick.major.size": 3,
+        "ytick.major.size": 3,
+        "lines.linewidth": 1.2,
+        "lines.markersize": 4,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.prop_cycle": cycler(color=sns.color_palette(palette)),
+        "pdf.fonttype": 42,
+        "ps.fonttype": 42,
+        "svg.hashsalt": _HASHSALT,
+    })
+    return rc
 
 
 @contextmanager
@@ -66,35 +97,7 @@ def paper_style(column: str | float = "single", *, aspect: float = 0.75, font_si
         width = float(column)
         if not width > 0:
             raise ValueError(f"paper_style: width must be positive, got {column!r}")
-    small = font_size - 1
-    rc: dict[str, Any] = dict(sns.axes_style("ticks"))
-    rc.update({
-        "figure.figsize": (width, width * aspect),
-        "figure.dpi": 150,
-        "savefig.dpi": 300,
-        "figure.constrained_layout.use": True,
-        "font.size": font_size,
-        "axes.labelsize": font_size,
-        "axes.titlesize": font_size,
-        "xtick.labelsize": small,
-        "ytick.labelsize": small,
-        "legend.fontsize": small,
-        "legend.title_fontsize": small,
-        "legend.frameon": False,
-        "axes.linewidth": 0.6,
-        "xtick.major.width": 0.6,
-        "ytick.major.width": 0.6,
-        "xtick.major.size": 3,
-        "ytick.major.size": 3,
-        "lines.linewidth": 1.2,
-        "lines.markersize": 4,
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "axes.prop_cycle": cycler(color=sns.color_palette(palette)),
-        "pdf.fonttype": 42,
-        "ps.fonttype": 42,
-        "svg.hashsalt": _HASHSALT,
-    })
+    rc = _paper_rc(width, aspect, font_size, palette)
     with mpl.rc_context(rc):
         yield dict(rc)
 

@@ -65,12 +65,26 @@ def _display_token(token: Any, max_chars: int = 10) -> str:
     return text.replace("$", r"\$")  # a pair of $ would start matplotlib mathtext
 
 
-def _diverging_heatmap(ax: Axes, mat: pd.DataFrame, label: str, annot: bool, cmap: str) -> None:
+def _rows(attr_df: pd.DataFrame, mask: pd.Series, what: str, wanted: str) -> pd.DataFrame:
+    """The rows of ``mask``; none is an error naming the components there are."""
+    sub = attr_df[mask]
+    if sub.empty:
+        raise ValueError(f"{what}: no rows with {wanted}; available: {_levels(attr_df['component'])}")
+    return sub
+
+
+def _push_heatmap(ax: Axes | None, mat: pd.DataFrame, height: float, ylabel: str, annot: bool, cmap: str) -> Axes:
+    """Rows x layers of the mean push toward the correct sense, on a diverging scale symmetric about 0."""
+    ax = _new_axes(ax, (mpl.rcParams["figure.figsize"][0], height))
     vmax = float(np.nanmax(np.abs(mat.to_numpy(float)))) if mat.notna().any(axis=None) else 1.0
     vmax = vmax or 1.0
     _heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-vmax, vmax=vmax, annot=annot, fmt=".2f",
-             cbar_kws={"label": label}, xticklabels=False, yticklabels=True)
+             cbar_kws={"label": "push to\ncorrect sense"}, xticklabels=False, yticklabels=True)
     _heatmap_ticks(ax, "x", _int_values(mat.columns), 0.75 * ax.figure.get_figwidth())
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="y", rotation=0)
+    return ax
 
 
 @changed_signature(positional=("ax",))
@@ -102,19 +116,11 @@ def attribution_heatmap(attr_df: pd.DataFrame, *, value: str = "attribution",
     """
     what = "attribution_heatmap"
     _require(attr_df, ["layer", "component", value], what)
-    sub = attr_df[attr_df["component"].isin(components)]
-    if sub.empty:
-        raise ValueError(f"{what}: no rows with component in {list(components)}; "
-                         f"available: {_levels(attr_df['component'])}")
+    sub = _rows(attr_df, attr_df["component"].isin(components), what, f"component in {list(components)}")
     mat = sub.pivot_table(index="component", columns="layer", values=value, aggfunc="mean")
     mat = mat.reindex([c for c in components if c in mat.index])
     mat.index = [_PRETTY.get(c, c) for c in mat.index]
-    ax = _new_axes(ax, (mpl.rcParams["figure.figsize"][0], 0.9 + 0.3 * len(mat)))
-    _diverging_heatmap(ax, mat, "push to\ncorrect sense", annot, cmap)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("")
-    ax.tick_params(axis="y", rotation=0)
-    return ax
+    return _push_heatmap(ax, mat, 0.9 + 0.3 * len(mat), "", annot, cmap)
 
 
 @changed_signature(positional=("ax",))
@@ -138,18 +144,10 @@ def head_heatmap(attr_df: pd.DataFrame, *, value: str = "attribution", annot: bo
     """
     what = "head_heatmap"
     _require(attr_df, ["layer", "component", "head", value], what)
-    sub = attr_df[attr_df["component"] == "head"]
-    if sub.empty:
-        raise ValueError(f"{what}: no rows with component == 'head' (extract with heads=True); "
-                         f"available: {_levels(attr_df['component'])}")
+    sub = _rows(attr_df, attr_df["component"] == "head", what, "component == 'head' (extract with heads=True)")
     mat = sub.pivot_table(index="head", columns="layer", values=value, aggfunc="mean").sort_index()
-    width = mpl.rcParams["figure.figsize"][0]
-    ax = _new_axes(ax, (width, min(0.8 + 0.2 * len(mat), 0.9 * width)))  # rows about as tall as text
-    _diverging_heatmap(ax, mat, "push to\ncorrect sense", annot, cmap)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("head")
-    ax.tick_params(axis="y", rotation=0)
-    return ax
+    height = min(0.8 + 0.2 * len(mat), 0.9 * mpl.rcParams["figure.figsize"][0])  # rows about as tall as text
+    return _push_heatmap(ax, mat, height, "head", annot, cmap)
 
 
 @changed_signature(positional=("ax",))

@@ -27,6 +27,8 @@ from trajgeo.plotting._common import (_PRETTY, _levels, _new_axes, _new_legend, 
 
 #: What seaborn accepts as ``errorbar=``: "ci", "pi", "se", "sd", (method, level), a callable, or None.
 ErrorBar = Union[str, tuple, Callable, None]
+#: What seaborn accepts as ``seed=``.
+Seed = Union[int, np.random.Generator, np.random.RandomState, None]
 _DEFAULT_ERRORBAR = ("ci", 95)  # what 0.1's ci=0.95 drew: the figures of old tables stay byte-identical
 
 
@@ -76,7 +78,7 @@ def _frame_bands(ax: Axes, df: pd.DataFrame, x: str, keys: list[str], colour: Ca
 
 
 def _curve(ax: Axes, df: pd.DataFrame, x: str, hue: str | None, style: str | None, errorbar: ErrorBar,
-           n_boot: int, seed: Any, legend: bool = True) -> list[Line2D]:
+           n_boot: int, seed: Seed, legend: bool = True) -> list[Line2D]:
     """Mean line per hue/style group with a band: the ``ci_low``/``ci_high`` of a frame of intervals (``mean``
     column), or seaborn's ``errorbar`` over the ``value`` rows of a raw frame. ``errorbar=None`` draws no band."""
     precomputed = _precomputed(df)
@@ -126,7 +128,7 @@ def _band_doc(fn: Callable) -> Callable:
 @_band_doc
 def convergence(curves_df: pd.DataFrame, *, metric: str = "margin", hue: str | None = "sense",
                 style: str | None = None, relative_depth: bool = False, errorbar: ErrorBar = _DEFAULT_ERRORBAR,
-                n_boot: int = 1000, seed: Any = 0, ax: Axes | None = None) -> Axes:
+                n_boot: int = 1000, seed: Seed = 0, ax: Axes | None = None) -> Axes:
     """Sense margin (or cosine to each sense prototype) against point: mean and interval band per group.
 
     Parameters
@@ -268,7 +270,7 @@ def probe_accuracy(layerwise_df: pd.DataFrame, *, metric: str = "accuracy", hue:
 @_old_interval_keywords
 @_band_doc
 def sense_log_odds(lens_df: pd.DataFrame, *, hue: str | None = "sense", errorbar: ErrorBar = _DEFAULT_ERRORBAR,
-                   n_boot: int = 1000, seed: Any = 0, ax: Axes | None = None) -> Axes:
+                   n_boot: int = 1000, seed: Seed = 0, ax: Axes | None = None) -> Axes:
     """Sense-word log-odds (own sense vs the others) read through the logit lens, against point.
 
     Parameters
@@ -304,7 +306,7 @@ def sense_log_odds(lens_df: pd.DataFrame, *, hue: str | None = "sense", errorbar
 def path_panels(path_metrics_df: pd.DataFrame, *, metrics: Sequence[str] = ("step_size", "turning_angle",
                                                                              "cos_to_final"),
                 hue: str | None = "sense", ncols: int | None = None, errorbar: ErrorBar = _DEFAULT_ERRORBAR,
-                n_boot: int = 1000, seed: Any = 0) -> Figure:
+                n_boot: int = 1000, seed: Seed = 0) -> Figure:
     """Path geometry against point, one panel per metric, mean and interval band per ``hue`` level.
 
     Parameters

@@ -21,9 +21,10 @@ def draw(df, plotting):
     # one "example" per word: the band is over words
     margin = df.assign(example=df["word"], metric="margin", value=df["margin"])
     accuracy = acc.assign(example=acc["word"], metric="margin", n_layers=acc["model"].map(n_layers))
+    band = dict(errorbar=("ci", 95), n_boot=1000, seed=0)  # seaborn's percentile bootstrap over the rows (words)
     fig, axes = plt.subplots(1, 2, sharex=True)
-    plotting.convergence(margin, hue="model", relative_depth=True, ax=axes[0])
-    plotting.convergence(accuracy, hue="model", relative_depth=True, ax=axes[1])
+    plotting.convergence(margin, hue="model", relative_depth=True, **band, ax=axes[0])
+    plotting.convergence(accuracy, hue="model", relative_depth=True, **band, ax=axes[1])
     axes[1].set_ylabel("probe accuracy")
     for line in axes[1].lines:
         if line.get_gid() == "zero":

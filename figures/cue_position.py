@@ -13,7 +13,8 @@ from _common import RESULTS, custom
 
 def draw(df, plotting):
     curves = df.assign(metric="margin")
-    ax = plotting.convergence(curves, hue="model", style="cue_position", relative_depth=True)
+    ax = plotting.convergence(curves, hue="model", style="cue_position", relative_depth=True,
+                              errorbar=("ci", 95), n_boot=1000, seed=0)  # seaborn's bootstrap over examples
     return ax.figure
 
 

@@ -1,12 +1,19 @@
-"""Figures: each function draws the elements it must (checked against pandas group means computed here), bad
-input names the missing columns, and a figure rebuilt from the same data is byte-identical on disk."""
+"""Figures: each function draws the elements it must (checked against pandas group means computed here), draws
+the intervals a frame gives (band vertices = ci_low, ci_high) or seaborn's own errorbar, bad input names the
+missing columns, a figure rebuilt from the same data is byte-identical on disk, and the 0.1 call forms (ax by
+position, ci=/random_state=, the names trajectories/trajectory_grid) still draw the same with a DeprecationWarning."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import inspect
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -146,6 +153,38 @@ def heatmap_values(ax):
     return np.ma.filled(mesh.get_array().astype(float), np.nan)
 
 
+def bands(ax):
+    return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def band_by_colour(ax, colour):
+    found = [b for b in bands(ax) if np.allclose(b.get_facecolor()[0][:3], colour)]
+    assert len(found) == 1, f"expected one band of colour {colour}, got {len(found)}"
+    return found[0]
+
+
+def band_edges(band):
+    """x values of a fill_between band and, per x, its lowest and highest vertex."""
+    verts = band.get_paths()[0].vertices
+    xs = np.unique(verts[:, 0])
+    low = np.array([verts[verts[:, 0] == x, 1].min() for x in xs])
+    high = np.array([verts[verts[:, 0] == x, 1].max() for x in xs])
+    return xs, low, high
+
+
+@contextmanager
+def no_warning():
+    """Any warning inside is an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def pixels(fig):
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # style and files
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,7 +218,7 @@ REBUILD = textwrap.dedent("""
         ax = tp.convergence(make_curves(), metric="margin", hue="sense")
         ax.set_title("bank \N{MINUS SIGN} convergence")
         tp.savefig(ax.figure, {out!r} + "/conv", formats=("pdf", "png", "svg"), dpi=150)
-        fig = tp.trajectory_grid(make_coords(), col="word", max_paths=20)
+        fig = tp.path_grid(make_coords(), col="word", max_paths=20)
         tp.savefig(fig, {out!r} + "/grid", formats=("pdf", "png"), dpi=150)
 """)
 
@@ -250,7 +289,7 @@ def test_convergence_band_brackets_mean_and_is_reproducible():
     df = make_curves()
     bands = []
     for _ in range(2):
-        ax = tp.convergence(df, hue="word", random_state=7)
+        ax = tp.convergence(df, hue="word", seed=7)
         polys = [c for c in ax.collections if isinstance(c, PolyCollection)]
         assert len(polys) == 2 and len(curve_lines(ax)) == 2  # one per word
         bands.append(np.concatenate([p.get_paths()[0].vertices for p in polys]))
@@ -277,7 +316,7 @@ def test_convergence_cos_splits_lines_by_prototype():
 
 def test_convergence_relative_depth_maps_models_of_different_depth_to_unit_interval():
     df = pd.concat([make_curves(n_points=5, model="small"), make_curves(n_points=13, model="deep", seed=1)])
-    ax = tp.convergence(df, hue="model", relative_depth=True, ci=None)
+    ax = tp.convergence(df, hue="model", relative_depth=True, errorbar=None)
     lines = curve_lines(ax)
     assert len(lines) == 2
     assert sorted(len(ln.get_xdata()) for ln in lines) == [5, 13]
@@ -285,7 +324,7 @@ def test_convergence_relative_depth_maps_models_of_different_depth_to_unit_inter
         assert ln.get_xdata()[0] == 0.0 and ln.get_xdata()[-1] == pytest.approx(1.0)
     assert ax.get_xlabel() == "relative depth"
     with_layers = make_curves(n_points=5).assign(n_layers=8)
-    ax = tp.convergence(with_layers, hue=None, relative_depth=True, ci=None)
+    ax = tp.convergence(with_layers, hue=None, relative_depth=True, errorbar=None)
     assert curve_lines(ax)[0].get_xdata()[-1] == pytest.approx(4 / 8)
 
 
@@ -303,6 +342,87 @@ def test_convergence_draws_precomputed_intervals():
     verts = np.concatenate([c.get_paths()[0].vertices for c in ax.collections if isinstance(c, PolyCollection)])
     assert verts[:, 1].min() == pytest.approx(stats["ci_low"].min())
     assert verts[:, 1].max() == pytest.approx(stats["ci_high"].max())
+
+
+def interval_frame(seed: int = 8, metric: str | None = None):
+    """A frame of intervals (mean, ci_low, ci_high) with asymmetric, uneven widths, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"point": np.tile(np.arange(5), 2), "sense": np.repeat(["a", "b"], 5),
+                       "mean": rng.normal(size=10)})
+    df["ci_low"] = df["mean"] - rng.uniform(0.01, 0.3, 10)
+    df["ci_high"] = df["mean"] + rng.uniform(0.01, 0.5, 10)
+    if metric is not None:
+        df["metric"] = metric
+    return df.sample(frac=1.0, random_state=seed)
+
+
+def assert_bands_are_the_frames(ax, frame, hue="sense"):
+    palette = sns.color_palette()
+    assert len(bands(ax)) == frame[hue].nunique()
+    for i, level in enumerate(sorted(frame[hue].unique())):
+        want = frame[frame[hue] == level].sort_values("point")
+        xs, low, high = band_edges(band_by_colour(ax, palette[i]))
+        np.testing.assert_array_equal(xs, want["point"].to_numpy(float))
+        np.testing.assert_array_equal(low, want["ci_low"].to_numpy())  # the frame's numbers, not recomputed
+        np.testing.assert_array_equal(high, want["ci_high"].to_numpy())
+        np.testing.assert_array_equal(line_by_colour(curve_lines(ax), palette[i]).get_ydata(), want["mean"])
+
+
+def test_convergence_band_vertices_are_the_frames_ci_low_and_ci_high():
+    frame = interval_frame()
+    assert_bands_are_the_frames(tp.convergence(frame, metric="margin"), frame)
+    hidden = tp.convergence(frame, metric="margin", errorbar=None)
+    assert not bands(hidden) and len(curve_lines(hidden)) == 2  # errorbar=None hides the band, keeps the means
+
+
+def test_sense_log_odds_and_path_panels_draw_the_intervals_of_the_frame():
+    frame = interval_frame(metric="sense_log_odds")
+    assert_bands_are_the_frames(tp.sense_log_odds(frame), frame)
+    frames = {"step_size": interval_frame(1, "step_size"), "norm": interval_frame(2, "norm")}
+    fig = tp.path_panels(pd.concat(frames.values()), metrics=list(frames))
+    for ax, frame in zip(fig.axes, frames.values()):
+        assert_bands_are_the_frames(ax, frame)
+
+
+def test_intervals_from_stats_bootstrap_ci_are_drawn_as_given():
+    from trajgeo import stats
+
+    margin = make_curves().query("metric == 'margin'")
+    frame = stats.bootstrap_ci(margin, by=["sense", "point"], n_boot=200)
+    assert_bands_are_the_frames(tp.convergence(frame, metric="margin"), frame)
+
+
+@pytest.mark.parametrize("errorbar, interval", [
+    ("sd", lambda v: (v.mean() - v.std(), v.mean() + v.std())),  # pandas std: ddof=1, as seaborn's
+    (("pi", 50), lambda v: (v.quantile(0.25), v.quantile(0.75))),
+])
+def test_raw_frame_band_is_seaborns_errorbar_passed_through(errorbar, interval):
+    df = make_curves()
+    ax = tp.convergence(df, metric="margin", hue="sense", errorbar=errorbar)
+    margin = df[df.metric == "margin"]
+    for i, sense in enumerate(sorted(margin.sense.unique())):
+        per_point = margin[margin.sense == sense].groupby("point")["value"]
+        want_low, want_high = zip(*(interval(v) for _, v in per_point))
+        xs, low, high = band_edges(band_by_colour(ax, sns.color_palette()[i]))
+        np.testing.assert_allclose(xs, np.arange(N_POINTS))
+        np.testing.assert_allclose(low, want_low, rtol=1e-12)
+        np.testing.assert_allclose(high, want_high, rtol=1e-12)
+
+
+def test_bootstrap_band_is_seaborns_own_with_the_given_n_boot_and_seed():
+    df = make_curves()
+    ax = tp.convergence(df, metric="margin", hue="sense", errorbar=("ci", 90), n_boot=200, seed=3)
+    _, ref = plt.subplots()
+    sns.lineplot(df[df.metric == "margin"], x="point", y="value", hue="sense", hue_order=sorted(df.sense.unique()),
+                 errorbar=("ci", 90), n_boot=200, seed=3, ax=ref)
+    ours = [band_edges(b) for b in bands(ax)]
+    theirs = [band_edges(b) for b in bands(ref)]
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    other = tp.convergence(df, metric="margin", hue="sense", errorbar=("ci", 90), n_boot=200, seed=4)
+    assert not np.array_equal(band_edges(bands(other)[0])[1], ours[0][1])  # the seed reaches the bootstrap
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,13 +481,13 @@ def test_probe_accuracy_other_scores_omit_accuracy_references_unless_asked():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# 3. trajectories
+# 3. paths in a shared plane
 # ---------------------------------------------------------------------------------------------------------------
 
-def test_trajectories_thins_to_max_paths_stratified_with_one_arrow_each():
+def test_paths_thins_to_max_paths_stratified_with_one_arrow_each():
     df = make_coords(n_per_sense=50)
     bank = df[df.word == "bank"]
-    ax = tp.trajectories(bank, max_paths=20, random_state=0)
+    ax = tp.paths(bank, max_paths=20, random_state=0)
     paths = [ln for ln in ax.lines if ln.get_gid() == "path"]
     arrows = [t for t in ax.texts if isinstance(t, Annotation) and t.get_gid() == "arrow"]
     assert len(paths) == 20 and len(arrows) == 20
@@ -385,10 +505,10 @@ def test_trajectories_thins_to_max_paths_stratified_with_one_arrow_each():
     assert labels == ["finance", "river", "embedding (start)", "last point"]
 
 
-def test_trajectories_follow_point_order_and_thinning_is_seeded():
+def test_paths_follow_point_order_and_thinning_is_seeded():
     df = make_coords(n_per_sense=5).sample(frac=1.0, random_state=0)  # rows shuffled
     df = df[df.word == "bass"]
-    ax = tp.trajectories(df, max_paths=None, arrows=False, mean_path=False)
+    ax = tp.paths(df, max_paths=None, arrows=False, mean_path=False)
     paths = [ln for ln in ax.lines if ln.get_gid() == "path"]
     assert len(paths) == 10 and not ax.texts
     wide = df.sort_values("point").groupby("example")["x"].apply(np.asarray)
@@ -396,14 +516,14 @@ def test_trajectories_follow_point_order_and_thinning_is_seeded():
     assert got == sorted(tuple(np.round(v, 9)) for v in wide)
 
     def chosen(seed):
-        a = tp.trajectories(make_coords(), max_paths=8, random_state=seed)
+        a = tp.paths(make_coords(), max_paths=8, random_state=seed)
         return sorted(tuple(np.round(ln.get_xydata()[-1], 9)) for ln in a.lines if ln.get_gid() == "path")
     assert chosen(3) == chosen(3)
     assert chosen(3) != chosen(4)
 
 
-def test_trajectory_grid_has_one_titled_panel_per_word():
-    fig = tp.trajectory_grid(make_coords(n_per_sense=10), col="word", max_paths=6)
+def test_path_grid_has_one_titled_panel_per_word():
+    fig = tp.path_grid(make_coords(n_per_sense=10), col="word", max_paths=6)
     assert isinstance(fig, matplotlib.figure.Figure)
     assert [ax.get_title() for ax in fig.axes] == ["bank", "bass"]
     senses = [["finance", "river"], ["fish", "music"]]
@@ -412,7 +532,7 @@ def test_trajectory_grid_has_one_titled_panel_per_word():
         assert [t.get_text() for t in ax.get_legend().get_texts()] == mine  # each word lists its own senses
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["embedding (start)", "last point"]
     three = pd.concat([make_coords(n_per_sense=3), make_coords(n_per_sense=3).assign(word="crane")])
-    assert len(tp.trajectory_grid(three, col_wrap=2).axes) == 3  # the unused fourth panel is removed
+    assert len(tp.path_grid(three, col_wrap=2).axes) == 3  # the unused fourth panel is removed
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -559,8 +679,8 @@ def test_path_panels_one_panel_per_metric_with_group_means():
     (tp.convergence, make_curves, ["point"]),
     (tp.convergence, make_curves, ["sense", "value"]),
     (tp.probe_accuracy, make_layerwise, ["metric"]),
-    (tp.trajectories, make_coords, ["x", "y"]),
-    (tp.trajectory_grid, make_coords, ["word"]),
+    (tp.paths, make_coords, ["x", "y"]),
+    (tp.path_grid, make_coords, ["word"]),
     (tp.attribution_heatmap, make_attribution, ["layer"]),
     (tp.head_heatmap, make_attribution, ["head"]),
     (tp.lens_table, make_top_tokens, ["token"]),
@@ -583,3 +703,157 @@ def test_non_dataframe_and_unknown_metric_are_clear_errors():
         tp.convergence(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="'curvature'.*available.*'cos', 'margin'"):
         tp.convergence(make_curves(), metric="curvature")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the signature rule (docs/architecture.md, rule 3) and the 0.1 call forms
+# ---------------------------------------------------------------------------------------------------------------
+
+AXES_FUNCTIONS = ["convergence", "probe_accuracy", "paths", "attribution_heatmap", "head_heatmap", "lens_table",
+                  "sense_log_odds", "transfer_heatmap", "superposition_bars"]
+FIGURE_FUNCTIONS = ["path_grid", "path_panels"]
+
+
+@pytest.mark.parametrize("name", AXES_FUNCTIONS + FIGURE_FUNCTIONS)
+def test_plot_functions_take_the_frame_first_options_by_keyword_and_ax_last(name):
+    params = list(inspect.signature(getattr(tp, name)).parameters.values())
+    assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and params[0].name.endswith("_df")
+    options = [p for p in params[1:] if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in options)
+    if name in AXES_FUNCTIONS:
+        assert options[-1].name == "ax" and options[-1].default is None
+    else:
+        assert "ax" not in {p.name for p in options}  # a grid makes its own figure
+    assert tp.__all__.count(name) == 1
+
+
+def test_plotting_imports_nothing_from_trajgeo_but_the_api_helper():
+    package = Path(tp.__file__).parent
+    imported = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+    from_trajgeo = {m for m in imported if m.split(".")[0] == "trajgeo"}
+    assert from_trajgeo - {m for m in from_trajgeo if m.startswith("trajgeo.plotting")} == {"trajgeo._api"}
+    assert max(len(p.read_text().splitlines()) for p in package.glob("*.py")) <= 600
+
+
+OLD_POSITIONAL = [  # name, frame, the 0.1 call's positional options (ax marks where the Axes went), the 0.2 keywords
+    ("convergence", make_curves, ("cos", "word", "ax"), {"metric": "cos", "hue": "word"}),
+    ("probe_accuracy", make_layerwise, ("accuracy", "ax"), {"metric": "accuracy"}),
+    ("attribution_heatmap", make_attribution, ("ax",), {}),
+    ("head_heatmap", make_attribution, ("ax",), {}),
+    ("lens_table", make_top_tokens, ("ax",), {}),
+    ("sense_log_odds", lambda: make_curves().assign(metric="sense_log_odds"), ("ax",), {}),
+    ("transfer_heatmap", lambda: pd.DataFrame({"train_point": [0, 0, 1, 1], "test_point": [0, 1, 0, 1],
+                                               "accuracy": [0.9, 0.5, 0.6, 0.8]}), ("ax",), {}),
+    ("superposition_bars", lambda: pd.DataFrame({"sense": ["a", "b"], "cosine": [0.3, 0.1]}), ("ax",), {}),
+    ("trajectories", lambda: make_coords(n_per_sense=4), ("ax", "word"), {"hue": "word"}),
+]
+
+
+@pytest.mark.parametrize("name, frame, old, new", OLD_POSITIONAL, ids=[c[0] for c in OLD_POSITIONAL])
+def test_old_positional_calls_warn_and_draw_what_the_keyword_form_draws(name, frame, old, new):
+    df = frame()
+    _, ax_old = plt.subplots()
+    args = [ax_old if a == "ax" else a for a in old]
+    with pytest.warns(DeprecationWarning) as caught:
+        got = getattr(tp, name)(df, *args)
+    assert any("by position" in str(w.message) for w in caught)
+    assert got is ax_old  # drawn where the 0.1 call said
+    _, ax_new = plt.subplots()
+    with no_warning():
+        getattr(tp, "paths" if name == "trajectories" else name)(df, **new, ax=ax_new)
+    np.testing.assert_array_equal(pixels(ax_old.figure), pixels(ax_new.figure))
+
+
+def test_path_panels_old_positional_metrics_warn_and_draw_the_same():
+    df = make_path_metrics()
+    with pytest.warns(DeprecationWarning, match="metrics"):
+        old = tp.path_panels(df, ("step_size", "norm"))
+    new = tp.path_panels(df, metrics=("step_size", "norm"))
+    assert [a.get_ylabel() for a in old.axes] == ["step size", "norm"]
+    np.testing.assert_array_equal(pixels(old), pixels(new))
+
+
+def test_old_names_trajectories_and_trajectory_grid_warn_and_are_paths_and_path_grid():
+    df = make_coords(n_per_sense=6)
+    with pytest.warns(DeprecationWarning, match="plotting.trajectories is deprecated.*plotting.paths"):
+        old = tp.trajectories(df, max_paths=10)
+    np.testing.assert_array_equal(pixels(old.figure), pixels(tp.paths(df, max_paths=10).figure))
+    with pytest.warns(DeprecationWarning) as caught:
+        old = tp.trajectory_grid(df, "word", max_paths=5)  # col by position, as in 0.1
+    messages = [str(w.message) for w in caught]
+    assert any("trajectory_grid is deprecated" in m and "path_grid" in m for m in messages)
+    assert any("passing col by position" in m for m in messages)
+    np.testing.assert_array_equal(pixels(old), pixels(tp.path_grid(df, col="word", max_paths=5)))
+    assert tp.trajectories.__name__ == "trajectories" and "paths" in tp.trajectories.__doc__
+
+
+@pytest.mark.parametrize("name, frame, extra", [
+    ("convergence", make_curves, {"metric": "margin"}),
+    ("sense_log_odds", lambda: make_curves().assign(metric="sense_log_odds"), {}),
+    ("path_panels", make_path_metrics, {"metrics": ("step_size", "norm")}),
+])
+def test_old_ci_and_random_state_map_onto_errorbar_n_boot_and_seed(name, frame, extra):
+    df, draw = frame(), getattr(tp, name)
+
+    def edges(result):
+        axes = result.axes if isinstance(result, matplotlib.figure.Figure) else [result]
+        return [e for ax in axes for b in bands(ax) for e in band_edges(b)]
+
+    with pytest.warns(DeprecationWarning) as caught:
+        old = edges(draw(df, **extra, ci=0.9, n_boot=150, random_state=3))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'ci' is deprecated" in messages and "errorbar=('ci', 90.0)" in messages
+    assert "'random_state' is deprecated" in messages and "'seed'" in messages
+    new = edges(draw(df, **extra, errorbar=("ci", 90), n_boot=150, seed=3))
+    assert len(old) == len(new) > 0
+    for a, b in zip(old, new):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(old, edges(draw(df, **extra, errorbar=("ci", 90), n_boot=150, seed=4)))
+    with pytest.warns(DeprecationWarning, match="errorbar=None"):
+        assert edges(draw(df, **extra, ci=None)) == []  # ci=None drew no band, as errorbar=None does
+    with pytest.raises(TypeError, match="both 'ci'"):
+        draw(df, **extra, ci=0.9, errorbar="sd")
+    with pytest.raises(TypeError, match="both 'random_state'"):
+        draw(df, **extra, random_state=1, seed=2)
+
+
+def test_figure_scripts_draw_without_deprecation_warnings(tmp_path, monkeypatch):
+    folder = Path(__file__).resolve().parents[1] / "figures"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(f"_figure_script_{name}", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    margin = make_curves().query("metric == 'margin'").drop(columns=["metric", "to_sense"])
+    cue = pd.concat([margin.assign(model=m, cue_position=np.where(margin.example % 2, "before", "after"))
+                     for m in ("causal", "encoder")])
+    with no_warning():
+        fig = script("cue_position").draw(cue, tp)
+    ax = fig.axes[0]
+    assert len(curve_lines(ax)) == 4 and ax.get_xlabel() == "relative depth"  # 2 models x 2 cue positions
+    assert {ln.get_linestyle() for ln in curve_lines(ax)} == {"-", "--"}
+
+    cws = script("coarsewsd20")
+    per_word = margin.groupby(["word", "point"], as_index=False)["value"].mean().rename(columns={"value": "margin"})
+    curves = pd.concat([per_word.assign(model="m1", n_layers=N_POINTS - 1),
+                        per_word.assign(model="m2", n_layers=2 * (N_POINTS - 1))])
+    probes = pd.concat([make_layerwise().assign(word=w, model=m) for w in ("bank", "bass") for m in ("m1", "m2")])
+    (tmp_path / "coarsewsd20").mkdir()
+    probes.to_parquet(tmp_path / "coarsewsd20" / "probes.parquet")
+    monkeypatch.setattr(cws, "RESULTS", tmp_path)
+    with no_warning():
+        fig = cws.draw(curves, tp)
+    left, right = fig.axes
+    assert len(curve_lines(left)) == len(curve_lines(right)) == 2  # one line per model
+    assert max(ln.get_xdata()[-1] for ln in curve_lines(left)) == pytest.approx(1.0)
+    assert min(ln.get_xdata()[-1] for ln in curve_lines(left)) == pytest.approx(0.5)
+    assert not [ln for ln in right.lines if ln.get_gid() == "zero"] and right.get_legend() is None

@@ -34,8 +34,8 @@ def _fig_probes(t: dict, plotting: Any) -> Any:
 def _fig_paths(t: dict, plotting: Any) -> Any:
     c = t["coords"]
     if "word" in c and c["word"].nunique() > 1:
-        return plotting.trajectory_grid(c, col="word")
-    return plotting.trajectories(c).figure
+        return plotting.path_grid(c, col="word")
+    return plotting.paths(c).figure
 
 
 def _fig_attribution(t: dict, plotting: Any) -> Any:

@@ -9,7 +9,7 @@ import pytest
 
 import trajgeo as tg
 from trajgeo import senses
-from trajgeo.geometry import PointNormalizer
+from trajgeo.normalization import PointNormalizer
 from trajgeo.models import load_model
 
 from conftest import CORPUS, balanced_bank, span_frame, tiny_model
@@ -268,14 +268,14 @@ def test_reinforcement_projects_on_loo_prototype_directions(normalize):
 def test_learned_directions_point_from_one_sense_to_the_other(method):
     traj, _ = planted(noise=0.2)
     fitted = senses.prototypes(traj, normalize=None)
-    u = fitted.directions(traj, method, cv=4)
+    u = fitted.directions(traj, method=method, cv=4)
     a = (traj.meta["sense"] == "A").to_numpy()
     target = np.array([1.0, -1.0] + [0.0] * 6) / np.sqrt(2)
     assert (u[a, 0] @ target > 0.8).all() and (u[~a, 1] @ -target > 0.8).all()
     # cross-fitted: directions of different folds differ; a new example gets the full model's
     assert len(np.unique(u[a, 0].round(6), axis=0)) == 4
     new = tg.Trajectories(traj.states[:2], pd.DataFrame({"word": "w", "sense": ["A", "B"], "example": [-1, -2]}))
-    u_new = fitted.directions(new, method)
+    u_new = fitted.directions(new, method=method)
     np.testing.assert_allclose(u_new[0, 0], u_new[1, 0])
 
 
@@ -300,7 +300,7 @@ def test_scoring_one_word_at_a_time_gives_identical_results(monkeypatch, normali
         return out
 
     at_once = run()
-    monkeypatch.setattr(senses, "_SCORE_BLOCK_BYTES", 1)  # every word its own block
+    monkeypatch.setattr(senses.estimator, "_SCORE_BLOCK_BYTES", 1)  # every word its own block
     blocks = [rows for rows, *_ in senses.SensePrototypes(**kw).fit(mixed)._score_blocks(mixed, None)]
     assert len(blocks) == 3
     # equal up to float rounding: BLAS may sum a (rows x d) product in another order for another
@@ -335,7 +335,7 @@ def test_cross_fitted_direction_never_comes_from_a_fold_holding_a_duplicate(meth
 
     traj = duplicated_sentences(n_sent=20)
     fitted = senses.prototypes(traj, normalize=None)
-    u = fitted.directions(traj, method, cv=4)[:, 0]  # direction of sense "a" per example
+    u = fitted.directions(traj, method=method, cv=4)[:, 0]  # direction of sense "a" per example
     # fold membership read off the output: examples scored with the same model share a direction
     fold = np.unique(u.round(6), axis=0, return_inverse=True)[1].ravel()
     assert len(np.unique(fold)) == 4
@@ -354,7 +354,7 @@ def test_cross_fitted_direction_never_comes_from_a_fold_holding_a_duplicate(meth
         want = -m.coef_[0] / np.linalg.norm(m.coef_[0])  # classes_ = [a, b]: "a" is -coef
         np.testing.assert_allclose(u[test], np.broadcast_to(want, u[test].shape), rtol=1e-4, atol=1e-5)
     # without groups, duplicates do land in different folds: the check above could fail
-    u_plain = senses.SensePrototypes(normalize=None, groups=None).fit(traj).directions(traj, method, cv=4)[:, 0]
+    u_plain = senses.SensePrototypes(normalize=None, groups=None).fit(traj).directions(traj, method=method, cv=4)[:, 0]
     fold_plain = np.unique(u_plain.round(6), axis=0, return_inverse=True)[1].ravel()
     assert any(len(np.unique(fold_plain[group == g])) > 1 for g in np.unique(group))
 
@@ -381,7 +381,7 @@ def test_grouped_cross_fitting_removes_the_duplicate_sentence_leak(method):
 def test_grouped_cross_fitting_errors_name_the_problem():
     traj = duplicated_sentences(n_sent=4, copies=3)  # two sentences per sense
     fitted = senses.prototypes(traj, normalize=None)
-    fitted.directions(traj, "lda", cv=5)  # folds capped at 2 groups per sense
+    fitted.directions(traj, method="lda", cv=5)  # folds capped at 2 groups per sense
     meta = traj.meta.assign(group=np.where(traj.meta["sense"] == "a", 0, traj.meta["group"]))
     one_group = tg.Trajectories(traj.states, meta)
     with pytest.raises(ValueError, match="sense 'a' has 1 group"):
@@ -429,7 +429,7 @@ def test_attribution_identity_holds_for_learned_directions(tiny_components):
     traj = tiny_components
     att = senses.attribution(traj, direction="probe", normalize="standardize", cv=2)
     fitted = senses.prototypes(traj)
-    u = fitted.directions(traj, "probe", cv=2)
+    u = fitted.directions(traj, method="probe", cv=2)
     own = pd.MultiIndex.from_frame(fitted.groups_[["word", "sense"]]).get_indexer(
         pd.MultiIndex.from_frame(traj.meta[["word", "sense"]]))
     norm = PointNormalizer("standardize").fit(traj.states[:, [-1]])

@@ -12,7 +12,7 @@ from trajgeo import senses
 from trajgeo.normalization import PointNormalizer
 from trajgeo.models import load_model
 
-from conftest import CORPUS, balanced_bank, span_frame, tiny_model
+from conftest import CORPUS, balanced_bank, brute_loo_centroid_accuracy, span_frame, tiny_model
 
 
 # ============================================================== data makers
@@ -438,6 +438,120 @@ def test_attribution_identity_holds_for_learned_directions(tiny_components):
     change = np.einsum("nd,nd->n", end - start, u[np.arange(len(own)), own])
     total = att[att.component != "head"].groupby("example")["attribution"].sum()
     np.testing.assert_allclose(total.loc[traj.meta["example"]], change, atol=1e-4)
+
+
+# ============================================================== nearest centroid
+def two_word_planted(seed: int = 2) -> tg.Trajectories:
+    """Word "w" (senses a, b, c; separable from point 2 on) and word "v" (x, y; never separable)."""
+    rng = np.random.default_rng(seed)
+    states = rng.normal(size=(30, 4, 6)).astype(np.float32)
+    meta = pd.DataFrame({"word": ["w"] * 18 + ["v"] * 12, "sense": list("abc" * 6) + list("xy" * 6)})
+    states[(meta["sense"] == "a").to_numpy(), 2:, 0] += 8.0
+    states[(meta["sense"] == "b").to_numpy(), 2:, 1] += 8.0
+    order = rng.permutation(len(meta))  # words interleaved
+    return tg.Trajectories(states[order], meta.iloc[order].reset_index(drop=True))
+
+
+def test_nearest_centroid_accuracy_matches_brute_force_per_word():
+    traj = two_word_planted()
+    acc = senses.nearest_centroid_accuracy(traj, normalize="center")
+    assert list(acc.columns) == ["word", "point", "n_examples", "accuracy"]
+    for w, g in acc.groupby("word"):
+        rows = (traj.meta["word"] == w).to_numpy()
+        brute = brute_loo_centroid_accuracy(traj.states[rows], traj.meta["sense"].to_numpy()[rows])
+        np.testing.assert_allclose(g["accuracy"], brute)
+        assert (g["n_examples"] == rows.sum()).all() and list(g["point"]) == list(traj.points)
+    w = acc[acc.word == "w"].set_index("point")["accuracy"]
+    assert w.loc[2:].min() > 0.9 and w.loc[:1].max() < 0.6  # the planted separation from point 2 on
+
+
+def test_nearest_centroid_accuracy_is_the_same_point_prototype_rule_fitted_per_word():
+    """The default normalisation ("standardize"), fitted on each word's own examples, against the
+    loop reference of leave-one-out prototypes at the same point."""
+    traj = two_word_planted(seed=4)
+    acc = senses.nearest_centroid_accuracy(traj)
+    for w, g in acc.groupby("word"):
+        sub = traj[(traj.meta["word"] == w).to_numpy()]
+        margin = brute_cos_margin(sub, "standardize", "same")[1]
+        np.testing.assert_allclose(g["accuracy"], (margin > 1e-6).mean(0))
+
+
+@pytest.mark.parametrize("normalize", [None, "center"])
+def test_nearest_centroid_tie_is_no_answer_and_one_sense_word_has_none(normalize):
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(12, 3, 5)).astype(np.float32)
+    states[:, 0] = states[0, 0]  # point 0 is shared by every context: every sense ties
+    meta = pd.DataFrame({"word": ["w"] * 10 + ["u"] * 2, "sense": ["x", "y"] * 5 + ["z", "z"]})
+    acc = senses.nearest_centroid_accuracy(tg.Trajectories(states, meta), normalize=normalize)
+    w, u = acc[acc.word == "w"], acc[acc.word == "u"]
+    assert w["accuracy"].iloc[0] == 0.0 and w["accuracy"].notna().all()
+    assert u["accuracy"].isna().all() and (u["n_examples"] == 2).all()
+    no_word = senses.nearest_centroid_accuracy(tg.Trajectories(states[:10], meta.drop(columns="word")[:10]))
+    assert list(no_word.columns) == ["point", "n_examples", "accuracy"]
+
+
+def test_stable_point_from_the_shared_fit_equals_its_own_per_point_fit():
+    """commitment scores the per-point prototypes from the sums of the reference fit (a whitening at a
+    fixed reference needs its own per-point fit): stable points must equal those of reference='same'."""
+    traj, _ = planted(noise=0.35, n_per_sense=15, seed=4)
+    for normalize in ("standardize", "whiten"):
+        a = senses.commitment(traj, reference="last", normalize=normalize)["stable_point"]
+        b = senses.commitment(traj, reference="same", normalize=normalize)["commitment_point"]
+        c = senses.commitment(traj, reference="same", normalize=normalize)["stable_point"]
+        pd.testing.assert_series_equal(a, c)
+        assert 0 < a.isna().sum() < len(a)  # noisy enough that some never become stable
+    np.testing.assert_array_equal(b.to_numpy(), c.to_numpy())  # with 'same', margin > 0 is the prediction
+
+
+# ============================================================== signatures
+def test_old_keyword_and_positional_forms_warn_and_give_the_same_results():
+    traj = random_traj()
+    new = senses.curves(traj, labels="sense", word="word", reference=1, normalize=None)
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated.*'word'"):
+        pd.testing.assert_frame_equal(senses.curves(traj, by="word", reference=1, normalize=None), new)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        pd.testing.assert_frame_equal(senses.curves(traj, "sense", 1, None, "word"), new)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = senses.commitment(traj, 0.05, "sense", "last", None)
+    pd.testing.assert_frame_equal(old, senses.commitment(traj, threshold=0.05, normalize=None))
+    with pytest.warns(DeprecationWarning):
+        old = senses.reinforcement(traj, "sense", "last", None, "prototype", "word")
+    pd.testing.assert_frame_equal(old, senses.reinforcement(traj, normalize=None))
+    with pytest.warns(DeprecationWarning):
+        old = senses.prototypes(traj, "sense", None, "word", "last").sums_
+    np.testing.assert_array_equal(old, senses.prototypes(traj, normalize=None).sums_)
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated"):
+        est = senses.SensePrototypes(by="word", normalize=None)
+    assert est.word == "word" and not hasattr(est, "by")
+    with pytest.warns(DeprecationWarning, match="by position"):
+        assert senses.SensePrototypes("sense", None).word is None
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = est.fit(traj).directions(traj, "prototype")
+    np.testing.assert_array_equal(old, est.directions(traj, method="prototype"))
+    with pytest.raises(TypeError, match="both 'by'"):
+        senses.curves(traj, by="word", word="word")
+
+
+def test_sense_prototypes_is_a_scikit_learn_estimator():
+    from sklearn.base import clone
+
+    est = senses.SensePrototypes(word="lemma", normalize=None, reference=1)
+    params = est.get_params()
+    assert params == dict(labels="sense", word="lemma", groups="group", reference=1, normalize=None,
+                          leave_one_out=True)
+    traj = random_traj()
+    copy = clone(est).set_params(word="word")
+    np.testing.assert_array_equal(copy.fit(traj).sums_, senses.prototypes(traj, reference=1, normalize=None).sums_)
+    assert not hasattr(est, "sums_")  # clone left the original unfitted
+
+
+def test_word_may_be_an_array_of_words():
+    traj = random_traj()
+    a = senses.curves(traj, word=traj.meta["word"].to_numpy())
+    pd.testing.assert_frame_equal(a, senses.curves(traj))
+    with pytest.raises(ValueError, match="got 3 labels for 16 examples"):
+        senses.curves(traj, word=["w", "v", "w"])
+
 
 
 def test_bad_input_gives_clear_errors(tiny_components):

@@ -22,8 +22,8 @@ __all__ = ["SensePrototypes", "prototypes", "nearest_centroid_accuracy"]
 # Scoring packs words into blocks while one float64 (examples x points x groups) array of the
 # block stays under this; about eight such arrays are alive at once (see _score_blocks).
 _SCORE_BLOCK_BYTES = 64 * 2**20
-# Group sums cast this many bytes of float32 states at a time to float64 (exact sums, no full copy).
-_SUM_BLOCK_BYTES = 8 * 2**20
+# Group sums gather this many bytes of one group's rows at a time (exact float64 sums, no full copy).
+_SUM_BLOCK_BYTES = 4 * 2**20
 
 
 class SensePrototypes(SenseDirections, BaseEstimator):
@@ -344,12 +344,16 @@ class SensePrototypes(SenseDirections, BaseEstimator):
 
 def _group_sums(z: Any, group: np.ndarray, n_groups: int, r: int | None) -> tuple[np.ndarray, Any]:
     """Per-group sums of ``z`` (n, P, d) at every point, float64 (n_groups, P, d), and ``z[:, r]``
-    (None for ``r=None``), in one pass: blocks of examples are cast to float64 and contracted with a
-    one-hot matrix (no copy of a group's rows; lazy states chunk by chunk)."""
-    onehot = np.eye(n_groups)[group]  # (n, K), float64: sums are exact to float64
+    (None for ``r=None``).
+
+    In memory, each group's rows are gathered a small block at a time and summed in float64 (exact
+    sums, no full copy, about n / block + n_groups steps); lazy states are contracted with a one-hot
+    matrix chunk by chunk.
+    """
     if is_lazy(z):
         import dask.array as da
 
+        onehot = np.eye(n_groups)[group]  # (n, K), float64: sums are exact to float64
         sums = da.tensordot(like(onehot, z), z.astype(np.float64), axes=(0, 0))
         if r is None:
             return sums.compute(), None
@@ -357,9 +361,13 @@ def _group_sums(z: Any, group: np.ndarray, n_groups: int, r: int | None) -> tupl
     n = z.shape[0]
     flat = z.reshape(n, -1)
     sums = np.zeros((n_groups, flat.shape[1]))
-    step = row_step(n, 8 * flat.shape[1], _SUM_BLOCK_BYTES)
-    for start in range(0, n, step):
-        sums += onehot[start : start + step].T @ flat[start : start + step].astype(np.float64)
+    step = row_step(n, flat.itemsize * flat.shape[1], _SUM_BLOCK_BYTES)
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(n_groups + 1))
+    for k in range(n_groups):
+        rows = order[starts[k] : starts[k + 1]]
+        for i in range(0, len(rows), step):
+            sums[k] += np.take(flat, rows[i : i + step], axis=0).sum(0, dtype=np.float64)
     return sums.reshape((n_groups,) + z.shape[1:]), (None if r is None else z[:, r])
 
 

@@ -10,7 +10,8 @@ script
 3. extracts the target's trajectory on held-out sequences and finds where trajgeo says the sense is
    resolved: the probe resolution point (:func:`trajgeo.probes.resolution_point`, first point reaching
    95% of the best layer-wise probe accuracy), the median commitment point of the sense margin
-   (:func:`trajgeo.senses.commitment`) and the leave-one-out nearest-centroid accuracy per point;
+   (:func:`trajgeo.senses.commitment`) and the leave-one-out nearest-centroid accuracy per point
+   (:func:`trajgeo.senses.nearest_centroid_accuracy`, within words, pooled);
 4. writes ``runs.parquet``/``runs.csv`` (one row per model), ``points.parquet``/``points.csv`` (per-point
    probe and centroid accuracy) to ``--out`` and a figure ``depth.pdf``/``depth.png`` (continuation
    accuracy and resolution point against depth, one line per level), and prints the table.
@@ -45,7 +46,6 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import trajgeo as tg  # noqa: E402
 from trajgeo.toy import ToyLanguage, continuation_accuracy, train  # noqa: E402
-from trajgeo.demo import _loo_nearest_centroid  # noqa: E402  (the demo's LOO nearest-centroid accuracy)
 
 __all__ = ["language", "run_one", "sweep", "figure", "main"]
 
@@ -87,11 +87,10 @@ def run_one(level: int, n_layers: int, seed: int, n_steps: int, n_eval: int = 20
     com = tg.senses.commitment(traj)
     margin = tg.senses.curves(traj)
     margin = margin[margin["metric"] == "margin"].groupby("point")["value"].mean()
-    centroid = np.zeros(traj.n_points)
-    for _, rows in examples.groupby("word").groups.items():  # within-word centroids, pooled
-        rows = np.asarray(rows)
-        centroid += _loo_nearest_centroid(traj.states[rows], examples["sense"].to_numpy()[rows]) * len(rows)
-    centroid /= len(examples)
+    # within-word centroids (each word centred on its own mean), pooled over words weighted by examples
+    per_word = tg.senses.nearest_centroid_accuracy(traj, normalize="center")
+    weighted = (per_word["accuracy"] * per_word["n_examples"]).groupby(per_word["point"]).sum()
+    centroid = (weighted / per_word.groupby("point")["n_examples"].sum()).reindex(traj.points).to_numpy()
     row = dict(level=level, n_layers=n_layers, seed=seed, steps=n_steps,
                train_seconds=info.get("seconds", np.nan), train_threads=info.get("threads", np.nan),
                final_loss=info.get("final_loss", np.nan), accuracy=acc, chance=1 / lang.senses_per_word[0],

@@ -30,3 +30,20 @@ def test_identical_embeddings_give_no_credit_and_cos_to_final_ends_at_one():
     assert table["loo_centroid_accuracy"].iloc[0] == 0.0
     np.testing.assert_allclose(table["mean_cos_to_final"].iloc[-1], 1.0, rtol=1e-6)
     np.testing.assert_allclose(table["mean_norm"], np.linalg.norm(states, axis=-1).mean(0), rtol=1e-6)
+
+
+def test_accuracy_is_pooled_over_words_by_examples_and_skips_one_sense_words():
+    rng = np.random.default_rng(2)
+    n_w, n_v, n_u = 24, 10, 4
+    states = rng.normal(size=(n_w + n_v + n_u, 4, 6)).astype(np.float32)
+    words = np.array(["w"] * n_w + ["v"] * n_v + ["u"] * n_u)
+    labels = np.array(["a", "b", "c"] * 8 + ["x", "y"] * 5 + ["z"] * n_u)
+    states[labels == "a", 1:, 0] += 3.0
+    states[labels == "x", 2:, 1] += 3.0
+    order = rng.permutation(len(words))  # words interleaved
+    meta = pd.DataFrame({"sense": labels[order], "word": words[order]})
+    table = per_point_table(tg.Trajectories(states[order], meta))
+    # each word centred on its own mean (brute force per word), the one-sense word "u" has nothing to decide
+    expect = sum(brute_loo_centroid_accuracy(states[words == w], labels[words == w]) * (words == w).sum()
+                 for w in ("w", "v")) / (n_w + n_v)
+    np.testing.assert_allclose(table["loo_centroid_accuracy"], expect)

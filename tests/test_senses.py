@@ -9,10 +9,10 @@ import pytest
 
 import trajgeo as tg
 from trajgeo import senses
-from trajgeo.geometry import PointNormalizer
+from trajgeo.normalization import PointNormalizer
 from trajgeo.models import load_model
 
-from conftest import CORPUS, balanced_bank, span_frame, tiny_model
+from conftest import CORPUS, balanced_bank, brute_loo_centroid_accuracy, span_frame, tiny_model
 
 
 # ============================================================== data makers
@@ -268,14 +268,14 @@ def test_reinforcement_projects_on_loo_prototype_directions(normalize):
 def test_learned_directions_point_from_one_sense_to_the_other(method):
     traj, _ = planted(noise=0.2)
     fitted = senses.prototypes(traj, normalize=None)
-    u = fitted.directions(traj, method, cv=4)
+    u = fitted.directions(traj, method=method, cv=4)
     a = (traj.meta["sense"] == "A").to_numpy()
     target = np.array([1.0, -1.0] + [0.0] * 6) / np.sqrt(2)
     assert (u[a, 0] @ target > 0.8).all() and (u[~a, 1] @ -target > 0.8).all()
     # cross-fitted: directions of different folds differ; a new example gets the full model's
     assert len(np.unique(u[a, 0].round(6), axis=0)) == 4
     new = tg.Trajectories(traj.states[:2], pd.DataFrame({"word": "w", "sense": ["A", "B"], "example": [-1, -2]}))
-    u_new = fitted.directions(new, method)
+    u_new = fitted.directions(new, method=method)
     np.testing.assert_allclose(u_new[0, 0], u_new[1, 0])
 
 
@@ -300,7 +300,7 @@ def test_scoring_one_word_at_a_time_gives_identical_results(monkeypatch, normali
         return out
 
     at_once = run()
-    monkeypatch.setattr(senses, "_SCORE_BLOCK_BYTES", 1)  # every word its own block
+    monkeypatch.setattr(senses.estimator, "_SCORE_BLOCK_BYTES", 1)  # every word its own block
     blocks = [rows for rows, *_ in senses.SensePrototypes(**kw).fit(mixed)._score_blocks(mixed, None)]
     assert len(blocks) == 3
     # equal up to float rounding: BLAS may sum a (rows x d) product in another order for another
@@ -335,7 +335,7 @@ def test_cross_fitted_direction_never_comes_from_a_fold_holding_a_duplicate(meth
 
     traj = duplicated_sentences(n_sent=20)
     fitted = senses.prototypes(traj, normalize=None)
-    u = fitted.directions(traj, method, cv=4)[:, 0]  # direction of sense "a" per example
+    u = fitted.directions(traj, method=method, cv=4)[:, 0]  # direction of sense "a" per example
     # fold membership read off the output: examples scored with the same model share a direction
     fold = np.unique(u.round(6), axis=0, return_inverse=True)[1].ravel()
     assert len(np.unique(fold)) == 4
@@ -354,7 +354,7 @@ def test_cross_fitted_direction_never_comes_from_a_fold_holding_a_duplicate(meth
         want = -m.coef_[0] / np.linalg.norm(m.coef_[0])  # classes_ = [a, b]: "a" is -coef
         np.testing.assert_allclose(u[test], np.broadcast_to(want, u[test].shape), rtol=1e-4, atol=1e-5)
     # without groups, duplicates do land in different folds: the check above could fail
-    u_plain = senses.SensePrototypes(normalize=None, groups=None).fit(traj).directions(traj, method, cv=4)[:, 0]
+    u_plain = senses.SensePrototypes(normalize=None, groups=None).fit(traj).directions(traj, method=method, cv=4)[:, 0]
     fold_plain = np.unique(u_plain.round(6), axis=0, return_inverse=True)[1].ravel()
     assert any(len(np.unique(fold_plain[group == g])) > 1 for g in np.unique(group))
 
@@ -381,7 +381,7 @@ def test_grouped_cross_fitting_removes_the_duplicate_sentence_leak(method):
 def test_grouped_cross_fitting_errors_name_the_problem():
     traj = duplicated_sentences(n_sent=4, copies=3)  # two sentences per sense
     fitted = senses.prototypes(traj, normalize=None)
-    fitted.directions(traj, "lda", cv=5)  # folds capped at 2 groups per sense
+    fitted.directions(traj, method="lda", cv=5)  # folds capped at 2 groups per sense
     meta = traj.meta.assign(group=np.where(traj.meta["sense"] == "a", 0, traj.meta["group"]))
     one_group = tg.Trajectories(traj.states, meta)
     with pytest.raises(ValueError, match="sense 'a' has 1 group"):
@@ -429,7 +429,7 @@ def test_attribution_identity_holds_for_learned_directions(tiny_components):
     traj = tiny_components
     att = senses.attribution(traj, direction="probe", normalize="standardize", cv=2)
     fitted = senses.prototypes(traj)
-    u = fitted.directions(traj, "probe", cv=2)
+    u = fitted.directions(traj, method="probe", cv=2)
     own = pd.MultiIndex.from_frame(fitted.groups_[["word", "sense"]]).get_indexer(
         pd.MultiIndex.from_frame(traj.meta[["word", "sense"]]))
     norm = PointNormalizer("standardize").fit(traj.states[:, [-1]])
@@ -438,6 +438,120 @@ def test_attribution_identity_holds_for_learned_directions(tiny_components):
     change = np.einsum("nd,nd->n", end - start, u[np.arange(len(own)), own])
     total = att[att.component != "head"].groupby("example")["attribution"].sum()
     np.testing.assert_allclose(total.loc[traj.meta["example"]], change, atol=1e-4)
+
+
+# ============================================================== nearest centroid
+def two_word_planted(seed: int = 2) -> tg.Trajectories:
+    """Word "w" (senses a, b, c; separable from point 2 on) and word "v" (x, y; never separable)."""
+    rng = np.random.default_rng(seed)
+    states = rng.normal(size=(30, 4, 6)).astype(np.float32)
+    meta = pd.DataFrame({"word": ["w"] * 18 + ["v"] * 12, "sense": list("abc" * 6) + list("xy" * 6)})
+    states[(meta["sense"] == "a").to_numpy(), 2:, 0] += 8.0
+    states[(meta["sense"] == "b").to_numpy(), 2:, 1] += 8.0
+    order = rng.permutation(len(meta))  # words interleaved
+    return tg.Trajectories(states[order], meta.iloc[order].reset_index(drop=True))
+
+
+def test_nearest_centroid_accuracy_matches_brute_force_per_word():
+    traj = two_word_planted()
+    acc = senses.nearest_centroid_accuracy(traj, normalize="center")
+    assert list(acc.columns) == ["word", "point", "n_examples", "accuracy"]
+    for w, g in acc.groupby("word"):
+        rows = (traj.meta["word"] == w).to_numpy()
+        brute = brute_loo_centroid_accuracy(traj.states[rows], traj.meta["sense"].to_numpy()[rows])
+        np.testing.assert_allclose(g["accuracy"], brute)
+        assert (g["n_examples"] == rows.sum()).all() and list(g["point"]) == list(traj.points)
+    w = acc[acc.word == "w"].set_index("point")["accuracy"]
+    assert w.loc[2:].min() > 0.9 and w.loc[:1].max() < 0.6  # the planted separation from point 2 on
+
+
+def test_nearest_centroid_accuracy_is_the_same_point_prototype_rule_fitted_per_word():
+    """The default normalisation ("standardize"), fitted on each word's own examples, against the
+    loop reference of leave-one-out prototypes at the same point."""
+    traj = two_word_planted(seed=4)
+    acc = senses.nearest_centroid_accuracy(traj)
+    for w, g in acc.groupby("word"):
+        sub = traj[(traj.meta["word"] == w).to_numpy()]
+        margin = brute_cos_margin(sub, "standardize", "same")[1]
+        np.testing.assert_allclose(g["accuracy"], (margin > 1e-6).mean(0))
+
+
+@pytest.mark.parametrize("normalize", [None, "center"])
+def test_nearest_centroid_tie_is_no_answer_and_one_sense_word_has_none(normalize):
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(12, 3, 5)).astype(np.float32)
+    states[:, 0] = states[0, 0]  # point 0 is shared by every context: every sense ties
+    meta = pd.DataFrame({"word": ["w"] * 10 + ["u"] * 2, "sense": ["x", "y"] * 5 + ["z", "z"]})
+    acc = senses.nearest_centroid_accuracy(tg.Trajectories(states, meta), normalize=normalize)
+    w, u = acc[acc.word == "w"], acc[acc.word == "u"]
+    assert w["accuracy"].iloc[0] == 0.0 and w["accuracy"].notna().all()
+    assert u["accuracy"].isna().all() and (u["n_examples"] == 2).all()
+    no_word = senses.nearest_centroid_accuracy(tg.Trajectories(states[:10], meta.drop(columns="word")[:10]))
+    assert list(no_word.columns) == ["point", "n_examples", "accuracy"]
+
+
+def test_stable_point_from_the_shared_fit_equals_its_own_per_point_fit():
+    """commitment scores the per-point prototypes from the sums of the reference fit (a whitening at a
+    fixed reference needs its own per-point fit): stable points must equal those of reference='same'."""
+    traj, _ = planted(noise=0.35, n_per_sense=15, seed=4)
+    for normalize in ("standardize", "whiten"):
+        a = senses.commitment(traj, reference="last", normalize=normalize)["stable_point"]
+        b = senses.commitment(traj, reference="same", normalize=normalize)["commitment_point"]
+        c = senses.commitment(traj, reference="same", normalize=normalize)["stable_point"]
+        pd.testing.assert_series_equal(a, c)
+        assert 0 < a.isna().sum() < len(a)  # noisy enough that some never become stable
+    np.testing.assert_array_equal(b.to_numpy(), c.to_numpy())  # with 'same', margin > 0 is the prediction
+
+
+# ============================================================== signatures
+def test_old_keyword_and_positional_forms_warn_and_give_the_same_results():
+    traj = random_traj()
+    new = senses.curves(traj, labels="sense", word="word", reference=1, normalize=None)
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated.*'word'"):
+        pd.testing.assert_frame_equal(senses.curves(traj, by="word", reference=1, normalize=None), new)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        pd.testing.assert_frame_equal(senses.curves(traj, "sense", 1, None, "word"), new)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = senses.commitment(traj, 0.05, "sense", "last", None)
+    pd.testing.assert_frame_equal(old, senses.commitment(traj, threshold=0.05, normalize=None))
+    with pytest.warns(DeprecationWarning):
+        old = senses.reinforcement(traj, "sense", "last", None, "prototype", "word")
+    pd.testing.assert_frame_equal(old, senses.reinforcement(traj, normalize=None))
+    with pytest.warns(DeprecationWarning):
+        old = senses.prototypes(traj, "sense", None, "word", "last").sums_
+    np.testing.assert_array_equal(old, senses.prototypes(traj, normalize=None).sums_)
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated"):
+        est = senses.SensePrototypes(by="word", normalize=None)
+    assert est.word == "word" and not hasattr(est, "by")
+    with pytest.warns(DeprecationWarning, match="by position"):
+        assert senses.SensePrototypes("sense", None).word is None
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = est.fit(traj).directions(traj, "prototype")
+    np.testing.assert_array_equal(old, est.directions(traj, method="prototype"))
+    with pytest.raises(TypeError, match="both 'by'"):
+        senses.curves(traj, by="word", word="word")
+
+
+def test_sense_prototypes_is_a_scikit_learn_estimator():
+    from sklearn.base import clone
+
+    est = senses.SensePrototypes(word="lemma", normalize=None, reference=1)
+    params = est.get_params()
+    assert params == dict(labels="sense", word="lemma", groups="group", reference=1, normalize=None,
+                          leave_one_out=True)
+    traj = random_traj()
+    copy = clone(est).set_params(word="word")
+    np.testing.assert_array_equal(copy.fit(traj).sums_, senses.prototypes(traj, reference=1, normalize=None).sums_)
+    assert not hasattr(est, "sums_")  # clone left the original unfitted
+
+
+def test_word_may_be_an_array_of_words():
+    traj = random_traj()
+    a = senses.curves(traj, word=traj.meta["word"].to_numpy())
+    pd.testing.assert_frame_equal(a, senses.curves(traj))
+    with pytest.raises(ValueError, match="got 3 labels for 16 examples"):
+        senses.curves(traj, word=["w", "v", "w"])
+
 
 
 def test_bad_input_gives_clear_errors(tiny_components):

@@ -178,6 +178,46 @@ def test_training_is_deterministic_and_cached_atomically(tmp_path, monkeypatch):
     assert not np.array_equal(c.state_dict()["lm_head.weight"].numpy(), a.state_dict()["lm_head.weight"].numpy())
 
 
+class _ReadsAheadOnW0:
+    """A stand-in causal LM with a planted answer: at every w0 it predicts the next token (it reads it
+    from its input), elsewhere the padding token. Continuation accuracy is then 1 for w0, 0 otherwise."""
+
+    def __init__(self, lang):
+        self.w0, self.vocab = lang.tokens.index("w0"), len(lang.tokens)
+
+    def __call__(self, input_ids):
+        import types
+
+        import torch
+
+        nxt = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], 1)
+        target = torch.where(input_ids == self.w0, nxt, torch.zeros_like(nxt))
+        return types.SimpleNamespace(logits=torch.nn.functional.one_hot(target, self.vocab).float())
+
+
+def test_continuation_accuracy_per_column_finds_the_planted_word_and_pools_to_the_overall():
+    lang = ToyLanguage(level=1, n_senses=[2, 3, 4, 2], distractors=1)
+    net = _ReadsAheadOnW0(lang)
+    per = continuation_accuracy(net, lang, n=300, random_state=4, per="word")
+    counts = lang.generate(300, random_state=4)[1]["word"].value_counts()
+    pd.testing.assert_series_equal(per, pd.Series([1.0, 0.0, 0.0, 0.0], index=["w0", "w1", "w2", "w3"]))
+    assert continuation_accuracy(net, lang, n=300, random_state=4) == counts["w0"] / 300
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated.*'per'"):
+        pd.testing.assert_series_equal(continuation_accuracy(net, lang, n=300, random_state=4, by="word"), per)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        assert continuation_accuracy(net, lang, 300, 4) == counts["w0"] / 300
+
+
+def test_train_options_by_position_still_work_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path))
+    lang = ToyLanguage(level=1, n_words=2, distractors=1)
+    a, _ = train(lang, n_layers=1, d_model=16, n_heads=2, n_steps=3, batch_size=4, cache=False, return_pair=True)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        b, _ = train(lang, 1, 16, 2, 3, 4, cache=False, return_pair=True)
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert np.array_equal(p.numpy(), q.numpy())
+
+
 # ============================================================== trained models (slow)
 @pytest.fixture(scope="session")
 def level1_model():

@@ -12,62 +12,44 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from trajgeo._api import changed_signature
+
 __all__ = ["per_point_table", "main"]
 
 
-def _loo_nearest_centroid(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Leave-one-out nearest-centroid accuracy per point (cosine, after per-point centring).
+@changed_signature(positional=("labels",))
+def per_point_table(traj: Any, *, labels: Any = "sense") -> pd.DataFrame:
+    """The demo's per-point summary: mean norm, mean cosine to the final point, LOO centroid accuracy.
+
+    Norm and cosine to the final point come from :func:`trajgeo.geometry.path_metric_arrays`; the
+    accuracy is :func:`trajgeo.senses.nearest_centroid_accuracy` after per-point centring on each
+    word's own mean, pooled over the words that have two senses or more (weighted by examples).
 
     Parameters
     ----------
-    states : ndarray of shape (n_examples, n_points, d_model)
-    labels : ndarray of shape (n_examples,)
-
-    Returns
-    -------
-    ndarray of shape (n_points,); a tie between senses counts as wrong (chance, not credit).
-    """
-    x = states - states.mean(0, keepdims=True)
-    classes, y = np.unique(labels, return_inverse=True)
-    sums = np.stack([x[y == c].sum(0) for c in range(len(classes))])  # (C, P, D)
-    counts = np.bincount(y, minlength=len(classes)).astype(np.float64)
-    cos = np.empty((len(classes),) + x.shape[:2])
-    xn = np.linalg.norm(x, axis=-1)
-    for c in range(len(classes)):
-        own = (y == c)[:, None, None]
-        n_c = counts[c] - own[:, :, 0]
-        cen = (sums[c][None] - own * x) / np.maximum(n_c, 1)[:, :, None]  # without the example itself
-        cos[c] = (x * cen).sum(-1) / (xn * np.linalg.norm(cen, axis=-1) + 1e-12)
-    best = cos.max(0)
-    winners = np.isclose(cos, best[None], atol=1e-6).sum(0)
-    own_cos = cos[y[:, None], np.arange(len(y))[:, None], np.arange(x.shape[1])[None]]
-    right = (own_cos >= best - 1e-6) & (winners == 1)
-    return right.mean(0)
-
-
-def per_point_table(traj: "object", labels: str = "sense") -> pd.DataFrame:
-    """The demo's per-point summary: mean norm, mean cosine to the final point, LOO centroid accuracy.
+    traj : Trajectories
+    labels : str or array-like of shape (n_examples,)
+        The sense column (or the senses).
 
     Returns
     -------
     DataFrame with one row per point and columns point, mean_norm, mean_cos_to_final, loo_centroid_accuracy.
     """
-    s = np.asarray(traj.states, dtype=np.float64)
-    norms = np.linalg.norm(s, axis=-1)
-    cos_final = (s * s[:, -1:]).sum(-1) / (norms * norms[:, -1:] + 1e-12)
-    acc = np.full(s.shape[1], np.nan)
-    for word, rows in traj.meta.groupby("word").groups.items() if "word" in traj.meta else [(None, traj.meta.index)]:
-        rows = np.asarray(rows)
-        if traj.meta[labels].iloc[rows].nunique() > 1:
-            part = _loo_nearest_centroid(s[rows], traj.meta[labels].to_numpy()[rows])
-            acc = np.where(np.isnan(acc), 0, acc) + part * len(rows)
-    acc = acc / len(s)
-    return pd.DataFrame({"point": traj.points, "mean_norm": norms.mean(0), "mean_cos_to_final": cos_final.mean(0),
-                         "loo_centroid_accuracy": acc})
+    from trajgeo.geometry import path_metric_arrays
+    from trajgeo.senses import nearest_centroid_accuracy
+
+    path = path_metric_arrays(traj)
+    acc = nearest_centroid_accuracy(traj, labels=labels, normalize="center").dropna(subset=["accuracy"])
+    weighted = (acc["accuracy"] * acc["n_examples"]).groupby(acc["point"]).sum()
+    pooled = (weighted / acc.groupby("point")["n_examples"].sum()).reindex(traj.points)
+    return pd.DataFrame({"point": traj.points, "mean_norm": path["norm"].mean(0),
+                         "mean_cos_to_final": np.nanmean(path["cos_to_final"], axis=0),
+                         "loo_centroid_accuracy": pooled.to_numpy()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,66 +1,18 @@
-"""A toy language with planted ambiguity, and small GPT-2-style models trained on it.
-
-Real models never tell us what their internals should look like; a model trained on a language we
-designed does. :class:`ToyLanguage` generates token sequences in which every ambiguous target word
-has a known sense, fixed by a known cue at a known position, and is followed by a continuation token
-that depends on that sense, so that next-token prediction forces the model to resolve the target.
-:func:`train` fits a small ``GPT2LMHeadModel`` on it (deterministically, cached on disk), after which
-:func:`trajgeo.extract` and every analysis run on it unchanged.
-
-The language
-------------
-Tokens (all whitespace-free, so a word-level tokenizer maps one token to one word):
-
-* ``w{i}``: ambiguous target words, word ``i`` has ``k_i`` senses ``s0 .. s{k_i-1}``;
-* ``n{i}s{j}``: the continuation that follows word ``i`` in sense ``j``;
-* ``c{i}s{j}``: the level-1 cue that fixes word ``i`` to sense ``j``;
-* ``m{i}``: the mediator of word ``i`` (levels >= 2): itself ambiguous, its sense is passed on to the word;
-* ``x{j}``: sense modifiers (levels >= 2), shared by all words: ``x{j}`` immediately before a mediator
-  (or a variable) sets its sense to ``j``;
-* ``v{k}``: variables (levels >= 3), ambiguous tokens shared by all words;
-* ``f{k}``: filler tokens that carry no information.
-
-Composition levels (the deciding cue of the target is always the token ``cue_distance`` tokens away):
-
-* level 1: ``... c3s1 f f w3 n3s1``. One attention hop from the target to its cue resolves it.
-* level 2: ``... x1 m3 f f w3 n3s1``. The cue ``m3`` names the word, but its sense is the modifier right
-  before it; distractor pairs ``x{j} m{other}`` with the other senses' modifiers (balanced, so counting
-  modifiers says nothing) share the cue window with it in random order (so neither recency nor distance
-  says which modifier is the target's). Resolving takes two hops: a previous-token move (``x1`` into
-  ``m3``'s residual) and the target reading ``m3``. One attention layer cannot tell which modifier stands
-  next to ``m3``: measured, 1-layer models stay at chance. Trained on the continuation alone, two-layer
-  models sit on a loss plateau at ln(n_senses) whose length depends on the seed (like induction heads:
-  1700 to more than 3000 steps). :func:`train` therefore adds by default an auxiliary loss that asks the
-  top of the stream at every mediator (and variable) to say that token's sense, i.e. the first hop's
-  result is also a training target. That is a training signal only, the language is unchanged; it cannot
-  help a 1-layer model (the target reads only embeddings there), and 2- and 4-layer models then solve
-  level 2 within ~350 steps for every seed tried (measured: 3 seeds each, 1-layer models stay at chance).
-* level L >= 3: ``x1 v4 ... v4 v7 ... v7 m3 ... w3``: a chain of L - 2 variables, each bound by the token
-  right before its first (binding) occurrence and used right before the next link, one more hop per level.
-
-Segments (a cue, or a two-token binding) are always separated by at least one filler, so "the token right
-before" is never another segment's token.
-"""
+"""The planted-ambiguity language: :class:`ToyLanguage` (its rules are in the :mod:`trajgeo.toy`
+docstring) and :func:`word_tokenizer`, a one-token-per-word tokenizer over its vocabulary."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ToyLanguage", "train", "continuation_accuracy", "word_tokenizer", "SIDES"]
+__all__ = ["ToyLanguage", "word_tokenizer", "SIDES"]
 
 SIDES = ("before", "after", "both")
 _SPECIALS = ("[PAD]", "[UNK]")
-_CACHE_VERSION = 1  # bump when training changes in a way the configuration does not show
 
 
 @dataclass
@@ -120,40 +72,11 @@ class ToyLanguage:
     _tokens: list[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n_words, (int, np.integer)) or self.n_words < 1:
-            raise ValueError(f"n_words must be a positive integer, got {self.n_words!r}")
-        senses = self.senses_per_word
-        if len(senses) != self.n_words:
-            raise ValueError(f"n_senses has {len(senses)} entries for {self.n_words} words")
-        if min(senses) < 2 or max(senses) > 4:
-            raise ValueError(f"n_senses must be between 2 and 4 per word, got {senses}")
-        if self.cue_side not in SIDES:
-            raise ValueError(f"cue_side must be one of {SIDES}, got {self.cue_side!r}")
-        if not isinstance(self.level, (int, np.integer)) or self.level < 1:
-            raise ValueError(f"level must be an integer >= 1, got {self.level!r}")
-        if not 0.0 <= float(self.cue_noise) < 1.0:
-            raise ValueError(f"cue_noise must be in [0, 1), got {self.cue_noise!r}")
-        if self.distractors < 0:
-            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
-        if self.distractors > 0 and self.n_words < 2:
-            raise ValueError("distractors are cues of other words: they need n_words >= 2")
+        self._check_counts()
         seg = self._segment_len
         chains = self.distractors + 1
-        if self.cue_distance is None:  # the smallest window that holds every chain's deciding cue, plus slack
-            self.cue_distance = (1 if self.cue_side == "before" else seg + 1,
-                                 (seg + 1 if self.cue_side == "before" else 2 * seg + 1) + chains * (seg + 1))
-        lo, hi = self.distance_range
-        if lo < 1 or hi < lo:
-            raise ValueError(f"cue_distance must be >= 1 (or a range lo <= hi), got {self.cue_distance!r}")
-        if self.cue_side != "before" and lo < seg + 1:
-            raise ValueError(f"cue_distance must be >= {seg + 1} when the cue may come after the target "
-                             f"(the continuation and the cue segment sit in between), got {self.cue_distance!r}")
-        fillers = [f"f{i}" for i in range(self.vocab)] if isinstance(self.vocab, (int, np.integer)) else list(self.vocab)
-        if len(fillers) < 1:
-            raise ValueError("vocab needs at least one filler token")
-        if any((not t) or any(c.isspace() for c in t) for t in fillers):
-            raise ValueError("filler tokens must be non-empty and contain no whitespace")
-        self._fillers = fillers
+        lo, hi = self._check_distance(seg, chains)
+        fillers = self._check_fillers()
         need_vars = max(self.level - 2, 0) * chains
         if self.n_variables is None:
             self.n_variables = need_vars
@@ -178,6 +101,49 @@ class ToyLanguage:
             raise ValueError(f"filler tokens must be unique and distinct from the language's tokens: {sorted(clash)}")
         self._tokens = [*_SPECIALS, *structural, *fillers]
         self._id_of = {t: i for i, t in enumerate(self._tokens)}
+
+    def _check_counts(self) -> None:
+        """Words, senses, side, level, cue noise and distractors are valid (a ValueError names which)."""
+        if not isinstance(self.n_words, (int, np.integer)) or self.n_words < 1:
+            raise ValueError(f"n_words must be a positive integer, got {self.n_words!r}")
+        senses = self.senses_per_word
+        if len(senses) != self.n_words:
+            raise ValueError(f"n_senses has {len(senses)} entries for {self.n_words} words")
+        if min(senses) < 2 or max(senses) > 4:
+            raise ValueError(f"n_senses must be between 2 and 4 per word, got {senses}")
+        if self.cue_side not in SIDES:
+            raise ValueError(f"cue_side must be one of {SIDES}, got {self.cue_side!r}")
+        if not isinstance(self.level, (int, np.integer)) or self.level < 1:
+            raise ValueError(f"level must be an integer >= 1, got {self.level!r}")
+        if not 0.0 <= float(self.cue_noise) < 1.0:
+            raise ValueError(f"cue_noise must be in [0, 1), got {self.cue_noise!r}")
+        if self.distractors < 0:
+            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
+        if self.distractors > 0 and self.n_words < 2:
+            raise ValueError("distractors are cues of other words: they need n_words >= 2")
+
+    def _check_distance(self, seg: int, chains: int) -> tuple[int, int]:
+        """Fill in the default cue window and check it; returns (lo, hi)."""
+        if self.cue_distance is None:  # the smallest window that holds every chain's deciding cue, plus slack
+            self.cue_distance = (1 if self.cue_side == "before" else seg + 1,
+                                 (seg + 1 if self.cue_side == "before" else 2 * seg + 1) + chains * (seg + 1))
+        lo, hi = self.distance_range
+        if lo < 1 or hi < lo:
+            raise ValueError(f"cue_distance must be >= 1 (or a range lo <= hi), got {self.cue_distance!r}")
+        if self.cue_side != "before" and lo < seg + 1:
+            raise ValueError(f"cue_distance must be >= {seg + 1} when the cue may come after the target "
+                             f"(the continuation and the cue segment sit in between), got {self.cue_distance!r}")
+        return lo, hi
+
+    def _check_fillers(self) -> list[str]:
+        """The filler tokens (``vocab`` as a number or the tokens), checked; kept as ``_fillers``."""
+        fillers = [f"f{i}" for i in range(self.vocab)] if isinstance(self.vocab, (int, np.integer)) else list(self.vocab)
+        if len(fillers) < 1:
+            raise ValueError("vocab needs at least one filler token")
+        if any((not t) or any(c.isspace() for c in t) for t in fillers):
+            raise ValueError("filler tokens must be non-empty and contain no whitespace")
+        self._fillers = fillers
+        return fillers
 
     # ------------------------------------------------------------------ structure
     @property
@@ -441,237 +407,3 @@ def word_tokenizer(tokens: Sequence[str]) -> Any:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
-
-
-# ====================================================================== training
-def _config_key(config: dict[str, Any]) -> str:
-    return hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=10).hexdigest()
-
-
-def train(
-    language: ToyLanguage,
-    n_layers: int = 4,
-    d_model: int = 64,
-    n_heads: int = 4,
-    n_steps: int = 1500,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    weight_decay: float = 0.01,
-    warmup: int = 100,
-    loss_on: str = "continuation",
-    aux_weight: float = 1.0,
-    random_state: int = 0,
-    cache: bool = True,
-    return_pair: bool = False,
-    n_threads: int | None = 1,
-    progress: bool = False,
-) -> Any:
-    """Train a small GPT-2-style model on a toy language (CPU, deterministic for a seed, cached).
-
-    Every step draws a fresh batch from the language (so there is nothing to overfit); the loss is the
-    cross-entropy of the continuation token after the target (``loss_on="continuation"``, the signal that
-    forces resolution, and the fastest to learn) or of every next token (``loss_on="all"``).
-
-    Parameters
-    ----------
-    language : ToyLanguage
-    n_layers, d_model, n_heads : int
-        Model shape (MLP width 4 * d_model, no dropout, learned absolute positions).
-    n_steps, batch_size : int
-        Level 1 needs ~150 steps of 64 sequences (loss ~0.01); level 2 with the auxiliary loss ~350
-        (without it a seed-dependent 2000 or more: a loss plateau precedes the two-hop circuit).
-    lr, weight_decay : float
-        AdamW; linear warm-up over ``warmup`` steps, then cosine decay to zero.
-    loss_on : {"continuation", "all"}
-    aux_weight : float
-        Weight of the auxiliary loss at levels >= 2 (0 turns it off; ignored, and not part of the cache key,
-        at level 1): cross-entropy of a linear read-out (``d_model -> max senses``, trained along and then
-        discarded) of the sense of every ambiguous chain token (mediators and variables, of the target's
-        chain and the distractors'), taken from the last layer's output at that token. It rewards the first
-        hop (modifier into mediator) directly, which removes the long plateau of continuation-only training.
-        The saved model is an ordinary ``GPT2LMHeadModel``; its recorded loss is the continuation loss only.
-    random_state : int
-        Seeds initialisation and the training data (data seed ``random_state + 10_000``).
-    cache : bool
-        Load the model from / save it to ``trajgeo.models.cache_dir() / "toy" / <hash of every setting>``
-        (written to a temporary folder and renamed, so concurrent runs never see half a model).
-    return_pair : bool
-        Return ``(model, tokenizer)`` instead of a :class:`~trajgeo.models.LoadedModel`.
-    n_threads : int or None
-        torch threads while training (None: leave as is). Results are deterministic for a given thread
-        count, which is therefore part of the cache key. The default, 1, is also the fastest for models this
-        small on a shared machine: measured on 2 busy cores, 100 steps of a 4-layer model took 3.4 to 4.5 s
-        with one thread and 11 to 100 s with two (threads waiting for each other).
-    progress : bool
-        Print the loss every 10% of the steps.
-
-    Returns
-    -------
-    LoadedModel or (GPT2LMHeadModel, PreTrainedTokenizerFast)
-        The model is in eval mode; ``model.config.trajgeo_toy`` records the language, the training settings,
-        the final loss, the number of steps and the training time in seconds.
-    """
-    import torch
-    import transformers as tf
-
-    from trajgeo.models import cache_dir, load_model
-
-    if loss_on not in ("continuation", "all"):
-        raise ValueError(f"loss_on must be 'continuation' or 'all', got {loss_on!r}")
-    if not aux_weight >= 0:
-        raise ValueError(f"aux_weight must be >= 0, got {aux_weight!r}")
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-    if n_layers < 1 or n_steps < 1 or batch_size < 1:
-        raise ValueError("n_layers, n_steps and batch_size must be >= 1")
-    threads = int(n_threads) if n_threads else torch.get_num_threads()
-    settings = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_steps=n_steps, batch_size=batch_size,
-                    lr=lr, weight_decay=weight_decay, warmup=warmup, loss_on=loss_on, random_state=random_state,
-                    threads=threads)
-    if language.level > 1:  # the auxiliary loss exists only where there are ambiguous chain tokens
-        settings["aux_weight"] = float(aux_weight)
-    config = {"language": language.config(), "train": settings, "version": _CACHE_VERSION,
-              "torch": torch.__version__.split("+")[0], "transformers": tf.__version__}
-    folder = cache_dir() / "toy" / _config_key(config)
-    if cache and (folder / "config.json").exists():
-        with _quiet_transformers():
-            model = tf.GPT2LMHeadModel.from_pretrained(folder).eval()
-            tok = tf.PreTrainedTokenizerFast.from_pretrained(folder)
-        return (model, tok) if return_pair else load_model((model, tok))
-
-    old_threads = torch.get_num_threads()
-    old_det = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    try:
-        torch.manual_seed(random_state)
-        cfg = tf.GPT2Config(vocab_size=len(language.tokens), n_positions=language.seq_len, n_embd=d_model,
-                            n_layer=n_layers, n_head=n_heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            bos_token_id=0, eos_token_id=0, pad_token_id=0)
-        model = tf.GPT2LMHeadModel(cfg)
-        params = list(model.parameters())
-        use_aux = aux_weight > 0 and language.level > 1
-        if use_aux:  # a linear read-out of a chain token's sense from the top of the stream; discarded after
-            aux_head = torch.nn.Linear(d_model, max(language.senses_per_word))
-            params += list(aux_head.parameters())
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + np.cos(np.pi * min(s / n_steps, 1.0))))
-        rng = np.random.default_rng(random_state + 10_000)
-        model.train()
-        t0 = time.perf_counter()
-        losses: list[float] = []
-        curve: list[list[float]] = []  # [step, mean loss over the last 5% of steps]
-        for step in range(n_steps):
-            rows = language._sample(batch_size, rng)
-            ids, t_idx, cont = language._ids(rows)
-            x = torch.from_numpy(ids)
-            a_row, a_idx, a_sense = language._ambiguous(rows) if use_aux else (np.zeros(0, int),) * 3
-            if loss_on == "continuation":
-                # the body runs on the context up to the last scored token only: later tokens cannot matter
-                n_ctx = int(max(t_idx.max(), a_idx.max(initial=0))) + 1
-                h = model.transformer(input_ids=x[:, :n_ctx]).last_hidden_state
-                logits = model.lm_head(h[torch.arange(len(ids)), torch.from_numpy(t_idx)])
-                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(cont))
-            else:
-                h = model.transformer(input_ids=x).last_hidden_state
-                logits = model.lm_head(h[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
-            total = loss
-            if use_aux and len(a_row):
-                aux = aux_head(h[torch.from_numpy(a_row), torch.from_numpy(a_idx)])
-                total = loss + aux_weight * torch.nn.functional.cross_entropy(aux, torch.from_numpy(a_sense))
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.detach().item())
-            if (step + 1) % max(n_steps // 20, 1) == 0:
-                curve.append([step + 1, round(float(np.mean(losses[-max(n_steps // 20, 1):])), 5)])
-                if progress:
-                    print(f"step {step + 1}/{n_steps}: loss {curve[-1][1]:.4f}", flush=True)
-        seconds = time.perf_counter() - t0
-    finally:
-        torch.use_deterministic_algorithms(old_det)
-        torch.set_num_threads(old_threads)
-    model.eval()
-    model.config.trajgeo_toy = {**config, "final_loss": curve[-1][1] if curve else float(losses[-1]),
-                                "loss_curve": curve, "steps": n_steps, "seconds": round(seconds, 2),
-                                "threads": threads}
-    tok = language.tokenizer()
-    if cache:
-        with _quiet_transformers():
-            _save_atomically(model, tok, folder)
-    return (model, tok) if return_pair else load_model((model, tok))
-
-
-class _quiet_transformers:
-    """Silence transformers' per-file progress bars while a tiny model is saved or loaded (restored after)."""
-
-    def __enter__(self) -> None:
-        from transformers.utils import logging
-
-        self.was = logging.is_progress_bar_enabled()
-        logging.disable_progress_bar()
-
-    def __exit__(self, *exc: Any) -> None:
-        from transformers.utils import logging
-
-        if self.was:
-            logging.enable_progress_bar()
-
-
-def _save_atomically(model: Any, tokenizer: Any, folder: Path) -> None:
-    """Write into a temporary sibling folder, then rename it into place (a lost race just discards ours)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}-{time.monotonic_ns()}")
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, folder)
-    except OSError:  # another process got there first (or the disk is full): the model is in memory anyway
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def continuation_accuracy(model: Any, language: ToyLanguage, n: int = 1000, random_state: int = 12345,
-                          by: str | None = None) -> float | pd.Series:
-    """Share of sequences whose continuation token is the model's top prediction at the target.
-
-    Parameters
-    ----------
-    model : LoadedModel or (model, tokenizer) or a transformers causal LM
-    language : ToyLanguage
-    n : int
-        Sequences to score (fresh ones: ``random_state`` should differ from the training seeds).
-    random_state : int
-    by : str, optional
-        A column of :meth:`ToyLanguage.generate`'s frame (e.g. ``"word"``, ``"cue_position"``): return the
-        accuracy per value instead of overall.
-
-    Returns
-    -------
-    float, or Series indexed by ``by``
-        Top-1 over the whole vocabulary (stricter than choosing among the word's continuations).
-        Chance is ``1 / n_senses``; the best possible is ``1 - cue_noise``.
-    """
-    import torch
-
-    net = model
-    if isinstance(model, tuple):
-        net = model[0]
-    elif hasattr(model, "adapter"):
-        net = model.model
-    _, df = language.generate(n, random_state=random_state)
-    rows = [{"tokens": t.split(), "target_index": i} for t, i in zip(df["text"], df["target_index"])]
-    ids, t_idx, cont = language._ids(rows)
-    preds = []
-    with torch.no_grad():
-        for s in range(0, len(ids), 512):
-            x = torch.from_numpy(ids[s:s + 512])
-            logits = net(input_ids=x).logits
-            preds.append(logits[torch.arange(len(x)), torch.from_numpy(t_idx[s:s + 512])].argmax(-1).numpy())
-    right = np.concatenate(preds) == cont if len(ids) else np.zeros(0, bool)
-    if by is None:
-        return float(right.mean())
-    return pd.Series(right, index=df[by].to_numpy()).groupby(level=0).mean()

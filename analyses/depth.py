@@ -81,8 +81,11 @@ def run_one(level: int, n_layers: int, seed: int, n_steps: int, n_eval: int = 20
     # labels word:sense so that a word's senses compete (the word itself is readable at point 0)
     examples["label"] = examples["word"] + ":" + examples["sense"]
     traj = tg.extract(lm, examples, components=True, progress=False, batch_size=128)
-    lw = tg.probes.layerwise(traj, labels="label", cv=5, control=False, n_boot=1, random_state=0, progress=False)
-    rp = tg.probes.resolution_point(lw, fraction=0.95, n_boot=200, random_state=0)
+    # pooled word:sense labels (word=None): one sweep over all words, as the depth study defines it
+    sweep = tg.probes.layerwise(traj, labels="label", word=None, cv=5, control=False, n_boot=1, random_state=0,
+                                progress=False, return_result=True)
+    lw = sweep.scores
+    rp = tg.probes.resolution_point(sweep, fraction=0.95, n_boot=200, random_state=0)
     summary = lw[(lw["fold"] == -1) & (lw["metric"] == "accuracy")].set_index("point")["value"]
     com = tg.senses.commitment(traj)
     margin = tg.senses.curves(traj)

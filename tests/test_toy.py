@@ -303,9 +303,9 @@ def test_attention_write_carries_the_decisive_push(level1_traj):
 
 @pytest.mark.slow
 def test_probe_resolves_level1_at_the_first_layer(level1_traj):
-    lw = tg.probes.layerwise(level1_traj, labels=level1_traj.meta["word"] + ":" + level1_traj.meta["sense"],
-                             cv=5, control=False, n_boot=1)
-    rp = tg.probes.resolution_point(lw, n_boot=100)
+    sweep = tg.probes.layerwise(level1_traj, labels=level1_traj.meta["word"] + ":" + level1_traj.meta["sense"],
+                                word=None, cv=5, control=False, n_boot=1, return_result=True)
+    rp = tg.probes.resolution_point(sweep, n_boot=100)
     assert rp["resolution_point"].iloc[0] <= 2 and rp["max_value"].iloc[0] > 0.95
 
 
@@ -321,8 +321,9 @@ def test_level2_needs_two_layers(level2_models):
     # and the push starts in layer 2's attention write (layer 1 cannot yet read the resolved mediator)
     _, df = lang.generate(200, random_state=202)
     traj = tg.extract(models[2], df, components=True, progress=False)
-    lw = tg.probes.layerwise(traj, labels=df["word"] + ":" + df["sense"], cv=5, control=False, n_boot=1)
-    rp = tg.probes.resolution_point(lw, n_boot=100)
+    sweep = tg.probes.layerwise(traj, labels=df["word"] + ":" + df["sense"], word=None, cv=5, control=False,
+                                n_boot=1, return_result=True)
+    rp = tg.probes.resolution_point(sweep, n_boot=100)
     assert rp["resolution_point"].iloc[0] == 2, rp
     mean, first = decisive_push(traj)
     assert first == (2, "attn"), mean

@@ -281,11 +281,8 @@ class _Options:
 
 
 def _as_examples(examples: Any) -> pd.DataFrame:
-    df = examples if isinstance(examples, pd.DataFrame) else pd.DataFrame(list(examples))
-    df = datasets.validate(df)
-    if len(df) == 0:
-        raise ValueError("no examples to extract")
-    return df
+    """The examples checked and completed by :func:`trajgeo.datasets.validate` (which refuses an empty set)."""
+    return datasets.validate(examples if isinstance(examples, pd.DataFrame) else pd.DataFrame(list(examples)))
 
 
 def _align(lm: LoadedModel, df: pd.DataFrame, max_length: int | None, truncate: bool) -> list[_Aligned]:

@@ -81,12 +81,12 @@ class Trajectories:
         n = states.shape[0]
         if meta is None:
             meta = pd.DataFrame({"example": np.arange(n)})
+        elif len(meta) != n:
+            raise ValueError(f"meta has {len(meta)} rows but states has {n} examples")
         else:
             meta = meta.reset_index(drop=True).copy()
             if "example" not in meta.columns:
                 meta.insert(0, "example", np.arange(n))
-        if len(meta) != n:
-            raise ValueError(f"meta has {len(meta)} rows but states has {n} examples")
         self.meta = meta
         self.components: dict[str, Any] = {}
         for name, arr in (components or {}).items():
@@ -244,7 +244,7 @@ class Trajectories:
         pos = {int(p): i for i, p in enumerate(self.points)}
         missing = [p for p in points if p not in pos]
         if missing:
-            raise IndexError(f"points {missing} are not in these trajectories (have {list(self.points)})")
+            raise IndexError(f"points {missing} are not in these trajectories (have {self.points.tolist()})")
         cols = [pos[p] for p in points]
         return Trajectories(
             self.states[:, cols], self.meta, self.components, self.aux, points, self.model_info
@@ -356,8 +356,8 @@ def concat(trajs: Sequence[Trajectories], renumber: bool = False) -> Trajectorie
     for i, t in enumerate(trajs[1:], 1):
         if not np.array_equal(t.points, first.points) or t.d_model != first.d_model:
             raise ValueError(
-                f"trajectories {i} has points {list(t.points)} / d_model {t.d_model}, "
-                f"but trajectories 0 has {list(first.points)} / {first.d_model}"
+                f"trajectories {i} has points {t.points.tolist()} / d_model {t.d_model}, "
+                f"but trajectories 0 has {first.points.tolist()} / {first.d_model}"
             )
         if set(t.components) != set(first.components):
             raise ValueError(f"trajectories {i} has components {set(t.components)}, 0 has {set(first.components)}")

@@ -119,12 +119,12 @@ def _check_model(lm: LoadedModel, traj: Trajectories) -> None:
 def _final_column(traj: Trajectories, lm: LoadedModel) -> int:
     points = np.asarray(traj.points)
     if np.any(np.diff(points) <= 0):
-        raise ValueError(f"the lens needs points in increasing order; got {list(points)}")
+        raise ValueError(f"the lens needs points in increasing order; got {points.tolist()}")
     hit = np.flatnonzero(points == lm.n_layers)
     if len(hit) == 0:
         raise ValueError(
             f"the lens compares every point with the model's final distribution, which needs the last point "
-            f"(point {lm.n_layers}); these trajectories have points {list(points)} (extracted with max_point?)"
+            f"(point {lm.n_layers}); these trajectories have points {points.tolist()} (extracted with max_point?)"
         )
     return int(hit[0])
 

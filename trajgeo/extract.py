@@ -408,7 +408,7 @@ def extract(
 ) -> Trajectories:
     """Extract the residual-stream trajectory of every example's target token.
 
-    (Its length is that of this docstring: the body is a short driver over the steps above.)
+    Long only by this docstring: the body is a short driver over the named steps above.
 
     Parameters
     ----------

@@ -231,6 +231,8 @@ def logit_lens(
 ) -> pd.DataFrame | LensResult:
     """Logit-lens (or tuned-lens) metrics of every point of every target's trajectory.
 
+    Long only by this docstring: the body chains the steps above (readout, sense sets, frames).
+
     Parameters
     ----------
     model : LoadedModel or anything :func:`trajgeo.load_model` accepts

@@ -178,6 +178,19 @@ def test_encoder_window_is_centred_on_the_target(wtok):
     assert int(traj.meta["token_start"][0]) == 5
 
 
+def test_examples_as_records_are_validated_like_a_frame(wtok, bank_examples):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    from_frame = tg.extract(lm, bank_examples, progress=False)
+    from_records = tg.extract(lm, bank_examples.to_dict("records"), progress=False)
+    np.testing.assert_array_equal(from_records.states, from_frame.states)
+    pd.testing.assert_frame_equal(from_records.meta, from_frame.meta)
+    # the target given as a word, not a span: datasets.validate resolves it before alignment
+    by_word = tg.extract(lm, [{"text": t, "target": "bank"} for t in TEXTS], progress=False)
+    np.testing.assert_array_equal(by_word.states, from_frame.states)
+    with pytest.raises(ValueError, match="no examples"):
+        tg.extract(lm, bank_examples.iloc[:0], progress=False)
+
+
 def test_unsupported_arguments_give_clear_errors(wtok, bank_examples):
     lm = load_model((tiny_model("gemma3", len(wtok)), wtok))
     with pytest.raises(ValueError, match="per-head writes are not available for the 'gemma'"):
@@ -252,22 +265,6 @@ def test_existing_store_is_returned_or_refused(tmp_path, wtok, bank_examples):
     np.testing.assert_array_equal(first.states, again.states)
     with pytest.raises(FileExistsError, match="overwrite=True"):
         tg.extract(lm, bank_examples.iloc[:2], store=path, progress=False)
-
-
-def test_trajectories_subsetting_concat_and_long_frame(wtok, bank_examples):
-    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
-    traj = tg.extract(lm, bank_examples, components=True, progress=False)
-    sub = traj[traj.meta["text"].str.contains("river")]
-    assert sub.meta["example"].tolist() == [0, 3]
-    np.testing.assert_array_equal(sub.states, traj.states[[0, 3]])
-    both = tg.concat([traj[[0, 1]], traj[[2, 3]]])
-    np.testing.assert_array_equal(both.states, traj.states)
-    with pytest.raises(ValueError, match="renumber"):
-        tg.concat([traj, traj])
-    pts = traj.select_points([0, 3])
-    long = pts.to_frame()
-    assert len(long) == 8 and set(long["point"]) == {0, 3}
-    np.testing.assert_allclose(long["value"].to_numpy(), np.linalg.norm(pts.states, axis=-1).reshape(-1), rtol=1e-6)
 
 
 @pytest.mark.slow

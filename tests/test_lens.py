@@ -12,6 +12,8 @@ import torch
 
 import trajgeo as tg
 from trajgeo import lens as L
+from trajgeo.lens._readout import _Readout
+from trajgeo.lens.tuned import _residuals
 from trajgeo.models import load_model
 
 from conftest import CORPUS, DECODER_FAMILIES, ENCODER_FAMILIES, span_frame, tiny_model, trained_tokenizer
@@ -104,7 +106,7 @@ def test_last_point_reproduces_the_models_own_logits(family_lm):
     family, lm = family_lm
     df = _bank()
     traj = tg.extract(lm, df, progress=False)
-    readout = L._Readout(lm)
+    readout = _Readout(lm)
     for i, text in enumerate(TEXTS):
         enc = lm.tokenizer(text, return_tensors="pt")
         with torch.no_grad():
@@ -114,7 +116,7 @@ def test_last_point_reproduces_the_models_own_logits(family_lm):
         assert np.abs(ours - hf).max() <= 1e-4 * np.abs(hf).max(), family
     # and the public output agrees: the lens's last-point probabilities are softmax(model logits)
     k = lm.model.config.vocab_size
-    top = L.top_tokens(lm, traj, example=0, k=k)
+    top = L.top_tokens(lm, traj, example=0, top_k=k)
     last = top[top["point"] == traj.points[-1]].sort_values("token_id")
     enc = lm.tokenizer(TEXTS[0], return_tensors="pt")
     with torch.no_grad():
@@ -125,14 +127,15 @@ def test_last_point_reproduces_the_models_own_logits(family_lm):
 def test_gemma2_softcapping_is_part_of_the_readout(gemma2):
     # the tiny Gemma 2 config caps logits (30.0): without the cap the identity above would fail
     assert gemma2.model.config.final_logit_softcapping
-    assert L._Readout(gemma2).softcap == gemma2.model.config.final_logit_softcapping
+    assert _Readout(gemma2).softcap == gemma2.model.config.final_logit_softcapping
 
 
 @pytest.mark.parametrize("which", ["llama", "gemma2"])
 def test_metrics_match_a_brute_force_float64_computation(which, request):
     lm = request.getfixturevalue(which)
     traj = tg.extract(lm, _bank(), progress=False)
-    res = L.logit_lens(lm, traj, top_k=3, batch_size=3)  # batches of 3 examples: a ragged last batch
+    # batches of 3 examples: a ragged last batch
+    res, top = L.logit_lens(lm, traj, top_k=3, batch_size=3, return_top_tokens=True)
     brute = _brute_metrics(lm, traj)
     for metric in ("entropy", "kl_to_final", "final_top1_prob"):
         np.testing.assert_allclose(_wide(res, metric, len(traj)), brute[metric], rtol=1e-4, atol=1e-6,
@@ -142,10 +145,38 @@ def test_metrics_match_a_brute_force_float64_computation(which, request):
     kl = _wide(res, "kl_to_final", len(traj))
     assert np.all(kl[:, -1] == 0) and np.all(kl[:, :-1] > 0)
     assert np.all(_wide(res, "final_top1_rank", len(traj))[:, -1] == 1)
-    top = res.attrs["top_tokens"]
     assert (top.groupby(["example", "point"])["prob"].apply(lambda s: s.is_monotonic_decreasing)).all()
     first = top[top["rank"] == 1].sort_values(["example", "point"])["token_id"].to_numpy().reshape(len(traj), -1)
     np.testing.assert_array_equal(first, brute["top1"])
+
+
+def test_top_tokens_are_returned_explicitly_and_agree_with_top_tokens(llama):
+    traj = tg.extract(llama, _bank(), progress=False)
+    plain = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS)
+    assert isinstance(plain, pd.DataFrame) and not plain.attrs  # no side channel
+    result = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS, return_top_tokens=True, top_k=4)
+    assert isinstance(result, L.LensResult) and not result.metrics.attrs
+    pd.testing.assert_frame_equal(result.metrics, plain)  # the metrics do not depend on the option
+    pd.testing.assert_frame_equal(result.top_tokens, L.top_tokens(llama, traj, top_k=4))
+    assert list(result.top_tokens.columns) == ["example", "point", "rank", "token", "prob", "token_id"]
+    assert len(result.top_tokens) == len(traj) * traj.n_points * 4
+
+
+def test_old_positional_and_keyword_forms_still_work_with_a_warning(llama):
+    traj = tg.extract(llama, _bank(), progress=False)
+    with pytest.warns(DeprecationWarning, match="top_k, sense_tokens.*by position"):
+        old = L.logit_lens(llama, traj, 0, SENSE_WORDS)
+    pd.testing.assert_frame_equal(old, L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS))
+    with pytest.warns(DeprecationWarning, match="'k' is deprecated.*use 'top_k'"):
+        old = L.top_tokens(llama, traj, example=1, k=2)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        older = L.top_tokens(llama, traj, 1, 2)
+    new = L.top_tokens(llama, traj, example=1, top_k=2)
+    pd.testing.assert_frame_equal(old, new)
+    pd.testing.assert_frame_equal(older, new)
+    with pytest.warns(DeprecationWarning, match="normalize_final.*by position"):
+        old = L.prediction_depth(llama, traj, False)
+    pd.testing.assert_frame_equal(old, L.prediction_depth(llama, traj, normalize_final=False))
 
 
 def test_output_columns_and_rows(llama):
@@ -166,7 +197,7 @@ def test_prediction_depth_matches_a_brute_force_loop(llama):
     examples = _every_word(CORPUS[:6])
     traj = tg.extract(llama, examples, progress=False)
     depth = L.prediction_depth(llama, traj, batch_size=7)
-    top = L.top_tokens(llama, traj, k=1).sort_values(["example", "point"])
+    top = L.top_tokens(llama, traj, top_k=1).sort_values(["example", "point"])
     ids = top["token_id"].to_numpy().reshape(len(traj), -1)
     top1 = ids == ids[:, -1:]
     expected = []
@@ -282,8 +313,8 @@ def test_trajectories_without_the_last_point_are_refused(llama):
 
 def test_plain_arrays_are_accepted(llama):
     traj = tg.extract(llama, _bank(), progress=False)
-    a = L.logit_lens(llama, traj.states, top_k=0)
-    b = L.logit_lens(llama, traj, top_k=0)
+    a = L.logit_lens(llama, traj.states)
+    b = L.logit_lens(llama, traj)
     assert "word" not in a.columns and set(a["metric"]) == set(L.LENS_METRICS[:4])  # no word: no sense rows
     b = b[b["metric"].isin(L.LENS_METRICS[:4])]
     np.testing.assert_array_equal(a["value"].to_numpy(), b["value"].to_numpy())
@@ -317,7 +348,7 @@ def test_residuals_equal_extracted_points(llama):
     # the corpus residuals are trajgeo's points (raw last point, scaled embedding at point 0)
     df = _bank()
     traj = tg.extract(llama, df.iloc[[1]], progress=False)
-    h = L._residuals(llama, [df["text"][1]], max_length=64, batch_size=1)
+    h = _residuals(llama, [df["text"][1]], max_length=64, batch_size=1)
     pos = int(traj.meta["token_start"][0])
     np.testing.assert_allclose(h[pos], traj.states[0], rtol=1e-5, atol=1e-5)
 
@@ -326,8 +357,8 @@ def test_tuned_lens_lowers_held_out_kl_below_the_logit_lens(sharp):
     lens = L.TunedLens(n_epochs=2, lr=3e-3, progress=False).fit(sharp, _random_texts(sharp.tokenizer, 100, 12, seed=0))
     held_out = _every_word(_random_texts(sharp.tokenizer, 12, 10, seed=1))  # other random texts
     traj = tg.extract(sharp, held_out, progress=False)
-    kl_logit = _wide(L.logit_lens(sharp, traj, top_k=0), "kl_to_final", len(traj))[:, :-1].mean(0)
-    kl_tuned = _wide(lens.lens(sharp, traj, top_k=0), "kl_to_final", len(traj))[:, :-1].mean(0)
+    kl_logit = _wide(L.logit_lens(sharp, traj), "kl_to_final", len(traj))[:, :-1].mean(0)
+    kl_tuned = _wide(lens.lens(sharp, traj), "kl_to_final", len(traj))[:, :-1].mean(0)
     assert kl_tuned.mean() < 0.75 * kl_logit.mean(), (kl_tuned, kl_logit)  # about 0.5 with these seeds
     assert np.all(kl_tuned < kl_logit)  # at every point before the last
     assert lens.loss_history_[-10:].mean() < lens.loss_history_[:3].mean()
@@ -339,7 +370,7 @@ def test_tuned_lens_starts_as_the_logit_lens(llama):
     np.testing.assert_array_equal(lens.weight_, np.broadcast_to(np.eye(32), lens.weight_.shape))
     assert not lens.bias_.any()
     traj = tg.extract(llama, _bank(), progress=False)
-    pd.testing.assert_frame_equal(L.logit_lens(llama, traj, top_k=0), lens.lens(llama, traj, top_k=0),
+    pd.testing.assert_frame_equal(L.logit_lens(llama, traj), lens.lens(llama, traj),
                                   check_exact=False, rtol=1e-5, atol=1e-5)  # float32 KL: ~1e-6 absolute
 
 
@@ -418,14 +449,14 @@ def _bank_sense_words() -> dict:
 def test_smollm2_last_point_reproduces_its_logits(smollm2):
     df = _bank_sentences().iloc[:6]
     traj = tg.extract(smollm2, df, progress=False)
-    readout = L._Readout(smollm2)
+    readout = _Readout(smollm2)
     for i, text in enumerate(df["text"]):
         enc = smollm2.tokenizer(text, return_tensors="pt")
         with torch.no_grad():
             hf = smollm2.model(**enc).logits[0, int(traj.meta["token_end"][i]) - 1].numpy()
             ours = readout(torch.from_numpy(traj.states[i, -1])).numpy()
         assert np.abs(ours - hf).max() <= 1e-4 * np.abs(hf).max()
-    kl = _wide(L.logit_lens(smollm2, traj, top_k=0), "kl_to_final", len(traj))
+    kl = _wide(L.logit_lens(smollm2, traj), "kl_to_final", len(traj))
     assert (kl[:, -1] == 0).all()
 
 
@@ -434,7 +465,7 @@ def test_smollm2_sense_log_odds_move_toward_the_correct_sense_with_depth(smollm2
     df = _bank_sentences()
     traj = tg.extract(smollm2, df, progress=False)
     sense_words = _bank_sense_words()
-    res = L.logit_lens(smollm2, traj, sense_tokens=sense_words, top_k=0)
+    res = L.logit_lens(smollm2, traj, sense_tokens=sense_words)
     odds = res[res["metric"] == "sense_log_odds"].groupby("point")["value"].mean()
     third = traj.n_points // 3
     early, late = odds.iloc[1:third + 1].mean(), odds.iloc[-third:].mean()  # point 0 is context-free
@@ -450,8 +481,8 @@ def test_smollm2_tuned_lens_lowers_held_out_kl(smollm2, coarsewsd_dir):
     lens = L.TunedLens(n_epochs=1, lr=1e-3, batch_size=24, max_tokens=288, max_length=32, progress=False)
     lens.fit(smollm2, train)
     traj = tg.extract(smollm2, _bank_sentences().iloc[:12], progress=False)
-    kl_logit = _wide(L.logit_lens(smollm2, traj, top_k=0), "kl_to_final", len(traj))[:, :-1].mean()
-    kl_tuned = _wide(lens.lens(smollm2, traj, top_k=0), "kl_to_final", len(traj))[:, :-1].mean()
+    kl_logit = _wide(L.logit_lens(smollm2, traj), "kl_to_final", len(traj))[:, :-1].mean()
+    kl_tuned = _wide(lens.lens(smollm2, traj), "kl_to_final", len(traj))[:, :-1].mean()
     print(f"\nSmolLM2 held-out mean KL to final (points 0..L-1): logit lens {kl_logit:.3f}, tuned lens "
           f"{kl_tuned:.3f} (trained on {lens.n_train_positions_} positions in {lens.fit_seconds_:.1f} s)")
     assert kl_tuned < kl_logit

@@ -46,6 +46,14 @@ def test_loaded_model_and_pairs_pass_through(wtok):
     assert other.fingerprint() != lm.fingerprint()
 
 
+def test_old_spec_keyword_and_positional_options_still_work_with_a_warning(wtok):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    with pytest.warns(DeprecationWarning, match="'spec' is deprecated.*use 'model'"):
+        assert load_model(spec=lm) is lm
+    with pytest.warns(DeprecationWarning, match="dtype by position"), pytest.raises(ValueError, match="dtype must be"):
+        load_model("smollm2", "int3")  # the second positional argument is still read as dtype
+
+
 def test_local_directory_loads_the_same_model(tmp_path, wtok):
     import numpy as np
     import pandas as pd

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from trajgeo._api import changed_signature
+
 __all__ = ["load_model", "LoadedModel", "Adapter", "SHIPPED_MODELS", "SUPPORTED_ARCHITECTURES", "shipped_model_path"]
 
 # name -> (package holding the weights, file or folder inside it, format)
@@ -454,8 +456,10 @@ def _finish(model: Any, tokenizer: Any, name: str, source: str, device: Any) -> 
     return LoadedModel(model, tokenizer, make_adapter(model), name, source)
 
 
+@changed_signature(renamed={"spec": "model"}, positional=("dtype", "device", "trust_remote_code"))
 def load_model(
-    spec: Any,
+    model: Any,
+    *,
     dtype: Any = "float32",
     device: Any = None,
     trust_remote_code: bool = False,
@@ -464,7 +468,7 @@ def load_model(
 
     Parameters
     ----------
-    spec : str, path, tuple or LoadedModel
+    model : str, path, tuple or LoadedModel
         A shipped model (``"smollm2"``, ``"minilm"``, ``"gemma3-270m"``), a local directory of a
         transformers model, a ``.gguf`` file, a hub name (needs the hub to be reachable, or the
         model in the local cache), an already-loaded ``(model, tokenizer)`` pair, or a
@@ -480,16 +484,16 @@ def load_model(
     -------
     LoadedModel
     """
-    if isinstance(spec, LoadedModel):
-        return spec
+    if isinstance(model, LoadedModel):
+        return model
     torch_dtype = _torch_dtype(dtype)
-    if isinstance(spec, tuple) and len(spec) == 2:
-        model, tokenizer = spec
-        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
-        return _finish(model, tokenizer, str(name), "object", device)
-    if not isinstance(spec, (str, os.PathLike)):
-        raise TypeError(f"cannot load a model from {type(spec).__name__}; give a name, a path or (model, tokenizer)")
-    text = str(spec)
+    if isinstance(model, tuple) and len(model) == 2:
+        module, tokenizer = model
+        name = getattr(module.config, "_name_or_path", "") or type(module).__name__
+        return _finish(module, tokenizer, str(name), "object", device)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"cannot load a model from {type(model).__name__}; give a name, a path or (model, tokenizer)")
+    text = str(model)
     if text in SHIPPED_MODELS:
         path = shipped_model_path(text)
         if path.suffix == ".gguf":

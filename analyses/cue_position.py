@@ -54,11 +54,11 @@ def select_examples(words: Sequence[str] | None = None, max_examples: int | None
     -------
     DataFrame with the columns of :func:`trajgeo.datasets.builtin` (``cue_position`` included).
     """
-    from trajgeo.report import stratified_sample
+    from trajgeo.datasets import stratified_sample
 
     df = tg.datasets.builtin(list(words) if words else None)
     if max_examples:
-        df = stratified_sample(df, max_examples, by=("word", "sense", "cue_position"), random_state=random_state)
+        df = stratified_sample(df, max_examples, strata=("word", "sense", "cue_position"), random_state=random_state)
     return df.reset_index(drop=True)
 
 

@@ -12,7 +12,7 @@ For each model and word it
 
 1. reads the CoarseWSD-20 train and test splits (:func:`trajgeo.datasets.read_coarsewsd20`);
 2. caps them (``--max-train``, ``--max-test``) with a stratified sample
-   (:func:`trajgeo.report.stratified_sample`, ``random_state``): every sense keeps at least one
+   (:func:`trajgeo.datasets.stratified_sample`, ``random_state``): every sense keeps at least one
    example and the sense proportions are kept;
 3. extracts all points with subtoken-mean pooling, cached in ``<out>/<model>/<word>-<split>.zarr``
    (a re-run with the same examples reuses the store; a store built for other examples, e.g.
@@ -69,7 +69,8 @@ import pandas as pd
 
 import trajgeo as tg
 from trajgeo.normalization import DEFAULT_NORMALIZE
-from trajgeo.report import stratified_sample, write_tables
+from trajgeo.datasets import stratified_sample
+from trajgeo.report import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default caps per word: both shipped models over all 15 words in about 15 minutes on 2 shared cores.
@@ -102,7 +103,7 @@ def cap(df: pd.DataFrame, n: int | None, random_state: int = 0) -> pd.DataFrame:
         return df.reset_index(drop=True)
     if n < 0:
         raise ValueError(f"a cap must be a positive number of examples (0 or None for no cap), got {n}")
-    return stratified_sample(df, n, by=("sense",), random_state=random_state)
+    return stratified_sample(df, n, strata="sense", random_state=random_state)
 
 
 def majority_baseline(train_senses: Sequence[Any], test_senses: Sequence[Any]) -> float:

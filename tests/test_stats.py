@@ -194,3 +194,112 @@ def test_percentile_interval_equals_numpy_quantiles_and_keeps_all_nan_columns_na
     assert np.isnan(low[2]) and np.isnan(high[2])
     with pytest.raises(ValueError, match="ci must be"):
         stats.percentile_interval(b, ci=1.5)
+
+
+# ------------------------------------------------------------------ the group-respecting permutation null
+def test_group_permutations_move_whole_label_vectors_among_groups_of_one_size():
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 6, 6])
+    labels = np.array(list("aabbabcabccc"))
+    perms = stats.group_permutations(labels, groups=groups, n_permutations=200, random_state=3)
+    assert perms.shape == (200, len(labels))
+    for p in perms:
+        assert sorted(p) == list(range(len(labels)))  # a permutation of the examples
+        for g in np.unique(groups):
+            members = np.flatnonzero(groups == g)
+            source = groups[p[members]]
+            assert len(set(source)) == 1  # one group's labels, never a mix of two groups
+            assert (groups == source[0]).sum() == len(members)  # from a group of the same size
+            # the label vector arrives in member order
+            np.testing.assert_array_equal(p[members], np.flatnonzero(groups == source[0]))
+    # the three pairs are exchanged: every pair receives every pair's labels at some point
+    first_pair = {int(groups[p[0]]) for p in perms}
+    assert first_pair == {0, 1, 2}
+    np.testing.assert_array_equal(perms, stats.group_permutations(labels, groups=groups, n_permutations=200,
+                                                                  random_state=3))
+
+
+def test_ungrouped_permutations_are_uniform():
+    perms = stats.group_permutations(np.arange(5), n_permutations=20000, random_state=0)
+    where_zero = np.argmax(perms == 0, axis=1)  # position that receives example 0's label
+    freq = np.bincount(where_zero, minlength=5) / len(perms)
+    np.testing.assert_allclose(freq, 0.2, atol=0.015)
+
+
+def test_mixed_groups_are_reported():
+    labels = ["a", "a", "a", "b", "b", "b"]
+    groups = ["s1", "s1", "s2", "s2", "s3", "s3"]
+    assert list(stats.mixed_groups(labels, groups)) == ["s2"]
+
+
+def _class_mean_gap(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|mean of class 1 - mean of class 0| per point (columns of x)."""
+    return np.abs(x[y == 1].mean(0) - x[y == 0].mean(0))
+
+
+def test_null_table_finds_a_planted_point_and_reports_its_threshold():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    x = rng.normal(size=(60, 8))
+    x[:, 5] += 1.5 * y  # the planted point
+    obs, null = stats.permuted_statistic(lambda lab: _class_mean_gap(x, lab), y, n_permutations=500,
+                                         random_state=1)
+    table = stats.null_table(obs, null, points=np.arange(8) * 2)
+    assert list(table.columns) == ["point", "value", *stats.NULL_COLUMNS]
+    assert table["point"].tolist() == list(range(0, 16, 2))
+    significant = table.loc[table["value"] > table["null_fwer"], "point"].tolist()
+    assert significant == [10]
+    assert table.loc[5, "p_fwer"] <= 1 / 501 + 1e-12 and table.loc[5, "p_value"] <= 1 / 501 + 1e-12
+    # the family-wise threshold is the 95% quantile of each permutation's maximum over points
+    np.testing.assert_allclose(table["null_fwer"], np.quantile(null.max(1), 0.95))
+    np.testing.assert_allclose(table["null_q95"], np.quantile(null, 0.95, axis=0))
+    np.testing.assert_allclose(table["p_value"], (1 + (null >= obs).sum(0)) / 501)
+    assert (table["null_fwer"] >= table["null_q95"]).all()
+
+
+def test_null_table_stays_silent_on_data_without_signal_at_the_nominal_rate():
+    # 300 data sets without signal, 10 points each: a point above the family-wise threshold should
+    # appear in about 5% of data sets (binomial sd 1.3%); the pointwise q95 would fire far more often.
+    fired_fwer = fired_pointwise = 0
+    n_sets = 300
+    for seed in range(n_sets):
+        rng = np.random.default_rng(seed)
+        y = np.repeat([0, 1], 12)
+        groups = np.repeat(np.arange(12), 2)  # sentence pairs share a sense
+        x = rng.normal(size=(24, 10)) + rng.normal(size=(12, 10)).repeat(2, axis=0)  # correlated within group
+        obs, null = stats.permuted_statistic(lambda lab: _class_mean_gap(x, lab), y, groups=groups,
+                                             n_permutations=99, random_state=seed)
+        table = stats.null_table(obs, null)
+        fired_fwer += bool((table["value"] > table["null_fwer"]).any())
+        fired_pointwise += bool((table["value"] > table["null_q95"]).any())
+    assert fired_fwer / n_sets <= 0.05 + 3 * 0.0126, fired_fwer
+    assert fired_pointwise / n_sets > 0.2, fired_pointwise  # why the max statistic is needed
+
+
+def test_two_sided_null_table_flags_deviations_both_ways():
+    rng = np.random.default_rng(2)
+    obs = np.array([0.0, 3.0, -3.0, 0.1])
+    null = rng.normal(size=(400, 4))
+    table = stats.null_table(obs, null, alternative="two-sided")
+    dev = np.abs(obs - null.mean(0))
+    assert ((dev > table["null_fwer"] - table["null_mean"]).to_numpy() == [False, True, True, False]).all()
+
+
+def test_holm_equals_its_definition_and_skips_nan():
+    p = np.array([0.01, np.nan, 0.04, 0.03, 0.5])
+    got = stats.holm(p)
+    ok = ~np.isnan(p)
+    vals = p[ok]
+    order = np.argsort(vals)
+    m = len(vals)
+    want_sorted = np.maximum.accumulate([min(1.0, (m - i) * vals[order][i]) for i in range(m)])
+    want = np.empty(m)
+    want[order] = want_sorted
+    np.testing.assert_allclose(got[ok], want)
+    assert np.isnan(got[1])
+
+
+def test_permutation_count_is_validated():
+    with pytest.raises(ValueError, match="positive int"):
+        stats.group_permutations([0, 1], n_permutations=0)
+    with pytest.raises(ValueError, match="groups contain missing"):
+        stats.group_permutations([0, 1], groups=[1, None], n_permutations=3)

@@ -10,6 +10,7 @@ import pytest
 
 import trajgeo as tg
 from trajgeo import geometry as geo
+from trajgeo.geometry import _common, cloud
 
 
 # ------------------------------------------------------------------ fixtures and references
@@ -352,7 +353,7 @@ def test_rogue_dimensions_find_a_planted_dimension_and_shares_match_brute_force(
             assert r["cosine_share"] == pytest.approx(contrib[k] / contrib.sum(), rel=1e-6)
             assert r["variance_share"] == pytest.approx(var[k] / var.sum(), rel=1e-6)
         assert list(df[df["point"] == p]["dimension"]) == list(np.argsort(-contrib)[:3])
-    by_var = geo.rogue_dimensions(x, top_k=1, by="variance")
+    by_var = geo.rogue_dimensions(x, top_k=1, rank_by="variance")
     assert by_var.loc[by_var["point"] == 1, "dimension"].item() == 7
 
 
@@ -363,7 +364,7 @@ def test_smollm2_upper_points_have_a_rogue_dimension_that_standardize_removes(sm
 
     df = balanced_bank(coarsewsd_dir, 20)
     traj = tg.extract(smollm2, df, max_point=14, progress=False)
-    rogue = geo.rogue_dimensions(traj, top_k=1, by="variance")
+    rogue = geo.rogue_dimensions(traj, top_k=1, rank_by="variance")
     assert rogue.loc[rogue["point"] == 14, "variance_share"].item() > 0.9  # one dimension carries >90%
     labels = traj.labels("sense")
     same = labels[:, None] == labels[None, :]
@@ -395,8 +396,8 @@ def test_group_sums_in_blocks_equal_a_loop(monkeypatch):
     x = rng.normal(size=(53, 3, 4)).astype(np.float32)
     codes = rng.integers(0, 6, 53)
     codes[codes == 5] = 0  # codes must be 0..k-1, all present
-    monkeypatch.setattr(geo, "_GROUP_BLOCK", 4)  # groups straddle many blocks
-    got, sizes = geo._group_sums(x, codes)
+    monkeypatch.setattr(_common, "_GROUP_BLOCK", 4)  # groups straddle many blocks
+    got, sizes = _common.group_sums(x, codes)
     for c in range(codes.max() + 1):
         np.testing.assert_allclose(got[c], x[codes == c].astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
         assert sizes[c] == (codes == c).sum()
@@ -406,8 +407,8 @@ def test_mev_lanczos_path_matches_svd_for_large_gram():
     # m and d above _EIGSH_MIN, so the top eigenvalue comes from ARPACK, not eigvalsh
     rng = np.random.default_rng(16)
     x = rng.normal(size=(150, 2, 130)) + 0.3 * rng.normal(size=(1, 2, 130))
-    assert min(x.shape[0], x.shape[2]) >= geo._EIGSH_MIN
-    got = geo._mev(x.astype(np.float32))
+    assert min(x.shape[0], x.shape[2]) >= cloud._EIGSH_MIN
+    got = cloud._mev(x.astype(np.float32))
     for p in range(2):
         s = np.linalg.svd(x[:, p], compute_uv=False)
         assert got[p] == pytest.approx(s[0] ** 2 / np.sum(s**2), rel=1e-5)

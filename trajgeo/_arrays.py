@@ -96,14 +96,15 @@ def _row_bytes(x: Any) -> int:
     return max(4, np.dtype(x.dtype).itemsize) * int(np.prod(x.shape[1:], dtype=np.int64))
 
 
-def block_bounds(x: Any, max_rows: int | None = None, block_bytes: int = BLOCK_BYTES) -> list[tuple[int, int]]:
+def block_bounds(x: Any, max_rows: int | None = None, block_bytes: int | None = None) -> list[tuple[int, int]]:
     """``(start, stop)`` of the blocks of examples :func:`iter_blocks` yields, in order.
 
-    Blocks hold about ``block_bytes`` (at least one example, at most ``max_rows``); for a dask
-    array they never straddle a chunk along axis 0, so each chunk is read once.
+    Blocks hold about ``block_bytes`` (default :data:`BLOCK_BYTES`, read at call time; at least one
+    example, at most ``max_rows``); for a dask array they never straddle a chunk along axis 0, so
+    each chunk is read once.
     """
     n = int(x.shape[0])
-    step = row_step(n, _row_bytes(x), block_bytes)
+    step = row_step(n, _row_bytes(x), BLOCK_BYTES if block_bytes is None else block_bytes)
     if max_rows is not None:
         step = max(1, min(step, int(max_rows)))
     edges = np.cumsum((0,) + tuple(x.chunks[0])) if is_lazy(x) else np.array([0, n])
@@ -169,6 +170,11 @@ def take(x: Any, rows: np.ndarray, positions: Sequence[int] | None = None) -> np
     return x[np.ix_(rows, np.asarray(positions, dtype=np.intp))]
 
 
+def _outer(v: np.ndarray) -> np.ndarray:
+    """Outer product over the last axis: (..., d) -> (..., d, d)."""
+    return v[..., :, None] * v[..., None, :]
+
+
 class RunningMoments:
     """Count, mean and centred second moments of rows added block by block, in float64.
 
@@ -179,8 +185,9 @@ class RunningMoments:
     Parameters
     ----------
     cross : bool
-        ``False``: per-feature sums of squares, ``m2_`` of shape ``x.shape[1:]``. ``True``: rows are
-        vectors (b, d) and ``m2_`` is the (d, d) scatter matrix (one BLAS product per block).
+        ``False``: per-feature sums of squares, ``m2_`` of shape ``x.shape[1:]``. ``True``: the last
+        axis holds vectors, and ``m2_`` is their scatter matrix: (d, d) for rows (b, d), one per
+        leading position, (..., d, d), for blocks (b, ..., d) (one BLAS product per block).
 
     Attributes
     ----------
@@ -207,8 +214,9 @@ class RunningMoments:
         c = np.subtract(x, shift, dtype=dtype)
         s1 = c.sum(axis=0, dtype=np.float64)
         m1 = s1 / b
-        if self.cross:
-            m2 = (c.T @ c).astype(np.float64) - b * np.outer(m1, m1)
+        if self.cross:  # (b, ..., d) -> scatter (..., d, d); 2-D blocks are one symmetric BLAS product
+            ct = c if c.ndim == 2 else np.ascontiguousarray(np.moveaxis(c, 0, -2))
+            m2 = (np.swapaxes(ct, -1, -2) @ ct).astype(np.float64) - b * _outer(m1)
         else:
             c *= c
             m2 = c.sum(axis=0, dtype=np.float64) - b * m1**2
@@ -219,7 +227,7 @@ class RunningMoments:
         n = self.n_ + b
         delta = mean - self.mean_
         w = self.n_ * b / n
-        self.m2_ = self.m2_ + m2 + (w * np.outer(delta, delta) if self.cross else w * delta**2)
+        self.m2_ = self.m2_ + m2 + w * (_outer(delta) if self.cross else delta**2)
         self.mean_ = self.mean_ + delta * (b / n)
         self.n_ = n
         return self

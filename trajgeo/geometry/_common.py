@@ -7,7 +7,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from trajgeo._arrays import GATHER_BYTES, is_lazy, take
+from trajgeo import _arrays
+from trajgeo._arrays import is_lazy, take
 from trajgeo.normalization import PointNormalizer
 
 _GROUP_BLOCK = 1024  # rows summed in float32 (one sparse product) before a float64 accumulation
@@ -112,9 +113,10 @@ class Rows:
         self.lazy = is_lazy(x)
 
     def budget(self, n_points: int | None = None) -> int:
-        """How many rows (of ``n_points`` points, default all) one gather may hold (>= 1)."""
+        """How many rows (of ``n_points`` points, default all) one gather may hold (>= 1), from
+        :data:`trajgeo._arrays.GATHER_BYTES` (read at call time)."""
         p = self.x.shape[1] if n_points is None else n_points
-        return max(1, GATHER_BYTES // max(1, 4 * p * int(self.x.shape[2])))
+        return max(1, _arrays.GATHER_BYTES // max(1, 4 * p * int(self.x.shape[2])))
 
     def get(self, rows: np.ndarray, positions: Sequence[int] | None = None) -> np.ndarray:
         """Normalised rows, float32 of shape (len(rows), n_points', d_model) (from a lazy store,

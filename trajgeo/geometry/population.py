@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from trajgeo._api import changed_signature
-from trajgeo._arrays import GATHER_BYTES, block_bounds, iter_blocks, unwrap
+from trajgeo._arrays import block_bounds, iter_blocks, unwrap
 from trajgeo.geometry._common import Rows, codes_of, first_distinct, group_sums, row_keys, unit
 from trajgeo.geometry.cloud import _mev, _sample_distinct, _twonn
 from trajgeo.normalization import fit_normalizer
@@ -330,7 +330,7 @@ def _intrinsic_dimension(rows: Rows, keys: np.ndarray, rank: np.ndarray, max_sam
     p = keys.shape[1]
     samples = [_sample_distinct(first_distinct(keys[:, k]), rank, max_samples) for k in range(p)]
     union = np.unique(np.concatenate(samples))
-    per = max(1, GATHER_BYTES // max(1, 4 * int(rows.x.shape[2]) * len(union)))
+    per = max(1, rows.budget(1) // len(union))  # points per gather
     out = np.full(p, np.nan)
     for s in range(0, p, per):
         pos = list(range(s, min(p, s + per)))

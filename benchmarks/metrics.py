@@ -11,7 +11,8 @@ as a ratio to the floor. Functions from ``trajgeo.senses``, ``trajgeo.probes`` a
 where its predicted time (linear in n from the previous size) exceeds ``--budget`` seconds.
 
 Three functions also have a *reference*: plain numpy that computes the same numbers the direct way,
-timed in the same run (column ``vs_reference`` = library / reference; the aim is < 2).
+timed in the same run, alternating with the library (best of 3 each; column ``vs_reference`` =
+library / reference; the aim is < 2).
 ``tests/test_benchmark_references.py`` checks on small data that each reference gives the library's
 numbers, so the comparison is honest.
 
@@ -322,6 +323,16 @@ def best_time(fn: Callable[[], Any], repeat: int = 3) -> float:
     return min(times)
 
 
+def paired_best_time(fn: Callable[[], Any], ref: Callable[[], Any], repeat: int = 3) -> tuple[float, float]:
+    """Best of ``repeat`` alternating runs of ``fn`` and ``ref`` (on a shared machine the load
+    changes within seconds; alternating exposes both to it alike)."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(best_time(fn, repeat=1))
+        b.append(best_time(ref, repeat=1))
+    return min(a), min(b)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1k examples only (a smoke run)")
@@ -358,12 +369,13 @@ def main(argv: list[str] | None = None) -> int:
                 row.update(seconds=np.nan, ratio=np.nan, note=note)
             else:
                 try:
-                    sec = best_time(lambda: fn(traj))
+                    if name in REFERENCES:  # alternate the two, so that a busy spell hits both alike
+                        sec, ref = paired_best_time(lambda: fn(traj), lambda: REFERENCES[name](traj))
+                        row.update(reference_s=ref, vs_reference=sec / ref)
+                    else:
+                        sec = best_time(lambda: fn(traj))
                     row.update(seconds=sec, ratio=sec / floor, note="")
                     last[(name, d)] = (n, sec)
-                    if name in REFERENCES:
-                        ref = best_time(lambda: REFERENCES[name](traj))
-                        row.update(reference_s=ref, vs_reference=sec / ref)
                 except Exception as exc:  # a broken function must not hide the others' numbers
                     row.update(seconds=np.nan, ratio=np.nan, note=f"error: {type(exc).__name__}: {exc}"[:120])
             rows.append(row)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
+from dask.callbacks import Callback
 
 import trajgeo as tg
 from trajgeo import geometry as geo
+from trajgeo import _arrays
+from trajgeo.geometry import _common, cloud
 
 
 # ------------------------------------------------------------------ fixtures and references
@@ -179,12 +183,69 @@ def test_lazy_normalizer_fit_equals_in_memory_fit(lazy_pair, method):
                                    a.whitener_ @ np.swapaxes(a.whitener_, 1, 2), rtol=1e-4, atol=1e-6)
 
 
-def test_lazy_population_and_rogue_dimensions_equal_in_memory(lazy_pair):
+@pytest.mark.parametrize("method", [None, "standardize"])
+def test_lazy_population_and_rogue_dimensions_equal_in_memory(lazy_pair, method):
     mem, lazy = lazy_pair
-    pd.testing.assert_frame_equal(geo.rogue_dimensions(lazy), geo.rogue_dimensions(mem), rtol=1e-4)
-    a = geo.population_metrics(lazy, random_state=1)
-    b = geo.population_metrics(mem, random_state=1)
+    pd.testing.assert_frame_equal(geo.rogue_dimensions(lazy, normalize=method), geo.rogue_dimensions(mem, normalize=method),
+                                  rtol=1e-4)
+    a = geo.population_metrics(lazy, random_state=1, normalize=method)
+    b = geo.population_metrics(mem, random_state=1, normalize=method)
+    pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"))
+    assert a["value"].notna().mean() > 0.8
     np.testing.assert_allclose(a["value"], b["value"], rtol=1e-4, atol=1e-5)
+
+
+class LargestTaskResult(Callback):
+    """Records the bytes of the largest result any dask task computes (what was held at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        self.largest = max(self.largest, int(getattr(result, "nbytes", 0)))
+
+
+@pytest.fixture
+def small_chunks():
+    """In-memory trajectories and the same as a dask array of 12 chunks of 10 examples."""
+    t = random_traj(n=120, p=4, d=16, seed=21, n_words=3)
+    lazy = tg.Trajectories(da.from_array(np.asarray(t.states), chunks=(10, -1, -1)), t.meta)
+    return t, lazy
+
+
+def test_largest_task_result_sees_a_whole_array_compute(small_chunks):
+    # the probe of the tests below: computing the dask array whole is seen as one whole-array result
+    _, lazy = small_chunks
+    with LargestTaskResult() as seen:
+        np.asarray(lazy.states)
+    assert seen.largest == lazy.states.nbytes
+
+
+def test_lazy_population_metrics_hold_one_gather_not_the_array(small_chunks, monkeypatch):
+    mem, lazy = small_chunks
+    row = 4 * mem.n_points * mem.d_model
+    monkeypatch.setattr(_arrays, "GATHER_BYTES", 24 * row)  # 24 of 120 examples at once
+    kw = dict(normalize="standardize", max_samples=16, max_examples=8, n_pairs=40, random_state=2)
+    with LargestTaskResult() as seen:
+        got = geo.population_metrics(lazy, **kw)
+    assert 0 < seen.largest <= 24 * row  # chunks of 10, gathers of at most 24: never the 120
+    monkeypatch.undo()
+    want = geo.population_metrics(mem, **kw)  # in memory, with the default (unbounded here) budget
+    pd.testing.assert_frame_equal(got.drop(columns="value"), want.drop(columns="value"))
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-4, atol=1e-5)
+
+
+def test_lazy_cka_is_computed_slab_by_slab_and_equals_the_formula(small_chunks, monkeypatch):
+    mem, lazy = small_chunks
+    row = 4 * mem.n_points * mem.d_model
+    monkeypatch.setattr(_arrays, "GATHER_BYTES", 24 * row)  # slabs of 12 examples: 10 slabs, 55 slab pairs
+    with LargestTaskResult() as seen:
+        got = geo.cka(lazy, max_examples=None).set_index(["point_a", "point_b"])["cka"]
+    assert 0 < seen.largest <= 24 * row
+    x = np.asarray(mem.states, dtype=np.float64)
+    for a, b in itertools.product(range(mem.n_points), repeat=2):
+        assert got[(a, b)] == pytest.approx(brute_cka(x[:, a], x[:, b]), rel=1e-6)
 
 
 # ------------------------------------------------------------------ population metrics
@@ -194,8 +255,12 @@ def pop(df, metric, word=None):
     return sub.sort_values("point")["value"].to_numpy()
 
 
-def test_self_similarity_intra_sentence_and_between_within_match_brute_force():
+@pytest.mark.parametrize("block_rows", [None, 5])
+def test_self_similarity_intra_sentence_and_between_within_match_brute_force(block_rows, monkeypatch):
     t = random_traj(n=36, p=4, d=9, seed=5)
+    if block_rows:  # blocks of 5 examples: sentence groups and senses span blocks
+        monkeypatch.setattr(_arrays, "BLOCK_BYTES", block_rows * 4 * t.n_points * t.d_model)
+        assert len(_arrays.block_bounds(t.states)) == 8
     df = geo.population_metrics(t, normalize="standardize")
     x = geo.normalize(t, "standardize").astype(np.float64)
     words, senses, groups = (t.meta[c].to_numpy() for c in ("word", "sense", "group"))
@@ -352,7 +417,7 @@ def test_rogue_dimensions_find_a_planted_dimension_and_shares_match_brute_force(
             assert r["cosine_share"] == pytest.approx(contrib[k] / contrib.sum(), rel=1e-6)
             assert r["variance_share"] == pytest.approx(var[k] / var.sum(), rel=1e-6)
         assert list(df[df["point"] == p]["dimension"]) == list(np.argsort(-contrib)[:3])
-    by_var = geo.rogue_dimensions(x, top_k=1, by="variance")
+    by_var = geo.rogue_dimensions(x, top_k=1, rank_by="variance")
     assert by_var.loc[by_var["point"] == 1, "dimension"].item() == 7
 
 
@@ -363,7 +428,7 @@ def test_smollm2_upper_points_have_a_rogue_dimension_that_standardize_removes(sm
 
     df = balanced_bank(coarsewsd_dir, 20)
     traj = tg.extract(smollm2, df, max_point=14, progress=False)
-    rogue = geo.rogue_dimensions(traj, top_k=1, by="variance")
+    rogue = geo.rogue_dimensions(traj, top_k=1, rank_by="variance")
     assert rogue.loc[rogue["point"] == 14, "variance_share"].item() > 0.9  # one dimension carries >90%
     labels = traj.labels("sense")
     same = labels[:, None] == labels[None, :]
@@ -395,8 +460,8 @@ def test_group_sums_in_blocks_equal_a_loop(monkeypatch):
     x = rng.normal(size=(53, 3, 4)).astype(np.float32)
     codes = rng.integers(0, 6, 53)
     codes[codes == 5] = 0  # codes must be 0..k-1, all present
-    monkeypatch.setattr(geo, "_GROUP_BLOCK", 4)  # groups straddle many blocks
-    got, sizes = geo._group_sums(x, codes)
+    monkeypatch.setattr(_common, "_GROUP_BLOCK", 4)  # groups straddle many blocks
+    got, sizes = _common.group_sums(x, codes)
     for c in range(codes.max() + 1):
         np.testing.assert_allclose(got[c], x[codes == c].astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
         assert sizes[c] == (codes == c).sum()
@@ -406,8 +471,8 @@ def test_mev_lanczos_path_matches_svd_for_large_gram():
     # m and d above _EIGSH_MIN, so the top eigenvalue comes from ARPACK, not eigvalsh
     rng = np.random.default_rng(16)
     x = rng.normal(size=(150, 2, 130)) + 0.3 * rng.normal(size=(1, 2, 130))
-    assert min(x.shape[0], x.shape[2]) >= geo._EIGSH_MIN
-    got = geo._mev(x.astype(np.float32))
+    assert min(x.shape[0], x.shape[2]) >= cloud._EIGSH_MIN
+    got = cloud._mev(x.astype(np.float32))
     for p in range(2):
         s = np.linalg.svd(x[:, p], compute_uv=False)
         assert got[p] == pytest.approx(s[0] ** 2 / np.sum(s**2), rel=1e-5)
@@ -443,3 +508,61 @@ def test_mev_baseline_sd_is_zero_when_every_draw_is_the_whole_other_word():
                                atol=1e-7)
     one = geo.population_metrics(t, normalize=None, n_baseline_draws=1)
     assert np.isnan(pop(one, "max_explainable_variance_baseline_sd", "a")).all()
+
+
+# ------------------------------------------------------------------ signatures (docs/architecture.md)
+def test_population_metrics_defaults_to_raw_vectors():
+    t = random_traj(n=40, p=3, d=8, seed=19)
+    t = tg.Trajectories(t.states + 5.0, t.meta)  # a shared offset: raw and standardised cosines differ
+    default = geo.population_metrics(t)
+    pd.testing.assert_frame_equal(default, geo.population_metrics(t, normalize=None))
+    std = geo.population_metrics(t, normalize="standardize")
+    assert (pop(default, "anisotropy") > pop(std, "anisotropy") + 0.3).all()
+
+
+def test_old_keywords_and_positional_options_warn_and_mean_the_same():
+    t = random_traj(n=36, p=3, d=8, seed=20)
+    mask = np.arange(36) < 20
+    with pytest.warns(DeprecationWarning, match="'words' is deprecated.*'word'"):
+        old = geo.population_metrics(t, words="word", normalize="center", n_pairs=50)
+    pd.testing.assert_frame_equal(old, geo.population_metrics(t, word="word", normalize="center", n_pairs=50))
+    with pytest.warns(DeprecationWarning, match="'reference' is deprecated.*'fit_on'"):
+        old = geo.population_metrics(t, reference=mask, normalize="center", n_pairs=50)
+    pd.testing.assert_frame_equal(old, geo.population_metrics(t, fit_on=mask, normalize="center", n_pairs=50))
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = geo.population_metrics(t, "center", 3, 50)
+    pd.testing.assert_frame_equal(old, geo.population_metrics(t, normalize="center", random_state=3, n_pairs=50))
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = geo.path_metrics(t, "center", mask)
+    pd.testing.assert_frame_equal(old, geo.path_metrics(t, normalize="center", fit_on=mask))
+    with pytest.warns(DeprecationWarning, match="'reference' is deprecated"):
+        old = geo.path_metric_arrays(t, normalize="center", reference=mask)
+    np.testing.assert_array_equal(old["norm"], geo.path_metric_arrays(t, normalize="center", fit_on=mask)["norm"])
+    with pytest.warns(DeprecationWarning, match="'by' is deprecated.*'rank_by'"):
+        old = geo.rogue_dimensions(t, by="variance")
+    pd.testing.assert_frame_equal(old, geo.rogue_dimensions(t, rank_by="variance"))
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = geo.cka(t, None, 20, 4)
+    pd.testing.assert_frame_equal(old, geo.cka(t, max_examples=20, random_state=4))
+    # the fitted statistics really come from fit_on: centring on the first 20 examples
+    z = geo.path_metric_arrays(t.states - t.states[:20].mean(0), block_size=7)
+    np.testing.assert_allclose(geo.path_metric_arrays(t, normalize="center", fit_on=mask)["norm"], z["norm"], rtol=1e-4)
+
+
+def test_missing_columns_follow_the_rule():
+    t = random_traj(n=30, p=2, d=6, seed=22)
+    with pytest.raises(KeyError, match="lemma.*columns are"):
+        geo.population_metrics(t, word="lemma")
+    with pytest.raises(KeyError, match="gold"):
+        geo.population_metrics(t, labels="gold")
+    # default columns that are absent mean "absent": one word, no senses, no groups
+    bare = tg.Trajectories(t.states)
+    with pytest.warns(UserWarning, match="only one word"):
+        df = geo.population_metrics(bare, n_pairs=50)
+    assert df["word"].isna().all()
+    assert df.loc[df["metric"] == "between_within_ratio", "value"].isna().all()
+    assert df.loc[df["metric"] == "intra_sentence_similarity", "value"].isna().all()
+    # word=None pools the words of a frame that has them
+    with pytest.warns(UserWarning, match="only one word"):
+        pooled = geo.population_metrics(t, word=None, n_pairs=50)
+    assert pooled["word"].isna().all()

@@ -271,3 +271,55 @@ def test_default_cache_is_for_umap_only_and_true_caches_pca(traj, tmp_path, monk
     assert not (tmp_path / "projections").exists()
     projections.fit(traj, method="pca", cache=True)
     assert len(list((tmp_path / "projections").glob("*.joblib"))) == 1
+
+
+# ------------------------------------------------------- one pass for memory and lazy stores
+def test_lazy_pca_holds_a_chunk_not_the_array(traj):
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    class Largest(Callback):
+        largest = 0
+
+        def _posttask(self, key, result, dsk, state, worker_id):
+            Largest.largest = max(Largest.largest, int(getattr(result, "nbytes", 0)))
+
+    lazy = tg.Trajectories(da.from_array(np.asarray(traj.states), chunks=(6, -1, -1)), traj.meta)
+    with Largest():
+        proj = projections.fit(lazy, n_components=3)
+        y = proj.transform(lazy)
+        ap = projections.aligned_pca(lazy, normalize="center")
+        ya = ap.transform(lazy)
+    row = 4 * P * D
+    assert 0 < Largest.largest <= 6 * row < N * row  # one chunk of 6 examples at a time
+    mem = projections.fit(traj, n_components=3)
+    np.testing.assert_allclose(y, mem.transform(traj), atol=1e-3)
+    np.testing.assert_allclose(ya, projections.aligned_pca(traj, normalize="center").transform(traj), atol=1e-3)
+
+
+def test_pca_from_moments_is_exact_despite_a_huge_common_offset():
+    # float32 vectors on an offset 1e4 times their spread: an uncentred scatter would lose the variance
+    rng = np.random.default_rng(3)
+    x = (1e4 + rng.normal(size=(400, 2, 6)) * np.array([5, 2, 1, 0.5, 0.2, 0.1])).astype(np.float32)
+    proj = projections.fit(x, normalize=None, n_components=3)
+    flat = x.reshape(-1, 6).astype(np.float64)
+    _, s, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    np.testing.assert_allclose(proj.explained_variance_ratio_, (s**2 / (s**2).sum())[:3], rtol=1e-4)
+    np.testing.assert_allclose(np.abs((proj.components_ * vt[:3]).sum(1)), 1, atol=1e-4)
+
+
+# ------------------------------------------------------------ signatures (docs/architecture.md)
+def test_options_by_position_warn_and_mean_the_same(traj):
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = projections.fit(traj, "pca", [0, 4], None, 3)
+    new = projections.fit(traj, method="pca", points=[0, 4], normalize=None, n_components=3)
+    np.testing.assert_array_equal(old.components_, new.components_)
+    with pytest.warns(DeprecationWarning, match="by position"):
+        old = projections.aligned_pca(traj, [1, 2], "center")
+    np.testing.assert_array_equal(old.transform(traj), projections.aligned_pca(traj, points=[1, 2], normalize="center").transform(traj))
+    with pytest.warns(DeprecationWarning, match="by position"):
+        assert projections.Projector("umap", [0]).get_params()["method"] == "umap"
+    with pytest.warns(DeprecationWarning, match="by position"):
+        assert projections.AlignedPCA([1, 2], None).normalize is None
+    with pytest.raises(TypeError):
+        projections.fit(traj, n_componets=3)  # a misspelt option is an error, not ignored

@@ -9,13 +9,14 @@ linear functionals (:meth:`PointNormalizer.pull_back`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from trajgeo._api import changed_signature
-from trajgeo._arrays import as_states, is_lazy, row_step, unwrap
+from trajgeo._arrays import RunningMoments, as_states, is_lazy, iter_blocks, unwrap
 
 __all__ = ["PointNormalizer", "normalize", "NORMALIZE_OPTIONS", "DEFAULT_NORMALIZE", "DEFAULT_NORMALIZE_DOC"]
 
@@ -58,25 +59,31 @@ def check_method(method: Any) -> None:
         raise ValueError(f"normalize must be one of {NORMALIZE_OPTIONS}, got {method!r}")
 
 
-def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _moments(x: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-point mean and (population) variance over examples, each of shape (n_points, d_model).
 
-    One pass over blocks of examples: each block is centred on a provisional float32 shift (the
-    first example), squared in float32 and summed in float64, so no float64 copy of ``x`` is made
-    and the shift keeps large offsets (rogue dimensions) from cancelling the variance away.
+    One pass over blocks of examples (a dask array chunk by chunk) through :class:`RunningMoments`:
+    float32 blocks centred on a provisional shift, float64 sums, so no float64 copy of ``x`` is made
+    and large offsets (rogue dimensions) do not cancel the variance away.
     """
-    n = x.shape[0]
-    shift = np.asarray(x[0], dtype=np.float32)
-    s1 = np.zeros(x.shape[1:], dtype=np.float64)
-    s2 = np.zeros(x.shape[1:], dtype=np.float64)
-    step = row_step(n, 4 * int(np.prod(x.shape[1:])))
-    for start in range(0, n, step):
-        c = np.subtract(x[start : start + step], shift, dtype=np.float32)
-        s1 += c.sum(axis=0, dtype=np.float64)
-        c *= c
-        s2 += c.sum(axis=0, dtype=np.float64)
-    m1 = s1 / n
-    return shift + m1, np.maximum(s2 / n - m1**2, 0.0)
+    m = RunningMoments()
+    for _, _, block in iter_blocks(x):
+        m.add(block)
+    return m.mean_, np.maximum(m.var_, 0.0)
+
+
+def _centred_covariances(x: Any, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point covariance (n_points, d, d) and ``r4 = sum_i ||x_i - mean||^4`` per point, float64,
+    from one more pass over blocks (float64: a whitening inverts the covariance)."""
+    p, d = mean.shape
+    cov = np.zeros((p, d, d))
+    r4 = np.zeros(p)
+    for _, _, block in iter_blocks(x, max_rows=1024):
+        c = np.subtract(block, mean, dtype=np.float64)
+        ct = np.ascontiguousarray(c.transpose(1, 0, 2))  # (p, b, d): one BLAS product per point
+        cov += np.swapaxes(ct, 1, 2) @ ct
+        r4 += (np.einsum("npd,npd->np", c, c) ** 2).sum(axis=0)
+    return cov / len(x), r4
 
 
 def _ledoit_wolf(cov: np.ndarray, r4: float, n: int) -> np.ndarray:
@@ -158,6 +165,8 @@ class PointNormalizer(TransformerMixin, BaseEstimator):
         x = unwrap(states)
         if len(x.shape) != 3:
             raise ValueError(f"expected states of shape (n_examples, n_points, d_model), got {tuple(x.shape)}")
+        if not is_lazy(x):
+            x = np.asarray(x, dtype=np.float32)
         if self.shared_at is not None:
             x = x[:, [int(self.shared_at)]]
         self.n_examples_ = n = int(x.shape[0])
@@ -165,41 +174,14 @@ class PointNormalizer(TransformerMixin, BaseEstimator):
             return self
         if n < 2:
             raise ValueError(f"normalize={self.method!r} needs at least 2 examples to fit on, got {n}")
-        if is_lazy(x):
-            self._fit_lazy(x)
-        else:
-            self._fit_memory(np.asarray(x, dtype=np.float32))
-        return self
-
-    def _fit_memory(self, x: np.ndarray) -> None:
-        mean, var = _moments(x)
+        mean, var = _moments(x)  # in memory or chunk by chunk, never loading a dask array whole
         self.mean_ = mean.astype(np.float32)
         if self.method == "standardize":
             self.scale_ = np.maximum(np.sqrt(var), self.eps).astype(np.float32)
         elif self.method == "whiten":
-            mats = []
-            for p in range(x.shape[1]):  # one point at a time: n x d float64, never n x p x d
-                xc = x[:, p].astype(np.float64) - mean[p]
-                cov = xc.T @ xc / len(xc)
-                r4 = float((np.einsum("nd,nd->n", xc, xc) ** 2).sum())
-                mats.append(self._whitener(_ledoit_wolf(cov, r4, len(xc))))
-            self.whitener_ = np.stack(mats)
-
-    def _fit_lazy(self, x: Any) -> None:
-        """Chunk-wise fit of a dask array (two passes: mean, then centred moments)."""
-        import dask.array as da
-
-        n = int(x.shape[0])
-        mean = x.astype(np.float64).mean(axis=0).compute()
-        self.mean_ = mean.astype(np.float32)
-        xc = x.astype(np.float64) - mean
-        if self.method == "standardize":
-            std = da.sqrt((xc**2).mean(axis=0)).compute()
-            self.scale_ = np.maximum(std, self.eps).astype(np.float32)
-        elif self.method == "whiten":
-            cov = da.einsum("npd,npe->pde", xc, xc).compute() / n
-            r4 = (da.einsum("npd,npd->np", xc, xc) ** 2).sum(axis=0).compute()
-            self.whitener_ = np.stack([self._whitener(_ledoit_wolf(cov[p], float(r4[p]), n)) for p in range(len(cov))])
+            cov, r4 = _centred_covariances(x, mean)
+            self.whitener_ = np.stack([self._whitener(_ledoit_wolf(c, float(r), n)) for c, r in zip(cov, r4)])
+        return self
 
     def _whitener(self, cov: np.ndarray) -> np.ndarray:
         vals, vecs = np.linalg.eigh(cov)
@@ -210,12 +192,16 @@ class PointNormalizer(TransformerMixin, BaseEstimator):
             raise RuntimeError("PointNormalizer is not fitted; call fit first")
 
     # ------------------------------------------------------------------ transform
-    def transform(self, states: Any) -> Any:
+    def transform(self, states: Any, *, positions: Any = None) -> Any:
         """Apply the fitted normalisation.
 
         Parameters
         ----------
         states : Trajectories, ndarray or dask array of shape (n_examples, n_points, d_model)
+        positions : sequence of int, optional
+            Which fitted points (positions along axis 1 of the fitted states) the points of
+            ``states`` are, when they are not all of them in order: e.g. the rows of one point
+            gathered on their own, shape (n, 1, d_model), with ``positions=[p]``.
 
         Returns
         -------
@@ -224,15 +210,16 @@ class PointNormalizer(TransformerMixin, BaseEstimator):
         """
         self._check_fitted()
         x = unwrap(states)
+        at = slice(None) if positions is None or self.shared_at is not None else np.asarray(positions, dtype=np.intp)
         if is_lazy(x):
             if self.method is None:
                 return x.astype(np.float32)
-            return x.rechunk({1: -1, 2: -1}).map_blocks(self._transform_block, dtype=np.float32)
-        return self._transform_block(x)
+            return x.rechunk({1: -1, 2: -1}).map_blocks(functools.partial(self._transform_block, at=at), dtype=np.float32)
+        return self._transform_block(x, at)
 
     transform_lazy = transform  # the name of the lazy transform before both were one method
 
-    def _transform_block(self, x: Any) -> np.ndarray:
+    def _transform_block(self, x: Any, at: Any = slice(None)) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 3:
             raise ValueError(f"expected states of shape (n_examples, n_points, d_model), got {x.shape}")
@@ -240,17 +227,17 @@ class PointNormalizer(TransformerMixin, BaseEstimator):
             return x
         if self.shared_at is not None:  # one set of statistics, shape (1, d), applied at every point
             b, p, d = x.shape
-            return self._apply(x.reshape(b * p, 1, d)).reshape(b, p, d)
-        if x.shape[1:] != self.mean_.shape:
-            raise ValueError(f"states have shape {x.shape[1:]} per example, fitted on {self.mean_.shape}")
-        return self._apply(x)
+            return self._apply(x.reshape(b * p, 1, d), at).reshape(b, p, d)
+        if x.shape[1:] != self.mean_[at].shape:
+            raise ValueError(f"states have shape {x.shape[1:]} per example, fitted on {self.mean_[at].shape}")
+        return self._apply(x, at)
 
-    def _apply(self, x: np.ndarray) -> np.ndarray:
-        out = np.subtract(x, self.mean_, dtype=np.float32)  # float32 throughout: no float64 copy
+    def _apply(self, x: np.ndarray, at: Any) -> np.ndarray:
+        out = np.subtract(x, self.mean_[at], dtype=np.float32)  # float32 throughout: no float64 copy
         if self.method == "standardize":
-            out /= self.scale_
+            out /= self.scale_[at]
         elif self.method == "whiten":
-            out = np.einsum("npd,pde->npe", out, self.whitener_, optimize=True)
+            out = np.einsum("npd,pde->npe", out, self.whitener_[at], optimize=True)
         return out.astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ directions

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny random models of every supported family, tokenizers of the three styles
 (byte-level BPE, SentencePiece-style unigram, WordPiece), the shipped real models and CoarseWSD-20.
 
-Tests take everything here as fixtures; nothing here is imported by a test module. Helpers that take
+Tests take everything here as fixtures; conftest is not a library to import from. Helpers that take
 arguments are factory fixtures (the fixture is the function: ``tiny_model("llama", len(wtok))``), and the
 model families are parametrised fixtures (``family``, ``decoder_family``)."""
 

@@ -1,8 +1,13 @@
 """Shared fixtures: tiny random models of every supported family, tokenizers of the three styles
-(byte-level BPE, SentencePiece-style unigram, WordPiece), the shipped real models and CoarseWSD-20."""
+(byte-level BPE, SentencePiece-style unigram, WordPiece), the shipped real models and CoarseWSD-20.
+
+Tests take everything here as fixtures; conftest is not a library to import from. Helpers that take
+arguments are factory fixtures (the fixture is the function: ``tiny_model("llama", len(wtok))``), and the
+model families are parametrised fixtures (``family``, ``decoder_family``)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -13,7 +18,7 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COARSEWSD = SHARED / "data" / "coarsewsd20"
 
-CORPUS = [
+_CORPUS = [
     "i sat by the river bank and watched the water flow past the muddy shore",
     "she went to the bank to deposit her salary into a savings account",
     "the bank raised its interest rates on every loan this spring",
@@ -24,25 +29,26 @@ CORPUS = [
     "banks and riverbanks, money and water: unbelievable tokenization",
 ]
 
-DECODER_FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gemma2", "gemma3", "gpt_neox"]
-ENCODER_FAMILIES = ["bert", "roberta"]
-ALL_FAMILIES = DECODER_FAMILIES + ENCODER_FAMILIES
+_DECODER_FAMILIES = ["gpt2", "llama", "mistral", "qwen2", "gemma2", "gemma3", "gpt_neox"]
+_ENCODER_FAMILIES = ["bert", "roberta"]
+_ALL_FAMILIES = _DECODER_FAMILIES + _ENCODER_FAMILIES
 
 
-def word_tokenizer():
-    """A fast word-level tokenizer over CORPUS's words (each word one token)."""
+# ============================================================== helpers (reached through the fixtures below)
+def _word_tokenizer():
+    """A fast word-level tokenizer over the corpus's words (each word one token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for line in CORPUS for w in line.replace(",", " ").replace(":", " ").split()})
+    words = sorted({w for line in _CORPUS for w in line.replace(",", " ").replace(":", " ").split()})
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
 
 
-def trained_tokenizer(style: str):
-    """Tokenizers trained on CORPUS, small enough that many words split into several tokens."""
+def _trained_tokenizer(style: str):
+    """Tokenizers trained on the corpus, small enough that many words split into several tokens."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -68,11 +74,11 @@ def trained_tokenizer(style: str):
         kw = dict(pad_token="[PAD]", unk_token="[UNK]")
     else:
         raise ValueError(style)
-    tk.train_from_iterator(CORPUS * 3, trainer)
+    tk.train_from_iterator(_CORPUS * 3, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, **kw)
 
 
-def tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
+def _tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
     """A randomly initialised model of the given family (d_model 32, 4 heads)."""
     import torch
     import transformers as tf
@@ -94,7 +100,7 @@ def tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
     for attr in ("bos_token_id", "eos_token_id"):
         if getattr(cfg, attr, None) is not None and getattr(cfg, attr) >= vocab_size:
             setattr(cfg, attr, 0)
-    if family in ENCODER_FAMILIES:
+    if family in _ENCODER_FAMILIES:
         model = tf.AutoModelForMaskedLM.from_config(cfg)
     else:
         model = tf.AutoModelForCausalLM.from_config(cfg)
@@ -105,7 +111,7 @@ def tiny_model(family: str, vocab_size: int, n_layers: int = 3, seed: int = 0):
     return model.eval()
 
 
-def load_analysis(name: str):
+def _load_analysis(name: str):
     """Import a script of ``analyses/`` as a module (they are scripts, not a package)."""
     path = Path(__file__).resolve().parents[1] / "analyses" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"analysis_{name}", path)
@@ -114,7 +120,7 @@ def load_analysis(name: str):
     return mod
 
 
-def span_frame(texts: list[str], target: str, occurrence: int = 0) -> pd.DataFrame:
+def _span_frame(texts: list[str], target: str, occurrence: int = 0) -> pd.DataFrame:
     """Examples with the char span of the occurrence-th whole-word match of target."""
     import re
 
@@ -129,16 +135,120 @@ def span_frame(texts: list[str], target: str, occurrence: int = 0) -> pd.DataFra
     return df
 
 
+def _balanced_bank(coarsewsd_dir: Path, per_sense: int, split: str = "train", seed: int = 0) -> pd.DataFrame:
+    """A class-balanced sample of CoarseWSD-20 `bank` examples, read straight from the raw files."""
+    root = coarsewsd_dir / "bank"
+    data = (root / f"{split}.data.txt").read_text().splitlines()
+    gold = (root / f"{split}.gold.txt").read_text().split()
+    rows = []
+    for line, g in zip(data, gold):
+        idx, sent = line.split("\t", 1)
+        toks = sent.split(" ")
+        start = len(" ".join(toks[: int(idx)])) + (1 if int(idx) > 0 else 0)
+        rows.append({"text": sent, "char_start": start, "char_end": start + len(toks[int(idx)]),
+                     "sense": "finance" if g == "0" else "river", "word": "bank"})
+    df = pd.DataFrame(rows)
+    rng = np.random.default_rng(seed)
+    parts = [g.iloc[rng.permutation(len(g))[:per_sense]] for _, g in df.groupby("sense")]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Brute force: per point, classify each example by the nearest (cosine) centroid built without it."""
+    acc = []
+    for p in range(states.shape[1]):
+        x = states[:, p] - states[:, p].mean(0)
+        right = 0
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            cos = {}
+            for s in np.unique(labels):
+                c = x[keep & (labels == s)].mean(0)
+                cos[s] = x[i] @ c / (np.linalg.norm(x[i]) * np.linalg.norm(c) + 1e-12)
+            best = max(cos.values())
+            winners = [s for s, v in cos.items() if np.isclose(v, best, atol=1e-6)]
+            right += (winners == [labels[i]])  # a tie is no answer: chance, not credit
+        acc.append(right / len(x))
+    return np.array(acc)
+
+
+# Transitional: tests/test_geometry.py still imports this name from conftest (a parallel change owns that
+# file). Delete it once that test takes the `balanced_bank` fixture below.
+balanced_bank = _balanced_bank
+
+
+# ============================================================== fixtures
+# Factories are fixtures under the helper's name whose value is the helper itself; the module keeps the
+# helpers private so that no test module can import them.
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """The eight sentences the tiny tokenizers are built from: bank, crane, match and pitcher in two senses,
+    and a line of words that split into several tokens."""
+    return list(_CORPUS)  # a copy: the tokenizers are built from the original
+
+
+# The family fixtures are module-scoped so that module-scoped fixtures can build one model per family (and
+# each module runs its tests family by family); session scope would interleave the test modules.
+@pytest.fixture(scope="module", params=_ALL_FAMILIES)
+def family(request) -> str:
+    """Every supported architecture family, decoders and encoders."""
+    return request.param
+
+
+@pytest.fixture(scope="module", params=_DECODER_FAMILIES)
+def decoder_family(request) -> str:
+    """Every supported causal (decoder-only) architecture family."""
+    return request.param
+
+
+@pytest.fixture(scope="session", name="tiny_model")
+def _tiny_model_factory():
+    """Factory: ``tiny_model(family, vocab_size, n_layers=3, seed=0)``, a new random model on each call."""
+    return _tiny_model
+
+
+@pytest.fixture(scope="session", name="trained_tokenizer")
+def _trained_tokenizer_factory():
+    """Factory: ``trained_tokenizer(style)`` for style "bpe", "sentencepiece" or "wordpiece", one per style."""
+    return functools.cache(_trained_tokenizer)
+
+
+@pytest.fixture(scope="session", name="span_frame")
+def _span_frame_factory():
+    """Factory: ``span_frame(texts, target, occurrence=0)``, examples spanning a whole-word target."""
+    return _span_frame
+
+
+@pytest.fixture(scope="session", name="load_analysis")
+def _load_analysis_factory():
+    """Factory: ``load_analysis(name)``, the script ``analyses/<name>.py`` imported as a module."""
+    return _load_analysis
+
+
+@pytest.fixture(scope="session", name="brute_loo_centroid_accuracy")
+def _brute_loo_centroid_accuracy_factory():
+    """``brute_loo_centroid_accuracy(states, labels)``: the leave-one-out nearest-centroid accuracy per point,
+    by brute force (the reference the fast versions are tested against)."""
+    return _brute_loo_centroid_accuracy
+
+
+@pytest.fixture(scope="session", name="balanced_bank")
+def _balanced_bank_factory(coarsewsd_dir):
+    """Factory: ``balanced_bank(per_sense, split="train", seed=0)`` over CoarseWSD-20 (skips without it)."""
+    return functools.partial(_balanced_bank, coarsewsd_dir)
+
+
 @pytest.fixture(scope="session")
 def wtok():
-    return word_tokenizer()
+    """A word-level tokenizer over the corpus (each word one token)."""
+    return _word_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def saved_model(tmp_path_factory, wtok):
     """A tiny random Llama and its tokenizer saved as a local model directory."""
     path = tmp_path_factory.mktemp("model")
-    tiny_model("llama", len(wtok)).save_pretrained(path)
+    _tiny_model("llama", len(wtok)).save_pretrained(path)
     wtok.save_pretrained(path)
     return path
 
@@ -167,40 +277,3 @@ def smollm2():
 @pytest.fixture(scope="session")
 def minilm():
     return _shipped("minilm")
-
-
-def balanced_bank(coarsewsd_dir: Path, per_sense: int, split: str = "train", seed: int = 0) -> pd.DataFrame:
-    """A class-balanced sample of CoarseWSD-20 `bank` examples, read straight from the raw files."""
-    root = coarsewsd_dir / "bank"
-    data = (root / f"{split}.data.txt").read_text().splitlines()
-    gold = (root / f"{split}.gold.txt").read_text().split()
-    rows = []
-    for line, g in zip(data, gold):
-        idx, sent = line.split("\t", 1)
-        toks = sent.split(" ")
-        start = len(" ".join(toks[: int(idx)])) + (1 if int(idx) > 0 else 0)
-        rows.append({"text": sent, "char_start": start, "char_end": start + len(toks[int(idx)]),
-                     "sense": "finance" if g == "0" else "river", "word": "bank"})
-    df = pd.DataFrame(rows)
-    rng = np.random.default_rng(seed)
-    parts = [g.iloc[rng.permutation(len(g))[:per_sense]] for _, g in df.groupby("sense")]
-    return pd.concat(parts, ignore_index=True)
-
-
-def brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Brute force: per point, classify each example by the nearest (cosine) centroid built without it."""
-    acc = []
-    for p in range(states.shape[1]):
-        x = states[:, p] - states[:, p].mean(0)
-        right = 0
-        for i in range(len(x)):
-            keep = np.arange(len(x)) != i
-            cos = {}
-            for s in np.unique(labels):
-                c = x[keep & (labels == s)].mean(0)
-                cos[s] = x[i] @ c / (np.linalg.norm(x[i]) * np.linalg.norm(c) + 1e-12)
-            best = max(cos.values())
-            winners = [s for s, v in cos.items() if np.isclose(v, best, atol=1e-6)]
-            right += (winners == [labels[i]])  # a tie is no answer: chance, not credit
-        acc.append(right / len(x))
-    return np.array(acc)

@@ -9,17 +9,14 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import load_model
 
-from conftest import load_analysis, tiny_model, trained_tokenizer
-
-
 
 @pytest.fixture(scope="module")
-def cue():
+def cue(load_analysis):
     return load_analysis("cue_position")
 
 
 @pytest.fixture(scope="module")
-def models():
+def models(trained_tokenizer, tiny_model):
     tok = trained_tokenizer("bpe")  # byte-level: any built-in sentence tokenizes
     return {"tiny-llama": load_model((tiny_model("llama", len(tok), seed=1), tok)),
             "tiny-bert": load_model((tiny_model("bert", len(tok), seed=2), tok))}

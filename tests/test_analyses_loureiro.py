@@ -14,8 +14,6 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import load_model
 
-from conftest import load_analysis, tiny_model, word_tokenizer
-
 
 # Each sense of bank and match has its own context words (all in the word tokenizer's vocabulary), so
 # the sense is recoverable from the context even through a random encoder. Unbalanced so that the
@@ -71,15 +69,14 @@ def _write_planted(root: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def script():
+def script(load_analysis):
     return load_analysis("loureiro")
 
 
 @pytest.fixture(scope="module")
-def models():
-    tok = word_tokenizer()
+def models(wtok, tiny_model):
     # 4 layers: the protocol sums points 1..4, so the embedding (point 0) is left out as in the paper
-    return {"tiny-bert": load_model((tiny_model("bert", len(tok), n_layers=4, seed=3), tok))}
+    return {"tiny-bert": load_model((tiny_model("bert", len(wtok), n_layers=4, seed=3), wtok))}
 
 
 @pytest.fixture(scope="module")

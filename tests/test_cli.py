@@ -13,12 +13,10 @@ import trajgeo as tg
 from trajgeo.cli import build_parser, main
 from trajgeo.models import load_model
 
-from conftest import CORPUS, span_frame
-
 
 @pytest.fixture(scope="module")
-def jsonl(tmp_path_factory):
-    df = span_frame([c for c in CORPUS if " the " in f" {c} "], "the")
+def jsonl(tmp_path_factory, corpus, span_frame):
+    df = span_frame([c for c in corpus if " the " in f" {c} "], "the")
     df["sense"] = ["a", "b"] * (len(df) // 2) + ["a"] * (len(df) % 2)
     path = tmp_path_factory.mktemp("data") / "the.jsonl"
     with open(path, "w") as f:

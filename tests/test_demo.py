@@ -6,10 +6,8 @@ import pandas as pd
 import trajgeo as tg
 from trajgeo.demo import per_point_table
 
-from conftest import brute_loo_centroid_accuracy
 
-
-def test_loo_centroid_accuracy_matches_brute_force():
+def test_loo_centroid_accuracy_matches_brute_force(brute_loo_centroid_accuracy):
     rng = np.random.default_rng(0)
     states = rng.normal(size=(24, 4, 6)).astype(np.float32)
     labels = np.array(["a", "b", "c"] * 8)
@@ -32,7 +30,7 @@ def test_identical_embeddings_give_no_credit_and_cos_to_final_ends_at_one():
     np.testing.assert_allclose(table["mean_norm"], np.linalg.norm(states, axis=-1).mean(0), rtol=1e-6)
 
 
-def test_accuracy_is_pooled_over_words_by_examples_and_skips_one_sense_words():
+def test_accuracy_is_pooled_over_words_by_examples_and_skips_one_sense_words(brute_loo_centroid_accuracy):
     rng = np.random.default_rng(2)
     n_w, n_v, n_u = 24, 10, 4
     states = rng.normal(size=(n_w + n_v + n_u, 4, 6)).astype(np.float32)

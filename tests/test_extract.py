@@ -15,8 +15,6 @@ import trajgeo as tg
 from trajgeo.extract import AlignmentError, align_targets
 from trajgeo.models import load_model
 
-from conftest import ALL_FAMILIES, brute_loo_centroid_accuracy, CORPUS, DECODER_FAMILIES, span_frame, tiny_model, trained_tokenizer
-
 TEXTS = [
     "i sat by the river bank and watched the water flow past the muddy shore",
     "she went to the bank to deposit her salary into a savings account",
@@ -26,13 +24,13 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def bank_examples() -> pd.DataFrame:
+def bank_examples(span_frame) -> pd.DataFrame:
     return span_frame(TEXTS, "bank")
 
 
-@pytest.fixture(scope="module", params=ALL_FAMILIES)
-def family_model(request, wtok):
-    return request.param, load_model((tiny_model(request.param, len(wtok)), wtok))
+@pytest.fixture(scope="module")
+def family_model(family, wtok, tiny_model):
+    return family, load_model((tiny_model(family, len(wtok)), wtok))
 
 
 def _hf_hidden(lm, text: str, pos: int) -> np.ndarray:
@@ -80,10 +78,10 @@ def test_intermediate_points_match_hugging_face_hidden_states(family_model, bank
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
-def test_states_do_not_depend_on_batch_companions(family_model, bank_examples, padding_side):
+def test_states_do_not_depend_on_batch_companions(family_model, bank_examples, padding_side, span_frame, corpus):
     _, lm = family_model
     alone = tg.extract(lm, bank_examples.iloc[[2]], progress=False, components=True)
-    long_texts = [" ".join(CORPUS[:3]) + " the bank", TEXTS[2], " ".join(CORPUS) + " the bank"]
+    long_texts = [" ".join(corpus[:3]) + " the bank", TEXTS[2], " ".join(corpus) + " the bank"]
     batch = span_frame(long_texts, "bank", occurrence=-1)
     batch.loc[1] = bank_examples.iloc[2]
     together = tg.extract(lm, batch, progress=False, components=True, batch_size=3, padding_side=padding_side)
@@ -92,16 +90,15 @@ def test_states_do_not_depend_on_batch_companions(family_model, bank_examples, p
     assert np.abs(together.components["mlp"][1] - alone.components["mlp"][0]).max() <= 1e-4 * scale
 
 
-@pytest.mark.parametrize("family", DECODER_FAMILIES)
-def test_causal_truncation_leaves_states_unchanged(family, wtok, bank_examples):
-    lm = load_model((tiny_model(family, len(wtok)), wtok))
+def test_causal_truncation_leaves_states_unchanged(decoder_family, wtok, bank_examples, tiny_model):
+    lm = load_model((tiny_model(decoder_family, len(wtok)), wtok))
     cut = tg.extract(lm, bank_examples, progress=False)
     full = tg.extract(lm, bank_examples, progress=False, truncate=False)
     assert (cut.meta["n_tokens"] < full.meta["n_tokens"]).all()
     np.testing.assert_allclose(cut.states, full.states, rtol=1e-5, atol=1e-5)
 
 
-def test_max_point_stops_after_that_block(wtok, bank_examples):
+def test_max_point_stops_after_that_block(wtok, bank_examples, tiny_model):
     lm = load_model((tiny_model("llama", len(wtok), n_layers=4), wtok))
     full = tg.extract(lm, bank_examples, progress=False, components=True)
     part = tg.extract(lm, bank_examples, progress=False, components=True, max_point=2)
@@ -110,9 +107,9 @@ def test_max_point_stops_after_that_block(wtok, bank_examples):
 
 
 @pytest.mark.parametrize("style", ["bpe", "sentencepiece", "wordpiece"])
-def test_alignment_single_and_multi_token_targets(style):
+def test_alignment_single_and_multi_token_targets(style, corpus, trained_tokenizer):
     tok = trained_tokenizer(style)
-    texts = [CORPUS[0], CORPUS[7], CORPUS[7]]
+    texts = [corpus[0], corpus[7], corpus[7]]
     df = pd.DataFrame({"text": texts})
     targets = ["bank", "unbelievable", "riverbanks"]
     df["char_start"] = [t.index(w) for t, w in zip(texts, targets)]
@@ -126,15 +123,15 @@ def test_alignment_single_and_multi_token_targets(style):
 
 
 @pytest.mark.parametrize("pool", ["first", "last", "mean"])
-def test_multi_token_pooling(pool):
+def test_multi_token_pooling(pool, tiny_model, corpus, trained_tokenizer):
     tok = trained_tokenizer("bpe")
     lm = load_model((tiny_model("gpt2", len(tok)), tok))
-    df = pd.DataFrame({"text": [CORPUS[7]], "char_start": [CORPUS[7].index("unbelievable")]})
+    df = pd.DataFrame({"text": [corpus[7]], "char_start": [corpus[7].index("unbelievable")]})
     df["char_end"] = df["char_start"] + len("unbelievable")
     traj = tg.extract(lm, df, pool=pool, progress=False)
     start, end = int(traj.meta["token_start"][0]), int(traj.meta["token_end"][0])
-    ids = tok(CORPUS[7])["input_ids"]
-    hf = np.stack([_hf_hidden(lm, CORPUS[7], p) for p in range(start, end)])  # (k, points, d)
+    ids = tok(corpus[7])["input_ids"]
+    hf = np.stack([_hf_hidden(lm, corpus[7], p) for p in range(start, end)])  # (k, points, d)
     expected = {"first": hf[0], "last": hf[-1], "mean": hf.mean(0)}[pool]
     np.testing.assert_allclose(traj.states[0, 1:-1], expected[1:-1], rtol=1e-4, atol=1e-5)
     emb = lm.adapter.embed.weight.detach().numpy()[ids[start:end]]
@@ -142,7 +139,7 @@ def test_multi_token_pooling(pool):
                                rtol=1e-6, atol=1e-6)
 
 
-def test_misaligned_span_raises_naming_the_example(wtok):
+def test_misaligned_span_raises_naming_the_example(wtok, span_frame, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     # without a target column validation cannot catch it: the alignment check must
     df = span_frame(TEXTS, "bank").drop(columns="target")
@@ -157,7 +154,7 @@ def test_span_on_whitespace_covers_no_token(wtok):
         align_targets(wtok, df, causal=True)
 
 
-def test_long_texts_are_windowed_with_a_warning(wtok):
+def test_long_texts_are_windowed_with_a_warning(wtok, span_frame, tiny_model):
     lm = load_model((tiny_model("llama", len(wtok)), wtok))
     texts = [" ".join(["the river"] * 40) + " bank", "the bank"]
     df = span_frame(texts, "bank")
@@ -169,7 +166,7 @@ def test_long_texts_are_windowed_with_a_warning(wtok):
     np.testing.assert_allclose(traj.states[0], direct.states[0], rtol=1e-5, atol=1e-5)
 
 
-def test_encoder_window_is_centred_on_the_target(wtok):
+def test_encoder_window_is_centred_on_the_target(wtok, span_frame, tiny_model):
     lm = load_model((tiny_model("bert", len(wtok)), wtok))
     text = " ".join(["river"] * 30) + " bank " + " ".join(["water"] * 30)
     with pytest.warns(UserWarning):
@@ -178,7 +175,7 @@ def test_encoder_window_is_centred_on_the_target(wtok):
     assert int(traj.meta["token_start"][0]) == 5
 
 
-def test_examples_as_records_are_validated_like_a_frame(wtok, bank_examples):
+def test_examples_as_records_are_validated_like_a_frame(wtok, bank_examples, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     from_frame = tg.extract(lm, bank_examples, progress=False)
     from_records = tg.extract(lm, bank_examples.to_dict("records"), progress=False)
@@ -191,7 +188,7 @@ def test_examples_as_records_are_validated_like_a_frame(wtok, bank_examples):
         tg.extract(lm, bank_examples.iloc[:0], progress=False)
 
 
-def test_unsupported_arguments_give_clear_errors(wtok, bank_examples):
+def test_unsupported_arguments_give_clear_errors(wtok, bank_examples, tiny_model):
     lm = load_model((tiny_model("gemma3", len(wtok)), wtok))
     with pytest.raises(ValueError, match="per-head writes are not available for the 'gemma'"):
         tg.extract(lm, bank_examples, heads=True, progress=False)
@@ -201,7 +198,7 @@ def test_unsupported_arguments_give_clear_errors(wtok, bank_examples):
         tg.extract(lm, bank_examples, max_point=9, progress=False)
 
 
-def test_store_round_trip_equals_memory(tmp_path, wtok, bank_examples):
+def test_store_round_trip_equals_memory(tmp_path, wtok, bank_examples, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     # one example per batch: in memory batches are sorted over the whole set, in a store within each chunk,
     # and batch composition changes float32 rounding; alone, every example must come back bit for bit
@@ -223,7 +220,8 @@ def test_store_round_trip_equals_memory(tmp_path, wtok, bank_examples):
     np.testing.assert_allclose(half.states, mem.states, rtol=2e-3, atol=2e-3)
 
 
-def test_interrupted_run_resumes_and_leaves_nothing_complete_looking(tmp_path, wtok, monkeypatch):
+def test_interrupted_run_resumes_and_leaves_nothing_complete_looking(tmp_path, wtok, monkeypatch, span_frame,
+                                                                    tiny_model):
     ex_mod = importlib.import_module("trajgeo.extract")  # `tg.extract` is the function
 
     lm = load_model((tiny_model("llama", len(wtok)), wtok))
@@ -257,7 +255,7 @@ def test_interrupted_run_resumes_and_leaves_nothing_complete_looking(tmp_path, w
     np.testing.assert_array_equal(resumed.states, fresh.states)
 
 
-def test_existing_store_is_returned_or_refused(tmp_path, wtok, bank_examples):
+def test_existing_store_is_returned_or_refused(tmp_path, wtok, bank_examples, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     path = tmp_path / "s.zarr"
     first = tg.extract(lm, bank_examples, store=path, progress=False)
@@ -269,11 +267,9 @@ def test_existing_store_is_returned_or_refused(tmp_path, wtok, bank_examples):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["smollm2", "minilm"])
-def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
-    from conftest import balanced_bank
-
+def test_real_models_resolve_bank_from_chance(which, request, balanced_bank, brute_loo_centroid_accuracy):
     lm = request.getfixturevalue(which)
-    df = balanced_bank(coarsewsd_dir, per_sense=20)
+    df = balanced_bank(per_sense=20)
     traj = tg.extract(lm, df, components=True, progress=False)
     s, a, m = traj.states, traj.components["attn"], traj.components["mlp"]
     recon = traj.aux["block_input"][:, None] + np.cumsum(a + m, 1)
@@ -283,7 +279,7 @@ def test_real_models_resolve_bank_from_chance(which, request, coarsewsd_dir):
     assert acc[1:].max() >= 0.8
 
 
-def test_target_at_the_first_position_is_flagged_for_causal_models_only(wtok):
+def test_target_at_the_first_position_is_flagged_for_causal_models_only(wtok, tiny_model):
     texts = ["bank of the river", "the bank was closed"]
     df = pd.DataFrame({"text": texts, "char_start": [0, 4], "char_end": [4, 8]})
     causal = load_model((tiny_model("llama", len(wtok)), wtok))

@@ -16,8 +16,6 @@ from trajgeo.lens._readout import _Readout
 from trajgeo.lens.tuned import _residuals
 from trajgeo.models import load_model
 
-from conftest import CORPUS, DECODER_FAMILIES, ENCODER_FAMILIES, span_frame, tiny_model, trained_tokenizer
-
 TEXTS = [
     "i sat by the river bank and watched the water flow past the muddy shore",
     "she went to the bank to deposit her salary into a savings account",
@@ -26,12 +24,6 @@ TEXTS = [
 ]
 SENSES = ["river", "finance", "finance", "river"]
 SENSE_WORDS = {"river": ["river", "water", "shore"], "finance": ["money", "loan", "account", "savings"]}
-
-
-def _bank(texts=TEXTS, senses=SENSES) -> pd.DataFrame:
-    df = span_frame(list(texts), "bank")
-    df["sense"] = list(senses)
-    return df
 
 
 def _every_word(texts: list[str]) -> pd.DataFrame:
@@ -86,26 +78,33 @@ def _wide(df: pd.DataFrame, metric: str, n: int) -> np.ndarray:
 
 
 # ============================================================== fixtures
-@pytest.fixture(scope="module", params=DECODER_FAMILIES + ENCODER_FAMILIES)
-def family_lm(request, wtok):
-    return request.param, load_model((tiny_model(request.param, len(wtok)), wtok))
+@pytest.fixture
+def bank_examples(span_frame) -> pd.DataFrame:
+    """The four bank sentences with their senses (a new frame per test)."""
+    df = span_frame(list(TEXTS), "bank")
+    df["sense"] = list(SENSES)
+    return df
 
 
 @pytest.fixture(scope="module")
-def llama(wtok):
+def family_lm(family, wtok, tiny_model):
+    return family, load_model((tiny_model(family, len(wtok)), wtok))
+
+
+@pytest.fixture(scope="module")
+def llama(wtok, tiny_model):
     return load_model((tiny_model("llama", len(wtok), n_layers=4), wtok))
 
 
 @pytest.fixture(scope="module")
-def gemma2(wtok):
+def gemma2(wtok, tiny_model):
     return load_model((tiny_model("gemma2", len(wtok)), wtok))
 
 
 # ============================================================== logit lens
-def test_last_point_reproduces_the_models_own_logits(family_lm):
+def test_last_point_reproduces_the_models_own_logits(family_lm, bank_examples):
     family, lm = family_lm
-    df = _bank()
-    traj = tg.extract(lm, df, progress=False)
+    traj = tg.extract(lm, bank_examples, progress=False)
     readout = _Readout(lm)
     for i, text in enumerate(TEXTS):
         enc = lm.tokenizer(text, return_tensors="pt")
@@ -131,9 +130,9 @@ def test_gemma2_softcapping_is_part_of_the_readout(gemma2):
 
 
 @pytest.mark.parametrize("which", ["llama", "gemma2"])
-def test_metrics_match_a_brute_force_float64_computation(which, request):
+def test_metrics_match_a_brute_force_float64_computation(which, request, bank_examples):
     lm = request.getfixturevalue(which)
-    traj = tg.extract(lm, _bank(), progress=False)
+    traj = tg.extract(lm, bank_examples, progress=False)
     # batches of 3 examples: a ragged last batch
     res, top = L.logit_lens(lm, traj, top_k=3, batch_size=3, return_top_tokens=True)
     brute = _brute_metrics(lm, traj)
@@ -150,8 +149,8 @@ def test_metrics_match_a_brute_force_float64_computation(which, request):
     np.testing.assert_array_equal(first, brute["top1"])
 
 
-def test_top_tokens_are_returned_explicitly_and_agree_with_top_tokens(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_top_tokens_are_returned_explicitly_and_agree_with_top_tokens(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     plain = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS)
     assert isinstance(plain, pd.DataFrame) and not plain.attrs  # no side channel
     result = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS, return_top_tokens=True, top_k=4)
@@ -162,8 +161,8 @@ def test_top_tokens_are_returned_explicitly_and_agree_with_top_tokens(llama):
     assert len(result.top_tokens) == len(traj) * traj.n_points * 4
 
 
-def test_old_positional_and_keyword_forms_still_work_with_a_warning(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_old_positional_and_keyword_forms_still_work_with_a_warning(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     with pytest.warns(DeprecationWarning, match="top_k, sense_tokens.*by position"):
         old = L.logit_lens(llama, traj, 0, SENSE_WORDS)
     pd.testing.assert_frame_equal(old, L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS))
@@ -179,8 +178,8 @@ def test_old_positional_and_keyword_forms_still_work_with_a_warning(llama):
     pd.testing.assert_frame_equal(old, L.prediction_depth(llama, traj, normalize_final=False))
 
 
-def test_output_columns_and_rows(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_output_columns_and_rows(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     res = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS)
     assert list(res.columns) == ["example", "point", "word", "sense", "metric", "to_sense", "value"]
     counts = res["metric"].value_counts()
@@ -193,8 +192,8 @@ def test_output_columns_and_rows(llama):
     assert set(res["point"]) == set(traj.points)
 
 
-def test_prediction_depth_matches_a_brute_force_loop(llama):
-    examples = _every_word(CORPUS[:6])
+def test_prediction_depth_matches_a_brute_force_loop(llama, corpus):
+    examples = _every_word(corpus[:6])
     traj = tg.extract(llama, examples, progress=False)
     depth = L.prediction_depth(llama, traj, batch_size=7)
     top = L.top_tokens(llama, traj, top_k=1).sort_values(["example", "point"])
@@ -213,15 +212,15 @@ def test_prediction_depth_matches_a_brute_force_loop(llama):
     assert len(set(expected)) > 1  # the examples do settle at different depths
 
 
-def test_prediction_depth_uses_original_point_indices(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_prediction_depth_uses_original_point_indices(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     sub = traj.select_points([0, 2, 4])
     depth = L.prediction_depth(llama, sub)
     assert set(depth["prediction_depth"]) <= {0, 2, 4}
 
 
-def test_sense_log_odds_match_a_manual_computation(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_sense_log_odds_match_a_manual_computation(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     res = L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS)
     vocab = llama.tokenizer.get_vocab()
     ids = {s: [vocab[w] for w in ws] for s, ws in SENSE_WORDS.items()}
@@ -242,8 +241,8 @@ def test_sense_log_odds_match_a_manual_computation(llama):
         np.testing.assert_allclose(got, probs[s], rtol=1e-4, atol=1e-8)
 
 
-def test_sense_tokens_given_per_word_apply_to_that_words_examples(llama):
-    df = pd.concat([_bank(), span_frame([CORPUS[4]], "crane").assign(sense="bird")], ignore_index=True)
+def test_sense_tokens_given_per_word_apply_to_that_words_examples(llama, bank_examples, span_frame, corpus):
+    df = pd.concat([bank_examples, span_frame([corpus[4]], "crane").assign(sense="bird")], ignore_index=True)
     traj = tg.extract(llama, df, progress=False)
     per_word = {"bank": SENSE_WORDS, "crane": {"bird": ["marsh", "waded"], "machine": ["steel", "lifted"]}}
     res = L.logit_lens(llama, traj, sense_tokens=per_word)
@@ -253,8 +252,8 @@ def test_sense_tokens_given_per_word_apply_to_that_words_examples(llama):
     assert (res["metric"] == "sense_log_odds").sum() == len(traj) * traj.n_points
 
 
-def test_sense_without_a_token_set_raises_naming_the_example(llama):
-    df = _bank(senses=["river", "finance", "finance", "vault"])
+def test_sense_without_a_token_set_raises_naming_the_example(llama, bank_examples):
+    df = bank_examples.assign(sense=["river", "finance", "finance", "vault"])
     traj = tg.extract(llama, df, progress=False)
     with pytest.raises(KeyError, match=r"examples \[3\].*vault"):
         L.logit_lens(llama, traj, sense_tokens=SENSE_WORDS)
@@ -272,28 +271,28 @@ def test_shared_and_unknown_sense_words_are_dropped_with_a_warning(wtok):
 
 
 @pytest.mark.parametrize("style", ["bpe", "sentencepiece"])
-def test_sense_words_map_to_their_word_initial_token(style):
+def test_sense_words_map_to_their_word_initial_token(style, trained_tokenizer):
     tok = trained_tokenizer(style)
     ids = L.sense_token_ids(tok, {"r": ["river"], "f": ["money"]})
     piece = tok.convert_ids_to_tokens(ids["r"][0])
     assert piece[0] in ("Ġ", "▁") and "river".startswith(piece[1:])
 
 
-def test_encoder_without_lm_head_raises_clearly(wtok):
+def test_encoder_without_lm_head_raises_clearly(wtok, bank_examples, corpus):
     import transformers as tf
 
     cfg = tf.BertConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                         vocab_size=len(wtok))
     lm = load_model((tf.BertModel(cfg).eval(), wtok))
-    traj = tg.extract(lm, _bank(), progress=False)
+    traj = tg.extract(lm, bank_examples, progress=False)
     with pytest.raises(ValueError, match="needs an unembedding"):
         L.logit_lens(lm, traj)
     with pytest.raises(ValueError, match="needs an unembedding"):
-        L.TunedLens(progress=False).fit(lm, CORPUS)
+        L.TunedLens(progress=False).fit(lm, corpus)
 
 
-def test_trajectories_of_another_model_are_refused(wtok, llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_trajectories_of_another_model_are_refused(wtok, llama, bank_examples, tiny_model):
+    traj = tg.extract(llama, bank_examples, progress=False)
     gpt2 = load_model((tiny_model("gpt2", len(wtok), n_layers=4), wtok))
     with pytest.raises(ValueError, match="extracted with model 'LlamaForCausalLM'"):
         L.logit_lens(gpt2, traj)
@@ -305,14 +304,14 @@ def test_trajectories_of_another_model_are_refused(wtok, llama):
         L.logit_lens(three, traj)
 
 
-def test_trajectories_without_the_last_point_are_refused(llama):
-    traj = tg.extract(llama, _bank(), progress=False, max_point=2)
+def test_trajectories_without_the_last_point_are_refused(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False, max_point=2)
     with pytest.raises(ValueError, match="needs the last point"):
         L.logit_lens(llama, traj)
 
 
-def test_plain_arrays_are_accepted(llama):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_plain_arrays_are_accepted(llama, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     a = L.logit_lens(llama, traj.states)
     b = L.logit_lens(llama, traj)
     assert "word" not in a.columns and set(a["metric"]) == set(L.LENS_METRICS[:4])  # no word: no sense rows
@@ -329,7 +328,7 @@ def _random_texts(tok, n: int, length: int, seed: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sharp(wtok):
+def sharp(wtok, tiny_model):
     """The tiny llama with a 10x unembedding: random models otherwise predict an almost uniform
     distribution at every point, and every KL is near 0."""
     model = tiny_model("llama", len(wtok), n_layers=4)
@@ -344,11 +343,10 @@ def tuned(llama):
     return L.TunedLens(n_epochs=2, lr=3e-3, batch_size=32, progress=False, random_state=0).fit(llama, texts)
 
 
-def test_residuals_equal_extracted_points(llama):
+def test_residuals_equal_extracted_points(llama, bank_examples):
     # the corpus residuals are trajgeo's points (raw last point, scaled embedding at point 0)
-    df = _bank()
-    traj = tg.extract(llama, df.iloc[[1]], progress=False)
-    h = _residuals(llama, [df["text"][1]], max_length=64, batch_size=1)
+    traj = tg.extract(llama, bank_examples.iloc[[1]], progress=False)
+    h = _residuals(llama, [bank_examples["text"][1]], max_length=64, batch_size=1)
     pos = int(traj.meta["token_start"][0])
     np.testing.assert_allclose(h[pos], traj.states[0], rtol=1e-5, atol=1e-5)
 
@@ -364,26 +362,26 @@ def test_tuned_lens_lowers_held_out_kl_below_the_logit_lens(sharp):
     assert lens.loss_history_[-10:].mean() < lens.loss_history_[:3].mean()
 
 
-def test_tuned_lens_starts_as_the_logit_lens(llama):
+def test_tuned_lens_starts_as_the_logit_lens(llama, bank_examples, corpus):
     # with a zero learning rate the translators stay at the identity: the tuned lens is the logit lens
-    lens = L.TunedLens(n_epochs=1, lr=0.0, progress=False).fit(llama, CORPUS)
+    lens = L.TunedLens(n_epochs=1, lr=0.0, progress=False).fit(llama, corpus)
     np.testing.assert_array_equal(lens.weight_, np.broadcast_to(np.eye(32), lens.weight_.shape))
     assert not lens.bias_.any()
-    traj = tg.extract(llama, _bank(), progress=False)
+    traj = tg.extract(llama, bank_examples, progress=False)
     pd.testing.assert_frame_equal(L.logit_lens(llama, traj), lens.lens(llama, traj),
                                   check_exact=False, rtol=1e-5, atol=1e-5)  # float32 KL: ~1e-6 absolute
 
 
-def test_tuned_lens_keeps_the_last_point(llama, tuned):
+def test_tuned_lens_keeps_the_last_point(llama, tuned, bank_examples):
     np.testing.assert_array_equal(tuned.weight_[-1], np.eye(32))
-    traj = tg.extract(llama, _bank(), progress=False)
+    traj = tg.extract(llama, bank_examples, progress=False)
     res = tuned.lens(llama, traj, sense_tokens=SENSE_WORDS)
     assert (_wide(res, "kl_to_final", len(traj))[:, -1] == 0).all()
     assert not np.allclose(tuned.transform(traj).states[:, :-1], traj.states[:, :-1])
 
 
-def test_transform_is_the_affine_map_per_point(llama, tuned):
-    traj = tg.extract(llama, _bank(), progress=False)
+def test_transform_is_the_affine_map_per_point(llama, tuned, bank_examples):
+    traj = tg.extract(llama, bank_examples, progress=False)
     out = tuned.transform(traj)
     for p in range(traj.n_points):
         np.testing.assert_allclose(out.states[:, p], traj.states[:, p] @ tuned.weight_[p].T + tuned.bias_[p],
@@ -393,19 +391,19 @@ def test_transform_is_the_affine_map_per_point(llama, tuned):
     np.testing.assert_allclose(tuned.transform(sub).states, out.states[:, [1, 3]], rtol=1e-6, atol=1e-6)
 
 
-def test_save_load_round_trip_gives_identical_outputs(llama, tuned, tmp_path):
+def test_save_load_round_trip_gives_identical_outputs(llama, tuned, tmp_path, bank_examples):
     path = tuned.save(tmp_path / "lens.npz")
     assert [p.name for p in tmp_path.iterdir()] == ["lens.npz"]  # no temporary file left behind
     back = L.TunedLens.load(path)
     assert back.get_params() == tuned.get_params()
-    traj = tg.extract(llama, _bank(), progress=False)
+    traj = tg.extract(llama, bank_examples, progress=False)
     pd.testing.assert_frame_equal(back.lens(llama, traj, sense_tokens=SENSE_WORDS),
                                   tuned.lens(llama, traj, sense_tokens=SENSE_WORDS))
 
 
-def test_tuned_lens_refuses_another_model(wtok, tuned):
+def test_tuned_lens_refuses_another_model(wtok, tuned, bank_examples, tiny_model):
     other = load_model((tiny_model("llama", len(wtok), n_layers=4, seed=1), wtok))
-    traj = tg.extract(other, _bank(), progress=False)
+    traj = tg.extract(other, bank_examples, progress=False)
     with pytest.raises(ValueError, match="trained for"):
         tuned.lens(other, traj)
     with pytest.raises(ValueError, match="not fitted"):
@@ -425,7 +423,8 @@ BANK_FALLBACK = [  # used until tg.datasets.builtin("bank") is available
 ]
 
 
-def _bank_sentences() -> pd.DataFrame:
+@pytest.fixture
+def bank_sentences(span_frame) -> pd.DataFrame:
     try:
         df = tg.datasets.builtin("bank")
         if len(df):
@@ -446,8 +445,8 @@ def _bank_sense_words() -> dict:
 
 
 @pytest.mark.slow
-def test_smollm2_last_point_reproduces_its_logits(smollm2):
-    df = _bank_sentences().iloc[:6]
+def test_smollm2_last_point_reproduces_its_logits(smollm2, bank_sentences):
+    df = bank_sentences.iloc[:6]
     traj = tg.extract(smollm2, df, progress=False)
     readout = _Readout(smollm2)
     for i, text in enumerate(df["text"]):
@@ -461,8 +460,8 @@ def test_smollm2_last_point_reproduces_its_logits(smollm2):
 
 
 @pytest.mark.slow
-def test_smollm2_sense_log_odds_move_toward_the_correct_sense_with_depth(smollm2):
-    df = _bank_sentences()
+def test_smollm2_sense_log_odds_move_toward_the_correct_sense_with_depth(smollm2, bank_sentences):
+    df = bank_sentences
     traj = tg.extract(smollm2, df, progress=False)
     sense_words = _bank_sense_words()
     res = L.logit_lens(smollm2, traj, sense_tokens=sense_words)
@@ -475,12 +474,12 @@ def test_smollm2_sense_log_odds_move_toward_the_correct_sense_with_depth(smollm2
 
 
 @pytest.mark.slow
-def test_smollm2_tuned_lens_lowers_held_out_kl(smollm2, coarsewsd_dir):
+def test_smollm2_tuned_lens_lowers_held_out_kl(smollm2, coarsewsd_dir, bank_sentences):
     train = [line.split("\t", 1)[1] for line in
              (coarsewsd_dir / "apple" / "train.data.txt").read_text().splitlines()[:24]]
     lens = L.TunedLens(n_epochs=1, lr=1e-3, batch_size=24, max_tokens=288, max_length=32, progress=False)
     lens.fit(smollm2, train)
-    traj = tg.extract(smollm2, _bank_sentences().iloc[:12], progress=False)
+    traj = tg.extract(smollm2, bank_sentences.iloc[:12], progress=False)
     kl_logit = _wide(L.logit_lens(smollm2, traj), "kl_to_final", len(traj))[:, :-1].mean()
     kl_tuned = _wide(lens.lens(smollm2, traj), "kl_to_final", len(traj))[:, :-1].mean()
     print(f"\nSmolLM2 held-out mean KL to final (points 0..L-1): logit lens {kl_logit:.3f}, tuned lens "
@@ -489,7 +488,7 @@ def test_smollm2_tuned_lens_lowers_held_out_kl(smollm2, coarsewsd_dir):
 
 
 @pytest.mark.slow
-def test_minilm_has_no_unembedding(minilm):
-    traj = tg.extract(minilm, _bank_sentences().iloc[:2], progress=False)
+def test_minilm_has_no_unembedding(minilm, bank_sentences):
+    traj = tg.extract(minilm, bank_sentences.iloc[:2], progress=False)
     with pytest.raises(ValueError, match="needs an unembedding"):
         L.logit_lens(minilm, traj)

@@ -9,11 +9,8 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import SUPPORTED_ARCHITECTURES, LoadedModel, load_model, make_adapter, shipped_model_path
 
-from conftest import ALL_FAMILIES, tiny_model
 
-
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_adapter_maps_every_family(family, wtok):
+def test_adapter_maps_every_family(family, wtok, tiny_model):
     model = tiny_model(family, len(wtok), n_layers=2)
     a = make_adapter(model)
     assert a.n_layers == 2 and len(a.attn_out) == 2 and len(a.mlp_out) == 2
@@ -37,7 +34,7 @@ def test_unsupported_architecture_lists_the_supported(wtok):
         load_model((model, wtok))
 
 
-def test_loaded_model_and_pairs_pass_through(wtok):
+def test_loaded_model_and_pairs_pass_through(wtok, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     assert isinstance(lm, LoadedModel) and load_model(lm) is lm
     assert lm.info()["n_layers"] == 3 and lm.info()["architecture"] == "gpt2"
@@ -46,7 +43,7 @@ def test_loaded_model_and_pairs_pass_through(wtok):
     assert other.fingerprint() != lm.fingerprint()
 
 
-def test_old_spec_keyword_and_positional_options_still_work_with_a_warning(wtok):
+def test_old_spec_keyword_and_positional_options_still_work_with_a_warning(wtok, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     with pytest.warns(DeprecationWarning, match="'spec' is deprecated.*use 'model'"):
         assert load_model(spec=lm) is lm
@@ -54,7 +51,7 @@ def test_old_spec_keyword_and_positional_options_still_work_with_a_warning(wtok)
         load_model("smollm2", "int3")  # the second positional argument is still read as dtype
 
 
-def test_local_directory_loads_the_same_model(tmp_path, wtok):
+def test_local_directory_loads_the_same_model(tmp_path, wtok, tiny_model):
     import numpy as np
     import pandas as pd
 
@@ -122,7 +119,7 @@ def test_shipped_minilm_is_a_headless_6_layer_encoder(minilm):
     assert minilm.adapter.unembed is None  # no random LM head is invented for it
 
 
-def test_gguf_cache_round_trip_gives_identical_weights(tmp_path, monkeypatch, wtok):
+def test_gguf_cache_round_trip_gives_identical_weights(tmp_path, monkeypatch, wtok, tiny_model):
     """A GGUF-like load is cached as safetensors; the cached load has the same fingerprint."""
     import trajgeo.models as models
 

@@ -15,8 +15,6 @@ from sklearn.preprocessing import StandardScaler
 import trajgeo as tg
 from trajgeo import probes
 
-from conftest import balanced_bank
-
 SIGNAL_POINTS = [3, 4, 5]
 
 
@@ -481,14 +479,11 @@ def test_old_positional_and_renamed_calls_warn_and_give_the_same_results():
     pd.testing.assert_frame_equal(old_l, probes.loureiro_1nn(traj[half], traj[~half], n_last=1))
 
 
-def test_loureiro_1nn_old_dataframe_form_extracts_first_with_a_warning():
+def test_loureiro_1nn_old_dataframe_form_extracts_first_with_a_warning(wtok, tiny_model, corpus, span_frame):
     from trajgeo.models import load_model
 
-    from conftest import CORPUS, span_frame, tiny_model, word_tokenizer
-
-    tok = word_tokenizer()
-    lm = load_model((tiny_model("bert", len(tok), n_layers=4, seed=3), tok))
-    texts = [t for t in CORPUS if " bank " in f" {t} "]
+    lm = load_model((tiny_model("bert", len(wtok), n_layers=4, seed=3), wtok))
+    texts = [t for t in corpus if " bank " in f" {t} "]
     ex = span_frame(texts * 4, "bank").assign(word="bank", sense=["river", "finance", "finance", "river"] * 4)
     train, test = ex.iloc[:8].reset_index(drop=True), ex.iloc[8:].reset_index(drop=True)
     with pytest.warns(DeprecationWarning, match="extract first"):
@@ -501,8 +496,8 @@ def test_loureiro_1nn_old_dataframe_form_extracts_first_with_a_warning():
 
 
 @pytest.mark.slow
-def test_smollm2_bank_sense_becomes_linearly_readable(smollm2, coarsewsd_dir):
-    examples = balanced_bank(coarsewsd_dir, per_sense=30)
+def test_smollm2_bank_sense_becomes_linearly_readable(smollm2, balanced_bank):
+    examples = balanced_bank(per_sense=30)
     examples["group"] = pd.factorize(examples["text"])[0]
     traj = tg.extract(smollm2, examples, max_point=12, progress=False)
     df = probes.layerwise(traj, cv=3, n_boot=200, progress=False)

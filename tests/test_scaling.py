@@ -13,11 +13,9 @@ import pytest
 import trajgeo as tg
 from trajgeo.models import load_model
 
-from conftest import CORPUS, span_frame, tiny_model
 
-
-def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, saved_model):
-    texts = [c for c in CORPUS if " the " in f" {c} "] * 5
+def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, saved_model, corpus, span_frame):
+    texts = [c for c in corpus if " the " in f" {c} "] * 5
     df = span_frame(texts, "the")
     df.to_parquet(tmp_path / "examples.parquet")
     script = tmp_path / "job.py"
@@ -42,17 +40,17 @@ def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, saved_mode
     assert multi.meta["example"].tolist() == list(range(len(df)))
 
 
-def test_multiple_ranks_without_a_store_are_refused(wtok):
+def test_multiple_ranks_without_a_store_are_refused(wtok, corpus, span_frame, tiny_model):
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
     with pytest.raises(ValueError, match="needs store="):
-        tg.extract(lm, span_frame(CORPUS[:2], "the"), rank=0, world_size=2, progress=False)
+        tg.extract(lm, span_frame(corpus[:2], "the"), rank=0, world_size=2, progress=False)
 
 
-def test_extract_can_return_the_store_lazily(tmp_path, wtok):
+def test_extract_can_return_the_store_lazily(tmp_path, wtok, corpus, span_frame, tiny_model):
     import dask.array as da
 
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
-    df = span_frame([c for c in CORPUS if " the " in f" {c} "] * 2, "the")
+    df = span_frame([c for c in corpus if " the " in f" {c} "] * 2, "the")
     lazy = tg.extract(lm, df, store=tmp_path / "l.zarr", chunk_size=4, lazy=True, progress=False)
     assert isinstance(lazy.states, da.Array)
     again = tg.extract(lm, df, store=tmp_path / "l.zarr", chunk_size=4, progress=False)  # finished store: read back
@@ -61,11 +59,11 @@ def test_extract_can_return_the_store_lazily(tmp_path, wtok):
     np.testing.assert_allclose(again.states, tg.extract(lm, df, progress=False).states, rtol=1e-5, atol=1e-6)
 
 
-def test_lazy_load_gives_dask_arrays_equal_to_memory(tmp_path, wtok):
+def test_lazy_load_gives_dask_arrays_equal_to_memory(tmp_path, wtok, corpus, span_frame, tiny_model):
     import dask.array as da
 
     lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
-    df = span_frame([c for c in CORPUS if " the " in f" {c} "] * 3, "the")
+    df = span_frame([c for c in corpus if " the " in f" {c} "] * 3, "the")
     path = tmp_path / "lazy.zarr"
     mem = tg.extract(lm, df, components=True, store=path, chunk_size=4, progress=False)
     lazy = tg.load(path, lazy=True)
@@ -75,16 +73,14 @@ def test_lazy_load_gives_dask_arrays_equal_to_memory(tmp_path, wtok):
 
 
 @pytest.mark.slow
-def test_bfloat16_stays_within_documented_tolerance_of_float32(smollm2, coarsewsd_dir):
+def test_bfloat16_stays_within_documented_tolerance_of_float32(smollm2, balanced_bank):
     """bfloat16 halves memory and speeds up GPUs; on SmolLM2 and 24 CoarseWSD-20 `bank` examples it was
     measured at cosine >= 0.9988 per state, relative error <= 6% (largest at the last points, where norms
     reach ~800), mean cosine to final within 0.002 and LOO accuracy within 2 of 24 examples. The
     tolerances below (documented in README's Scaling section) leave a margin over those numbers."""
     from trajgeo.demo import per_point_table
 
-    from conftest import balanced_bank
-
-    df = balanced_bank(coarsewsd_dir, 12)
+    df = balanced_bank(12)
     f32 = tg.extract(smollm2, df, progress=False)
     bf16 = tg.extract(load_model("smollm2", dtype="bfloat16"), df, progress=False)
     assert bf16.states.dtype == np.float32  # computed in bfloat16, stored as float32

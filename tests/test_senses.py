@@ -12,8 +12,6 @@ from trajgeo import senses
 from trajgeo.normalization import PointNormalizer
 from trajgeo.models import load_model
 
-from conftest import CORPUS, balanced_bank, brute_loo_centroid_accuracy, span_frame, tiny_model
-
 
 # ============================================================== data makers
 def random_traj(seed: int = 0, n_points: int = 4, d: int = 6) -> tg.Trajectories:
@@ -391,11 +389,11 @@ def test_grouped_cross_fitting_errors_name_the_problem():
 
 
 @pytest.fixture(scope="module")
-def tiny_components(wtok):
+def tiny_components(wtok, tiny_model, span_frame, corpus):
     lm = load_model((tiny_model("llama", len(wtok), n_layers=3, seed=1), wtok))
-    bank = span_frame(CORPUS[:4], "bank")
+    bank = span_frame(corpus[:4], "bank")
     bank["sense"] = ["river", "finance", "finance", "river"]
-    the = span_frame([c for c in CORPUS if " the " in f" {c} "][:6], "the")
+    the = span_frame([c for c in corpus if " the " in f" {c} "][:6], "the")
     the["sense"] = ["s1", "s2"] * 3
     df = pd.concat([bank, the], ignore_index=True)
     return tg.extract(lm, df, components=True, heads=True, progress=False)
@@ -452,7 +450,7 @@ def two_word_planted(seed: int = 2) -> tg.Trajectories:
     return tg.Trajectories(states[order], meta.iloc[order].reset_index(drop=True))
 
 
-def test_nearest_centroid_accuracy_matches_brute_force_per_word():
+def test_nearest_centroid_accuracy_matches_brute_force_per_word(brute_loo_centroid_accuracy):
     traj = two_word_planted()
     acc = senses.nearest_centroid_accuracy(traj, normalize="center")
     assert list(acc.columns) == ["word", "point", "n_examples", "accuracy"]
@@ -617,9 +615,9 @@ def test_lazy_attribution_and_distributed_cluster_match_memory(tmp_path, tiny_co
 
 # ============================================================== real model
 @pytest.mark.slow
-def test_smollm2_bank_margin_rises_from_zero_to_clearly_positive(smollm2, coarsewsd_dir):
+def test_smollm2_bank_margin_rises_from_zero_to_clearly_positive(smollm2, balanced_bank):
     stats = pytest.importorskip("trajgeo.stats")
-    df = balanced_bank(coarsewsd_dir, per_sense=20)
+    df = balanced_bank(per_sense=20)
     traj = tg.extract(smollm2, df, progress=False, batch_size=16)
     curves = senses.curves(traj)
     margin = curves[curves.metric == "margin"]

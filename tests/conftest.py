@@ -172,9 +172,6 @@ def _brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.n
     return np.array(acc)
 
 
-# Transitional: tests/test_geometry.py still imports this name from conftest (a parallel change owns that
-# file). Delete it once that test takes the `balanced_bank` fixture below.
-balanced_bank = _balanced_bank
 
 
 # ============================================================== fixtures

@@ -423,10 +423,9 @@ def test_rogue_dimensions_find_a_planted_dimension_and_shares_match_brute_force(
 
 # ------------------------------------------------------------------ real model (slow)
 @pytest.mark.slow
-def test_smollm2_upper_points_have_a_rogue_dimension_that_standardize_removes(smollm2, coarsewsd_dir):
-    from conftest import balanced_bank
+def test_smollm2_upper_points_have_a_rogue_dimension_that_standardize_removes(smollm2, balanced_bank):
 
-    df = balanced_bank(coarsewsd_dir, 20)
+    df = balanced_bank(20)
     traj = tg.extract(smollm2, df, max_point=14, progress=False)
     rogue = geo.rogue_dimensions(traj, top_k=1, rank_by="variance")
     assert rogue.loc[rogue["point"] == 14, "variance_share"].item() > 0.9  # one dimension carries >90%

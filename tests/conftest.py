@@ -172,8 +172,6 @@ def _brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.n
     return np.array(acc)
 
 
-
-
 # ============================================================== fixtures
 # Factories are fixtures under the helper's name whose value is the helper itself; the module keeps the
 # helpers private so that no test module can import them.

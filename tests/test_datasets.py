@@ -237,6 +237,97 @@ def test_csv_error_names_line_after_multiline_text(tmp_path):
         ds.read_csv(p)
 
 
+# ================================================================ the contract's edges
+@pytest.mark.parametrize("empty", [[], pd.DataFrame(), pd.DataFrame(columns=["text", "target", "sense"])])
+def test_error_no_examples_says_so_before_any_column_check(empty):
+    with pytest.raises(ValueError, match="no examples: the examples are empty"):
+        ds.validate(empty)
+    call = ds.from_records if isinstance(empty, list) else ds.from_dataframe
+    with pytest.raises(ValueError, match="no examples: the examples are empty"):
+        call(empty)
+
+
+def test_empty_files_and_selections_give_clear_errors(tmp_path, coarsewsd_dir):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n\n")
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no examples"):
+        ds.read_jsonl(p)
+    c = tmp_path / "empty.csv"
+    c.write_text("text,target,sense\n")
+    with pytest.raises(ValueError, match=r"empty\.csv: no examples"):
+        ds.read_csv(c)
+    with pytest.raises(ValueError, match="no words given"):
+        ds.builtin([])
+    root = tmp_path / "cw"
+    shutil.copytree(coarsewsd_dir / "yard", root / "yard")
+    for name in ("test.data.txt", "test.gold.txt"):
+        (root / "yard" / name).write_text("")
+    with pytest.raises(ValueError, match=r"yard/test\.data\.txt: no examples \(the file is empty\)"):
+        ds.read_coarsewsd20(root, "yard", "test")
+
+
+def test_integer_sense_labels_are_converted_with_a_warning_naming_them(tmp_path):
+    p = _jsonl(tmp_path, [GOOD | {"sense": 0}, GOOD | {"sense": "river"}, GOOD | {"sense": 1}])
+    with pytest.warns(UserWarning, match=r"2 integer label\(s\) were converted to str \(.*bad\.jsonl:1 "
+                                         r"\(example 0, row 0\): 0 -> '0'; .*bad\.jsonl:3 .*: 1 -> '1'\)"):
+        df = ds.read_jsonl(p)
+    assert df["sense"].tolist() == ["0", "river", "1"]
+    assert all(isinstance(v, str) for v in df["sense"])
+    with pytest.warns(UserWarning, match="integer label"):  # numpy integers are integers too
+        assert ds.validate(pd.DataFrame({"text": ["a b"], "span": ["0:1"], "sense": np.array([3])}))[
+            "sense"].tolist() == ["3"]
+
+
+@pytest.mark.parametrize("label", [1.5, 2.0, True, ["a"]])
+def test_non_integer_non_string_sense_labels_are_refused_naming_the_row(label):
+    with pytest.raises(ValueError, match=r"^example 1 \(row 1\): sense must be a string label"):
+        ds.from_records([GOOD, GOOD | {"sense": label}])
+
+
+def test_string_senses_and_explicit_occurrences_give_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.from_records([GOOD, {"text": "the bank near the bank", "target": "bank", "occurrence": 0, "sense": "x"},
+                         {"text": "the bank near the bank", "span": "18:22", "sense": "y"}])
+
+
+def test_a_target_occurring_twice_without_occurrence_warns_naming_the_examples(tmp_path):
+    p = _jsonl(tmp_path, [GOOD, {"text": "the bank near the bank", "target": "bank", "sense": "x"},
+                          {"text": "a bass , a bass guitar", "target": "bass", "occurrence": None, "sense": "y"}])
+    with pytest.warns(UserWarning, match=r"2 target\(s\) occur more than once .* first occurrence was taken: "
+                                         r".*bad\.jsonl:2 \(example 1, row 1\): 'bank' occurs 2 times.*"
+                                         r"bad\.jsonl:3 \(example 2, row 2\): 'bass' occurs 2 times") as rec:
+        df = ds.read_jsonl(p)
+    assert len(rec) == 1  # one warning for the whole set
+    assert df["char_start"].tolist() == [10, 4, 2]  # the first occurrence, as before
+
+
+@pytest.mark.parametrize("text,target,start", [
+    ("我去银行取钱", "银行", 2),                 # Chinese: no spaces between words
+    ("昨日、銀行に行きました", "銀行", 3),          # Japanese: kanji then kana
+    ("ฉันไปธนาคารเมื่อวาน", "ธนาคาร", 5),      # Thai
+    ("他在bank工作", "bank", 2),                # a Latin word between ideographs
+    ("i sat by the bank", "bank", 13),          # spaced scripts unchanged
+])
+def test_targets_in_scripts_without_spaces_are_found_at_any_character_boundary(text, target, start):
+    df = ds.from_records([{"text": text, "target": target, "sense": "s"}])
+    assert (df.char_start[0], df.char_end[0]) == (start, start + len(target))
+    assert text[start:start + len(target)] == target
+
+
+def test_a_target_inside_a_longer_word_error_gives_the_span_to_use():
+    with pytest.raises(ValueError, match=r"row 0\): target 'bank' does not occur as a whole word .* inside a "
+                                         r"longer word at characters 4:8.*span \"4:8\".*char_start=4 and char_end=8"):
+        ds.from_records([{"text": "the banks are closed", "target": "bank", "sense": "f"}])
+    # and the span it suggests works
+    out = ds.from_records([{"text": "the banks are closed", "span": "4:8", "sense": "f"}])
+    assert out["target"].tolist() == ["bank"]
+    with pytest.raises(ValueError, match=r"'bank' does not occur as a whole word .* does not occur in it at all"):
+        ds.from_records([{"text": "the river shore", "target": "bank", "sense": "f"}])
+
+
 # ================================================================ the built-in set
 _PUNCT = string.punctuation + "\u2018\u2019\u201c\u201d"
 
@@ -408,19 +499,76 @@ def test_stratified_sample_keeps_every_cell():
     assert sub["example"].tolist() == list(range(len(sub)))
 
 
-def test_stratified_sample_cell_sizes_are_rounded_shares_of_at_least_one():
-    # cells of 50, 30, 15, 4, 1 rows; n = 20 of 100: shares 10, 6, 3, 0.8 -> 1, 0.2 -> 1 (never dropped)
+def test_stratified_sample_cell_sizes_are_the_closest_shares_of_at_least_one_summing_to_n():
+    # cells of 50, 30, 15, 4, 1 rows; n = 20 of 100: shares 10, 6, 3, 0.8, 0.2. Every cell keeps a row
+    # (d and e get 1), so one row comes off the others: from the largest cell, where it matters least
     sizes = {"a": 50, "b": 30, "c": 15, "d": 4, "e": 1}
     df = pd.DataFrame({"sense": [s for s, k in sizes.items() for _ in range(k)], "row": range(100)})
     sub = ds.stratified_sample(df, 20, strata="sense", random_state=3)
-    assert sub["sense"].value_counts().to_dict() == {"a": 10, "b": 6, "c": 3, "d": 1, "e": 1}
+    assert sub["sense"].value_counts().to_dict() == {"a": 9, "b": 6, "c": 3, "d": 1, "e": 1}
+    assert len(sub) == 20
     assert sub["row"].is_monotonic_increasing and sub["row"].is_unique  # original order, no repeats
     # a str names one column, as a one-element tuple does; absent columns are ignored
     pd.testing.assert_frame_equal(sub, ds.stratified_sample(df, 20, strata=("sense", "word"), random_state=3))
     assert not sub.equals(ds.stratified_sample(df, 20, strata="sense", random_state=4))  # the seed draws
 
 
+def test_stratified_sample_sizes_minimise_the_squared_deviation_from_the_shares_by_brute_force():
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        sizes = rng.integers(1, 8, size=int(rng.integers(1, 5)))
+        total = int(sizes.sum())
+        n = int(rng.integers(len(sizes), total + 1))
+        df = pd.DataFrame({"sense": np.repeat([f"s{i}" for i in range(len(sizes))], sizes)})
+        got = ds.stratified_sample(df, n, strata="sense")["sense"].value_counts()
+        counts = np.array([got.get(f"s{i}", 0) for i in range(len(sizes))])
+        assert counts.sum() == n and (counts >= 1).all() and (counts <= sizes).all()
+        share = n * sizes / total
+        best = min(sum((np.array(c) - share) ** 2) for c in itertools.product(*[range(1, k + 1) for k in sizes])
+                   if sum(c) == n)
+        assert ((counts - share) ** 2).sum() == pytest.approx(best)
+
+
+def test_stratified_sample_total_is_exactly_n_and_keeps_every_cell():
+    # 4 word x sense cells of 2, 3, 7, 11 rows: every n from 4 to 22 gives n rows, every cell kept
+    cells = [("bank", "river", 2), ("bank", "finance", 3), ("bass", "fish", 7), ("bass", "music", 11)]
+    df = pd.DataFrame([{"word": w, "sense": s, "example": 0} for w, s, k in cells for _ in range(k)])
+    df["example"] = range(len(df))
+    for n in range(4, len(df)):
+        sub = ds.stratified_sample(df, n, random_state=1)
+        assert len(sub) == n, n
+        assert sub.groupby(["word", "sense"]).size().min() >= 1 and sub.groupby(["word", "sense"]).ngroups == 4
+    assert len(ds.stratified_sample(df, len(df))) == len(df) == len(ds.stratified_sample(df, 100))
+    with pytest.raises(ValueError, match=r"n=3 is smaller than the 4 cells of word, sense.*give n >= 4"):
+        ds.stratified_sample(df, 3)
+    assert len(ds.stratified_sample(df, 3, strata=())) == 3  # unstratified: any n
+
+
+def test_stratified_sample_keeps_rows_with_a_missing_stratum_as_a_cell_of_their_own():
+    df = pd.DataFrame({"sense": ["a"] * 10 + [None] * 2, "row": range(12)})
+    sub = ds.stratified_sample(df, 4, strata="sense")
+    assert len(sub) == 4 and sub["sense"].isna().sum() >= 1
+
+
 def test_stratified_sample_rejects_n_below_one():
     df = pd.DataFrame({"sense": ["a", "b"]})
     with pytest.raises(ValueError, match="n must be >= 1, got 0"):
         ds.stratified_sample(df, 0)
+    with pytest.raises(ValueError, match="n must be >= 1, got -5"):
+        ds.stratified_sample(df, -5)
+
+
+@pytest.mark.parametrize("n", [2.5, 3.0, "3", True, None])
+def test_stratified_sample_refuses_an_n_that_is_not_an_int(n):
+    df = pd.DataFrame({"sense": ["a", "b", "a", "b"]})
+    with pytest.raises(TypeError, match=r"n must be a positive int .*got"):
+        ds.stratified_sample(df, n)
+
+
+def test_stratified_sample_takes_numpy_ints_and_refuses_an_empty_frame():
+    df = pd.DataFrame({"sense": ["a", "b", "a", "b", "a"]})
+    assert len(ds.stratified_sample(df, np.int64(3), strata="sense")) == 3
+    with pytest.raises(ValueError, match="no examples to sample from"):
+        ds.stratified_sample(df.iloc[:0], 3)

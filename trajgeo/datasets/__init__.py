@@ -12,7 +12,9 @@ column              meaning
 ``char_end``        int, one past its last character: ``0 <= char_start < char_end <= len(text)``
 ``target``          ``text[char_start:char_end]`` (filled in; checked when given)
 ``word``            the target's lemma (default: the target, lower-cased)
-``sense``           the sense label, a non-empty str (required by the labelled readers)
+``sense``           the sense label, a non-empty str (required by the labelled readers); integer
+                    labels (a data set's sense numbers) are converted to str with a warning,
+                    any other type (float, bool, ...) is an error
 ``group``           what must not be split across cross-validation folds (default: the text,
                     so duplicate sentences share a group)
 ``cue_position``    optional, ``"before"`` or ``"after"``: where the disambiguating cue is
@@ -26,7 +28,12 @@ The target can be given in three forms; all are turned into ``char_start``/``cha
 
 * a character span: ``char_start`` and ``char_end`` columns, or ``span`` as ``"s:e"`` (or a pair);
 * a ``target`` string plus an optional 0-based ``occurrence``: the occurrence-th whole-word
-  match (case-sensitive first, case-insensitive if that finds nothing);
+  match (case-sensitive first, case-insensitive if that finds nothing). Without ``occurrence``,
+  a target that occurs more than once takes the first occurrence and a warning names the
+  examples. In scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer, Myanmar,
+  Tibetan) every character boundary counts as a word boundary, so ``"银行"`` is found in
+  ``"我去银行取钱"``; a target inside a longer word of a spaced script is an error that gives the
+  span to use instead;
 * a ``word_index`` into the whitespace-tokenised text (the CoarseWSD-20 format); the span is that
   token (narrowed to ``target`` when a target is also given and the token only contains it).
 
@@ -34,10 +41,12 @@ Readers: :func:`from_dataframe`, :func:`from_records`, :func:`read_jsonl`, :func
 :func:`read_coarsewsd20`, and :func:`load_dataset` for string specs (as used by the CLI).
 Package data: :func:`builtin` (the built-in polysemy set), :func:`sense_words` (signal words per
 sense for the logit-lens read-out) and :func:`corpus` (plain sentences for training a tuned lens).
-Sampling: :func:`stratified_sample` (keeps every word-sense cell).
+Sampling: :func:`stratified_sample` (exactly ``n`` rows, every word-sense cell kept).
 
 Every error is a ``ValueError`` (``KeyError`` for a missing column) that names the example and row,
-and the file and line where the examples were read from a file.
+and the file and line where the examples were read from a file; empty examples (an empty list,
+frame, file or selection) are a ``ValueError`` saying so. The README's "Data format" section
+shows the columns with an example.
 
 The package holds ``validation`` (the contract and its checks), ``readers`` (generic readers and
 specs), ``coarsewsd20``, ``package_data`` and ``sampling``; import the names from here.

@@ -72,6 +72,8 @@ def _read_split(folder: Path, word: str, sp: str, names: dict[int, str]) -> pd.D
     if len(data) != len(gold):
         raise ValueError(f"{data_path} has {len(data)} lines but {gold_path} has {len(gold)}; "
                          "each example needs one data line and one gold line")
+    if not data:
+        raise ValueError(f"{data_path}: no examples (the file is empty)")
     rows, locations = [], []
     for lineno, (line, g) in enumerate(zip(data, gold), start=1):
         idx, tab, sent = line.partition("\t")

@@ -16,7 +16,7 @@ import pandas as pd
 from trajgeo._api import changed_signature
 from trajgeo.datasets.coarsewsd20 import COARSEWSD_SPLITS, read_coarsewsd20
 from trajgeo.datasets.package_data import builtin
-from trajgeo.datasets.validation import validate
+from trajgeo.datasets.validation import _NO_EXAMPLES, validate
 
 __all__ = ["from_dataframe", "from_records", "read_jsonl", "read_csv", "load_dataset"]
 
@@ -55,6 +55,8 @@ def from_dataframe(df: pd.DataFrame, *, text: str = "text", sense: str | None = 
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if len(df) == 0:  # before the column checks: an empty list has no columns at all
+        raise ValueError(_NO_EXAMPLES)
     names = {text: "text", target: "target", span: "span", char_start: "char_start",
              char_end: "char_end", occurrence: "occurrence", word_index: "word_index"}
     for given, std in ((sense, "sense"), (word, "word"), (group, "group")):

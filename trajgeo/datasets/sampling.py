@@ -1,7 +1,8 @@
-"""Sampling example sets: a stratified subsample that keeps every (word, sense) cell."""
+"""Sampling example sets: a stratified subsample of exactly ``n`` rows that keeps every (word, sense) cell."""
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
@@ -10,19 +11,56 @@ import pandas as pd
 __all__ = ["stratified_sample"]
 
 
+def _check_n(n: object) -> int:
+    """``n`` as an int >= 1; floats, strings and booleans are refused, not coerced."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be a positive int (a number of rows), got {n!r} ({type(n).__name__})")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return int(n)
+
+
+def _allocate(sizes: np.ndarray, n: int) -> np.ndarray:
+    """Rows per cell: integers in ``[1, size]`` summing to ``n``, closest to the proportional shares.
+
+    Closest in squared deviation from the shares ``n * size / sum(sizes)``. The objective is separable
+    and convex, so starting from the shares rounded down (at least 1) and moving one row at a time
+    to (or from) the cell where it changes the objective least reaches the optimum; ties go to the
+    larger cell, then to the earlier one.
+
+    Requires ``len(sizes) <= n <= sum(sizes)``.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    share = n * sizes / sizes.sum()
+    alloc = np.clip(np.floor(share).astype(np.int64), 1, sizes)
+    order = np.lexsort((np.arange(len(sizes)), -sizes))  # larger cell first, then earlier
+    while alloc.sum() < n:  # add where alloc is furthest below its share: cost 2 (alloc - share) + 1
+        gap = np.where(alloc < sizes, alloc - share, np.inf)
+        best = order[np.argmin(gap[order])]
+        alloc[best] += 1
+    while alloc.sum() > n:  # remove where alloc is furthest above its share: cost 1 - 2 (alloc - share)
+        gap = np.where(alloc > 1, alloc - share, -np.inf)
+        best = order[np.argmax(gap[order])]
+        alloc[best] -= 1
+    return alloc
+
+
 def stratified_sample(df: pd.DataFrame, n: int, *, strata: str | Sequence[str] = ("word", "sense"),
                       random_state: int = 0) -> pd.DataFrame:
-    """About ``n`` rows, keeping the proportions of the ``strata`` cells.
+    """Exactly ``n`` rows (all of them if there are at most ``n``), keeping every ``strata`` cell.
 
-    Each non-empty cell keeps ``round(len(cell) * n / len(df))`` rows, at least one, so a rare sense
-    is never dropped; the total is ``n`` up to that rounding (it can exceed ``n`` by at most the
-    number of cells).
+    Every cell (a combination of the ``strata`` values that occurs; a missing value is a value of its
+    own) keeps at least one row, so a rare sense is never dropped; the cell sizes are the integers
+    closest to the proportional shares ``n * len(cell) / len(df)`` (least squares) that add up to
+    ``n``. A sample smaller than the number of cells cannot keep every cell: that is an error, not a
+    silently larger sample.
 
     Parameters
     ----------
     df : DataFrame of examples
     n : int >= 1
-        Target number of rows; a frame of at most ``n`` rows is returned as it is.
+        Number of rows; a frame of at most ``n`` rows is returned as it is. Floats, strings and
+        booleans are refused (no silent coercion).
     strata : str or sequence of str
         Columns whose value combinations define the cells (those absent are ignored; with none
         present, a plain random sample of ``n`` rows).
@@ -34,17 +72,31 @@ def stratified_sample(df: pd.DataFrame, n: int, *, strata: str | Sequence[str] =
     DataFrame
         With a fresh index. Stratified: the chosen rows in their original order, an ``example``
         column renumbered ``0..len-1`` (the contract's ids). Unstratified: in drawn order, ids kept.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n < 1``, ``df`` is empty, or ``n`` is smaller than the number of cells (the message says
+        how many there are).
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = _check_n(n)
+    if len(df) == 0:
+        raise ValueError("no examples to sample from: the frame is empty (an empty selection?)")
     if len(df) <= n:
         return df
     cols = [c for c in ((strata,) if isinstance(strata, str) else strata) if c in df.columns]
     if not cols:
         return df.sample(n=n, random_state=random_state).reset_index(drop=True)
-    frac = n / len(df)
-    parts = [g.sample(n=max(1, int(round(len(g) * frac))), random_state=random_state)
-             for _, g in df.groupby(cols, sort=True)]
+    groups = [g for _, g in df.groupby(cols, sort=True, dropna=False)]
+    if n < len(groups):
+        raise ValueError(
+            f"n={n} is smaller than the {len(groups)} cells of {', '.join(cols)} in these examples, and a "
+            f"stratified sample keeps one row of every cell: give n >= {len(groups)}, fewer strata, or "
+            "strata=() for a plain random sample")
+    alloc = _allocate(np.array([len(g) for g in groups]), n)
+    parts = [g.sample(n=int(k), random_state=random_state) for g, k in zip(groups, alloc)]
     out = pd.concat(parts).sort_index().reset_index(drop=True)
     if "example" in out:
         out["example"] = np.arange(len(out))

@@ -8,7 +8,10 @@ the columns (so the first problem found is the one reported); every check names 
 from __future__ import annotations
 
 import math
+import numbers
 import re
+import warnings
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,8 +27,22 @@ COLUMNS = (
 CUE_POSITIONS = ("before", "after")
 _MAX_NAMED = 3  # rows named in one error message before "... and N more"
 _TOKEN = re.compile(r"\S+")
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar, Tibetan): there
+# every character boundary is a word boundary, so a target is found as a plain substring.
+_NOSPACE = ("\u0e00-\u0eff"  # Thai, Lao
+            "\u0f00-\u0fff"  # Tibetan
+            "\u1000-\u109f"  # Myanmar
+            "\u1780-\u17ff"  # Khmer
+            "\u3005\u3006\u3040-\u30ff\u31f0-\u31ff"  # ideographic iteration marks, kana
+            "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+            "\uff66-\uff9f"  # half-width katakana
+            "\U00020000-\U0003134f")  # CJK ideograph extensions B-H
+_NOSPACE_CHAR = re.compile(f"[{_NOSPACE}]")
+_PACKAGE = str(Path(__file__).resolve().parents[1])
 
 Locations = Sequence[str] | None
+_NO_EXAMPLES = ("no examples: the examples are empty (an empty list, frame or selection); give at least one "
+                "example with a text and a target (see the Data format section of the README)")
 
 
 # ================================================================ helpers
@@ -48,15 +65,31 @@ def _where(df: pd.DataFrame, i: int, locations: Sequence[str] | None) -> str:
     return parts[0] + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
 
 
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside trajgeo (readers and extract call validate)."""
+    import sys
+
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller of _warn
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def _named_rows(df: pd.DataFrame, rows: Sequence[int], say: Callable[[int], str],
+                locations: Sequence[str] | None) -> str:
+    """``"<where>: <say(i)>; ..."`` for the first few rows, then ``"... and N more row(s)"``."""
+    msgs = [f"{_where(df, int(i), locations)}: {say(int(i))}" for i in rows[:_MAX_NAMED]]
+    more = f" ... and {len(rows) - _MAX_NAMED} more row(s)" if len(rows) > _MAX_NAMED else ""
+    return "; ".join(msgs) + more
+
+
 def _raise_rows(df: pd.DataFrame, bad: np.ndarray, problem: Callable[[int], str],
                 locations: Sequence[str] | None) -> None:
     """Raise one ValueError naming the first few offending rows (``bad`` is a boolean mask)."""
     rows = np.flatnonzero(np.asarray(bad, dtype=bool))
     if len(rows) == 0:
         return
-    msgs = [f"{_where(df, int(i), locations)}: {problem(int(i))}" for i in rows[:_MAX_NAMED]]
-    more = f" ... and {len(rows) - _MAX_NAMED} more row(s)" if len(rows) > _MAX_NAMED else ""
-    raise ValueError("; ".join(msgs) + more)
+    raise ValueError(_named_rows(df, rows, problem, locations))
 
 
 def _int_column(df: pd.DataFrame, col: str, locations: Sequence[str] | None,
@@ -100,6 +133,7 @@ def _resolve_targets(df: pd.DataFrame, locations: Sequence[str] | None) -> pd.Da
     new_start: list[Any] = list(starts)
     new_end: list[Any] = list(ends)
     found: dict[int, str] = {}
+    ambiguous: dict[int, int] = {}  # row -> number of matches, where no occurrence chose one
     for i in range(n):
         if not (_is_missing(starts[i]) and _is_missing(ends[i])):
             continue  # a given char span wins; validate() checks it
@@ -112,11 +146,20 @@ def _resolve_targets(df: pd.DataFrame, locations: Sequence[str] | None) -> pd.Da
         elif not _is_missing(widx[i]):
             new_start[i], new_end[i] = _word_index_span(text, widx[i], targets[i], where)
         elif not _is_missing(targets[i]):
-            new_start[i], new_end[i] = _find_target(text, str(targets[i]), occ[i], where)
+            (new_start[i], new_end[i]), n_hits = _find_target(text, str(targets[i]), occ[i], where)
             found[i] = text[new_start[i]:new_end[i]]  # may differ in case (fallback match)
+            if n_hits > 1 and _is_missing(occ[i]):
+                ambiguous[i] = n_hits
         else:
             raise ValueError(f"{where()}: no target given (char_start/char_end, span, word_index and "
                              "target are all empty)")
+    if ambiguous:
+        rows = sorted(ambiguous)
+        _warn(f"{len(rows)} target(s) occur more than once in their text and no occurrence, span or word_index "
+              "says which one is meant; the first occurrence was taken: "
+              + _named_rows(df, rows, lambda i: f"{targets[i]!r} occurs {ambiguous[i]} times in "
+                                                f"{_short(texts[i])!r}", locations)
+              + ". Give occurrence (0-based) or a span to choose another, or occurrence=0 to confirm the first.")
     out = df.copy()
     out["char_start"] = new_start
     out["char_end"] = new_end
@@ -158,7 +201,17 @@ def _word_index_span(text: str, index: Any, target: Any, where: Callable[[], str
     return s, e
 
 
-def _find_target(text: str, target: str, occurrence: Any, where: Callable[[], str]) -> tuple[int, int]:
+def _target_pattern(target: str) -> str:
+    """Whole-word pattern: no word character of a spaced script right before or after the target (in
+    scripts written without spaces, :data:`_NOSPACE`, every character boundary is a word boundary)."""
+    before = "" if _NOSPACE_CHAR.match(target[0]) else rf"(?<![^\W{_NOSPACE}])"
+    after = "" if _NOSPACE_CHAR.match(target[-1]) else rf"(?![^\W{_NOSPACE}])"
+    return before + re.escape(target) + after
+
+
+def _find_target(text: str, target: str, occurrence: Any,
+                 where: Callable[[], str]) -> tuple[tuple[int, int], int]:
+    """The span of the chosen whole-word match and the number of matches."""
     if not target:
         raise ValueError(f"{where()}: target is empty")
     if _is_missing(occurrence):
@@ -170,17 +223,25 @@ def _find_target(text: str, target: str, occurrence: Any, where: Callable[[], st
                 raise ValueError
         except (ValueError, TypeError):
             raise ValueError(f"{where()}: occurrence must be an integer >= 0, got {occurrence!r}") from None
-    pattern = rf"(?<!\w){re.escape(target)}(?!\w)"
+    pattern = _target_pattern(target)
     hits = [m.span() for m in re.finditer(pattern, text)]
     if not hits:  # e.g. a sentence-initial "Bank" for target "bank"
         hits = [m.span() for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
     if not hits:
+        inside = re.search(re.escape(target), text) or re.search(re.escape(target), text, flags=re.IGNORECASE)
+        if inside is None:
+            how = ("it does not occur in it at all: give the target as it is written in the text, or its "
+                   "character span (span \"start:end\", or char_start and char_end)")
+        else:
+            a, b = inside.span()
+            how = (f"it occurs inside a longer word at characters {a}:{b}; to use that, give the span instead "
+                   f"(span \"{a}:{b}\", or char_start={a} and char_end={b})")
         raise ValueError(f"{where()}: target {target!r} does not occur as a whole word in the text "
-                         f"{_short(text)!r}")
+                         f"{_short(text)!r}; {how}")
     if k >= len(hits):
         raise ValueError(f"{where()}: occurrence {k} of target {target!r} requested, but the text has "
                          f"only {len(hits)}")
-    return hits[k]
+    return hits[k], len(hits)
 
 
 def _short(text: str, n: int = 60) -> str:
@@ -249,12 +310,25 @@ def _fill_words(df: pd.DataFrame, locations: Locations) -> pd.DataFrame:
 
 
 def _check_senses(df: pd.DataFrame, locations: Locations) -> pd.DataFrame:
-    """``sense`` (when there is the column): a non-empty label, stored as str."""
-    if "sense" in df.columns:
-        senses = df["sense"]
-        bad_sense = senses.map(lambda v: _is_missing(v) or not str(v).strip()).to_numpy(dtype=bool)
-        _raise_rows(df, bad_sense, lambda i: f"sense is missing ({senses.iat[i]!r})", locations)
-        df["sense"] = senses.astype(str)
+    """``sense`` (when there is the column): a non-empty str; integer labels are converted to str with a
+    warning (a data set's sense numbers), anything else (floats, booleans, lists) is an error."""
+    if "sense" not in df.columns:
+        return df
+    senses = df["sense"]
+    values = senses.tolist()
+    missing = np.array([_is_missing(v) or (isinstance(v, str) and not v.strip()) for v in values], dtype=bool)
+    _raise_rows(df, missing, lambda i: f"sense is missing ({values[i]!r})", locations)
+    is_int = np.array([isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in values],
+                      dtype=bool)
+    other = np.array([not isinstance(v, str) for v in values], dtype=bool) & ~is_int
+    _raise_rows(df, other, lambda i: f"sense must be a string label (integers are converted), got {values[i]!r} "
+                                     f"({type(values[i]).__name__})", locations)
+    if is_int.any():
+        rows = np.flatnonzero(is_int)
+        _warn(f"sense labels should be strings: {len(rows)} integer label(s) were converted to str ("
+              + _named_rows(df, rows, lambda i: f"{values[i]!r} -> {str(int(values[i]))!r}", locations)
+              + "); give strings (e.g. sense names) to silence this")
+    df["sense"] = pd.Series([str(int(v)) if k else v for v, k in zip(values, is_int)], index=df.index).astype(str)
     return df
 
 
@@ -304,14 +378,14 @@ def _as_frame(df: pd.DataFrame | Iterable[Mapping[str, Any]], locations: Locatio
     if not isinstance(df, pd.DataFrame):
         df = pd.DataFrame(list(df))
     df = df.reset_index(drop=True)
+    if len(df) == 0:
+        raise ValueError(_NO_EXAMPLES)
     if locations is not None and len(locations) != len(df):
         raise ValueError(f"got {len(locations)} locations for {len(df)} examples")
     if "text" not in df.columns:
         raise KeyError(f"examples lack the column 'text'; columns are {list(df.columns)}")
     if require_sense and "sense" not in df.columns:
         raise KeyError(f"examples lack the column 'sense'; columns are {list(df.columns)}")
-    if len(df) == 0:
-        raise ValueError("no examples")
     return df
 
 

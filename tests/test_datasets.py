@@ -572,3 +572,60 @@ def test_stratified_sample_takes_numpy_ints_and_refuses_an_empty_frame():
     assert len(ds.stratified_sample(df, np.int64(3), strata="sense")) == 3
     with pytest.raises(ValueError, match="no examples to sample from"):
         ds.stratified_sample(df.iloc[:0], 3)
+
+
+# ================================================================ the README's Data format example
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_blocks(section: str) -> dict[str, str]:
+    """The fenced blocks of one README section, by language (one block per language)."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(f"\n## {section}\n")
+    end = text.find("\n## ", start + 1)
+    body = text[start:end if end > 0 else len(text)]
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", body, flags=re.MULTILINE | re.DOTALL)
+    langs = [lang for lang, _ in blocks]
+    assert len(set(langs)) == len(langs), langs
+    return dict(blocks)
+
+
+def test_the_readme_data_format_example_runs_and_gives_the_documented_spans(tmp_path, monkeypatch):
+    blocks = _readme_blocks("Data format")
+    assert set(blocks) == {"jsonl", "csv", "python"}
+    (tmp_path / "bank.jsonl").write_text(blocks["jsonl"], encoding="utf-8")
+    (tmp_path / "bank.csv").write_text(blocks["csv"], encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the documented example is one that needs no warning
+        exec(compile(blocks["python"], "README.md (Data format)", "exec"), namespace)  # noqa: S102
+    a, b = namespace["a"], namespace["b"]
+    # independently: each JSONL record's target, found by plain string search
+    records = [json.loads(line) for line in blocks["jsonl"].splitlines() if line.strip()]
+    want = []
+    for r in records:
+        if "span" in r:
+            s, e = map(int, r["span"].split(":"))
+        elif "word_index" in r:
+            token = r["text"].split()[r["word_index"]]
+            s = r["text"].index(" " + token + " ") + 1 if r["word_index"] else 0
+            e = s + len(token)
+        else:
+            s = -1
+            for _ in range(r.get("occurrence", 0) + 1):
+                s = r["text"].index(r["target"], s + 1)
+            e = s + len(r["target"])
+        want.append((s, e))
+    assert list(zip(a["char_start"], a["char_end"])) == want
+    assert list(zip(b["char_start"], b["char_end"])) == want  # the CSV says the same
+    assert a["target"].tolist() == ["bank"] * 4 + ["银行"]
+    assert a["word"].tolist() == ["bank"] * 5 and b["word"].tolist() == ["bank"] * 5
+    assert a["sense"].tolist() == b["sense"].tolist() == [r["sense"] for r in records]
+    # group defaults to the text where none is given; extra columns are kept
+    assert a["group"].tolist() == b["group"].tolist() == [r.get("group", r["text"]) for r in records]
+    assert a.loc[0, "annotator"] == b.loc[0, "annotator"] == "ana" and "annotator" in namespace["spans"]
+    # the second example's target occurs twice and occurrence=1 chose the second
+    assert a.loc[1, "char_start"] == a.loc[1, "text"].rindex("bank")

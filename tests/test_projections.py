@@ -238,14 +238,16 @@ def test_umap_is_reproducible_and_returns_its_layout_for_training_points(traj, t
     monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path))
     kw.pop("cache")
     c = projections.fit(small, **kw)
-    assert len(list((tmp_path / "projections").glob("*.joblib"))) == 1
-    assert np.array_equal(projections.fit(small, **kw).transform(small), c.transform(small))
+    assert len(list((tmp_path / "projections").glob("*.npz"))) == 1
+    loaded = projections.fit(small, **kw)
+    assert loaded.umap_ is None  # arrays only: the layout, not the model
+    assert np.array_equal(loaded.transform(small), c.transform(small))
 
 
 # --------------------------------------------------------------------- cache
 def test_cache_hit_returns_an_equal_projector_without_refitting(traj, tmp_path, monkeypatch):
     first = projections.fit(traj, method="pca", cache=tmp_path, points=[0, 3, 4])
-    files = list(tmp_path.glob("*.joblib"))
+    files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and not list(tmp_path.glob("*.partial"))
 
     def refit(*args, **kwargs):
@@ -270,7 +272,100 @@ def test_default_cache_is_for_umap_only_and_true_caches_pca(traj, tmp_path, monk
     projections.fit(traj, method="pca", cache=False)
     assert not (tmp_path / "projections").exists()
     projections.fit(traj, method="pca", cache=True)
-    assert len(list((tmp_path / "projections").glob("*.joblib"))) == 1
+    assert len(list((tmp_path / "projections").glob("*.npz"))) == 1
+
+
+class _Planted:
+    """A pickle payload that writes a file when unpickled: what an attacker would plant in the cache."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.write_text, (pathlib.Path(self.marker), "code ran")
+
+
+@pytest.fixture
+def fake_umap(monkeypatch):
+    """UMAP without umap-learn's minutes of compilation: a fixed layout (the example's first coordinates)
+    and a model whose transform the test can see; counts the fits."""
+    fits = []
+
+    class Model:
+        def transform(self, flat):
+            return flat[:, :2] * 0 - 1.0
+
+    def fit_umap(self, flat, shape):
+        fits.append(shape)
+        self.umap_ = Model()
+        self.embedding_ = flat[:, :2].reshape(*shape, 2).astype(np.float32)
+
+    monkeypatch.setattr(projections.Projector, "_fit_umap", fit_umap)
+    return fits
+
+
+def test_the_default_cache_never_unpickles_a_planted_file(traj, tmp_path, monkeypatch, fake_umap):
+    import pickle
+
+    import joblib
+
+    monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path))
+    first = projections.fit(traj, method="umap")  # the default: UMAP fits are cached
+    (cached,) = list((tmp_path / "projections").glob("*.npz"))
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Planted(marker))
+    pickle.loads(payload)  # the payload works: unpickling it runs code
+    assert marker.read_text() == "code ran"
+    marker.unlink()
+    # plant it under the cache's own name, and under the name the joblib cache of 0.2 used
+    cached.write_bytes(payload)
+    joblib.dump(_Planted(marker), cached.with_suffix(".joblib"))
+    again = projections.fit(traj, method="umap")
+    assert not marker.exists()  # nothing was unpickled
+    assert len(fake_umap) == 2  # the planted file was refused and the projector refitted
+    np.testing.assert_array_equal(again.transform(traj), first.transform(traj))
+    # the refit replaced the planted file with arrays that load without pickle
+    with np.load(cached, allow_pickle=False) as z:
+        assert "embedding_" in z.files and z["embedding_"].dtype == np.float32
+
+
+def test_a_cached_umap_returns_its_layout_and_refuses_new_examples(traj, tmp_path, fake_umap):
+    fresh = projections.fit(traj, method="umap", cache=tmp_path)
+    loaded = projections.fit(traj, method="umap", cache=tmp_path)
+    assert len(fake_umap) == 1 and loaded.umap_ is None  # loaded, not refitted
+    np.testing.assert_array_equal(loaded.embedding_, fresh.embedding_)
+    np.testing.assert_array_equal(loaded.transform(traj), fresh.embedding_)
+    pd.testing.assert_frame_equal(loaded.coords(traj), fresh.coords(traj))
+    new = _planted(n=10, seed=5)
+    assert (fresh.transform(new) == -1).all()  # a fitted model projects new examples
+    with pytest.raises(RuntimeError, match="loaded from the projection cache.*fit it again with cache=False"):
+        loaded.transform(new)
+
+
+def test_a_cache_file_is_used_only_for_its_own_key(traj, tmp_path, monkeypatch):
+    projections.fit(traj, method="pca", cache=tmp_path, n_components=2)
+    (two,) = list(tmp_path.glob("*.npz"))
+    projections.fit(traj, method="pca", cache=tmp_path, n_components=3)
+    (three,) = [f for f in tmp_path.glob("*.npz") if f != two]
+    three.write_bytes(two.read_bytes())  # a valid file of another key, under this key's name
+    fits = []
+    real_fit = projections.Projector.fit
+
+    def counting_fit(self, *args, **kwargs):
+        fits.append(self.n_components)
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(projections.Projector, "fit", counting_fit)
+    got = projections.fit(traj, method="pca", cache=tmp_path, n_components=3)
+    assert fits == [3] and got.components_.shape == (3, D)
+    # a truncated file is refitted too
+    three.write_bytes(three.read_bytes()[:100])
+    assert projections.fit(traj, method="pca", cache=tmp_path, n_components=3).components_.shape == (3, D)
+    assert fits == [3, 3]
+    projections.fit(traj, method="pca", cache=tmp_path, n_components=3)
+    assert fits == [3, 3]  # and the rewritten file is a hit again
 
 
 # ------------------------------------------------------- one pass for memory and lazy stores

@@ -28,7 +28,7 @@ from trajgeo.trajectories import as_trajectories
 __all__ = ["Projector", "fit", "METHODS"]
 
 METHODS = ("pca", "umap")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: arrays in .npz, loaded without pickle (1 was a joblib pickle, never loaded now)
 
 
 class Projector(_PointProjection):
@@ -67,8 +67,10 @@ class Projector(_PointProjection):
     explained_variance_ : ndarray of shape (n_components,)
     explained_variance_ratio_ : ndarray of shape (n_components,)
         Share of the total variance of the normalised fitting vectors along each axis (PCA).
-    umap_ : umap.UMAP
-        The fitted UMAP model (UMAP).
+    umap_ : umap.UMAP or None
+        The fitted UMAP model (UMAP); ``None`` in a projector loaded from the cache of :func:`fit`,
+        which keeps only arrays (the model would need pickle): such a projector returns its layout
+        for the fitting trajectories and refuses new ones.
     embedding_ : ndarray of shape (n_fit_examples, n_points, n_components)
         UMAP's coordinates of the fitting vectors; :meth:`transform` returns these for the
         fitting examples, since ``umap.UMAP.transform`` of training data only approximates them.
@@ -187,8 +189,19 @@ class Projector(_PointProjection):
         self._check_fitted()
         traj = as_trajectories(traj)
         k = int(self.components_.shape[0]) if self.method == "pca" else int(self.n_components)
+        same = False
+        if self.method == "umap":
+            same = traj.fingerprint() == self.fit_fingerprint_
+            if same and len(self.fit_index_) == traj.n_examples:  # the fitted layout itself, nothing to project
+                self._states(traj)  # the same checks as a projection (points, d_model)
+                return self.embedding_.copy()
+            if getattr(self, "umap_", None) is None:
+                raise RuntimeError(
+                    "this UMAP projector was loaded from the projection cache, which keeps its layout of the "
+                    "fitting examples but not the UMAP model (that would need pickle, which trajgeo never loads "
+                    "from a cache); to project other examples, fit it again with cache=False")
         out = _project_blocks(self._states(traj), self._project, k)
-        if self.method == "umap" and traj.fingerprint() == self.fit_fingerprint_:
+        if self.method == "umap" and same:
             out[self.fit_index_] = self.embedding_  # the fitted layout itself, not its re-projection
         return out
 
@@ -210,15 +223,102 @@ def _cache_folder(cache: bool | str | os.PathLike | None, method: str) -> Path |
     return Path(cache)
 
 
-def _atomic_dump(obj: Any, path: Path) -> None:
-    """joblib-dump to a temporary file beside ``path`` and rename it into place."""
-    import joblib
+# The cache holds arrays only (.npz, read with allow_pickle=False): a file planted in the cache folder can at
+# worst be refused, never run code. Every file carries its key and format, checked on load.
+_ARRAY_ATTRS = ("points_", "fit_index_", "mean_", "components_", "explained_variance_", "explained_variance_ratio_",
+                "embedding_")
+_NORMALIZER_ATTRS = ("mean_", "scale_", "whitener_")
 
+
+def _to_arrays(proj: "Projector", key: str) -> dict[str, np.ndarray]:
+    """The fitted projector as named plain arrays (no object arrays)."""
+    norm = proj.normalizer_
+    header = {"key": key, "format": _CACHE_FORMAT, "params": _params_for_key(proj),
+              "n_features_in_": int(proj.n_features_in_), "fit_fingerprint_": proj.fit_fingerprint_,
+              "normalizer": {"method": norm.method, "shared_at": norm.shared_at, "eps": float(norm.eps),
+                             "n_examples_": int(norm.n_examples_)}}
+    arrays = {"header": np.array(json.dumps(header, sort_keys=True))}
+    for name in _ARRAY_ATTRS:
+        if hasattr(proj, name):
+            arrays[name] = np.asarray(getattr(proj, name))
+    for name in _NORMALIZER_ATTRS:
+        if hasattr(norm, name):
+            arrays[f"normalizer.{name}"] = np.asarray(getattr(norm, name))
+    return arrays
+
+
+def _from_arrays(path: Path, key: str, template: "Projector") -> "Projector | None":
+    """The projector cached at ``path``, or None when the file is absent, unreadable, not an array file
+    (a pickle is refused, never loaded), of another format, key or parameters, or inconsistent.
+    ``template`` is the unfitted projector asked for."""
+    from sklearn.base import clone
+
+    from trajgeo.normalization import PointNormalizer
+
+    params = _params_for_key(template)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        header = json.loads(str(arrays.pop("header")))
+        if header.get("format") != _CACHE_FORMAT or header.get("key") != key or header.get("params") != params:
+            return None
+        proj = clone(template)
+        norm_h = header["normalizer"]
+        norm = PointNormalizer(norm_h["method"], shared_at=norm_h["shared_at"], eps=norm_h["eps"])
+        norm.n_examples_ = int(norm_h["n_examples_"])
+        for name, value in arrays.items():
+            if name.startswith("normalizer."):
+                attr = name[len("normalizer."):]
+                if attr not in _NORMALIZER_ATTRS:
+                    return None
+                setattr(norm, attr, value)
+            elif name in _ARRAY_ATTRS:
+                setattr(proj, name, value)
+            else:
+                return None
+        proj.normalizer_ = norm
+        proj.n_features_in_ = int(header["n_features_in_"])
+        proj.fit_fingerprint_ = header["fit_fingerprint_"]
+        if proj.method == "umap":
+            proj.umap_ = None
+        if not _consistent(proj):
+            return None
+        return proj
+    except Exception:  # absent, truncated, a pickle, another layout: refit and overwrite
+        return None
+
+
+def _consistent(proj: "Projector") -> bool:
+    """The shapes a fitted projector of these parameters must have."""
+    d, n_points = proj.n_features_in_, len(proj.points_)
+    norm = proj.normalizer_
+    n_stats = 1 if norm.shared_at is not None else n_points
+    need = {"mean_": (n_stats, d), "scale_": (n_stats, d), "whitener_": (n_stats, d, d)}
+    wanted = {None: (), "center": ("mean_",), "standardize": ("mean_", "scale_"), "whiten": ("mean_", "whitener_")}
+    for name in wanted.get(norm.method, ("?",)):
+        if getattr(getattr(norm, name, None), "shape", None) != need.get(name):
+            return False
+    if proj.method == "pca":
+        k = proj.components_.shape[0]
+        return (proj.components_.shape == (k, d) and proj.mean_.shape == (d,)
+                and proj.explained_variance_.shape == proj.explained_variance_ratio_.shape == (k,))
+    return proj.embedding_.shape == (len(proj.fit_index_), n_points, int(proj.n_components))
+
+
+def _params_for_key(proj: "Projector") -> dict[str, Any]:
+    """The projector's parameters as JSON would give them back (points as a list of ints)."""
+    params = proj.get_params()
+    params["points"] = None if proj.points is None else [int(p) for p in proj.points]
+    return json.loads(json.dumps(params, sort_keys=True, default=str))
+
+
+def _atomic_save(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Write the arrays as .npz to a temporary file beside ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    os.close(fd)
     try:
-        joblib.dump(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,7 +348,11 @@ def fit(traj: Any, *, cache: bool | str | os.PathLike | None = None, **params: A
     cache : bool, path or None
         ``None`` (default) caches UMAP fits under ``trajgeo.models.cache_dir() / "projections"`` and
         refits PCA; ``True`` caches either method there; ``False`` never caches; a path caches there.
-        The key is ``traj.fingerprint()`` plus every parameter above.
+        The key is ``traj.fingerprint()`` plus every parameter above. The cache holds arrays only
+        (``<key>.npz``, read with ``allow_pickle=False``; each file carries its key, which is checked):
+        nothing in it is unpickled, so a file planted there cannot run code. A PCA projector loads
+        whole; a UMAP projector loads its layout of these trajectories but not the UMAP model, so it
+        cannot :meth:`~Projector.transform` other examples: fit with ``cache=False`` for that.
     umap_kwargs : dict, optional
         Further arguments to :class:`umap.UMAP`.
 
@@ -272,20 +376,14 @@ def fit(traj: Any, *, cache: bool | str | os.PathLike | None = None, **params: A
     folder = _cache_folder(cache, proj.method)
     if folder is None:
         return proj.fit(traj)
-    key = proj.get_params()
-    key["points"] = None if proj.points is None else [int(p) for p in proj.points]
-    path = folder / f"{_cache_key(traj.fingerprint(), key)}.joblib"
-    if path.exists():
-        import joblib
-
-        try:
-            cached = joblib.load(path)
-            if isinstance(cached, Projector):
-                return cached
-        except Exception:  # unreadable or from an incompatible version: refit and overwrite
-            pass
+    params = _params_for_key(proj)
+    key = _cache_key(traj.fingerprint(), params)
+    path = folder / f"{key}.npz"
+    cached = _from_arrays(path, key, proj) if path.is_file() else None
+    if cached is not None:
+        return cached
     proj.fit(traj)
-    _atomic_dump(proj, path)
+    _atomic_save(_to_arrays(proj, key), path)
     return proj
 
 

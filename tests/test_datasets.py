@@ -546,6 +546,38 @@ def test_stratified_sample_total_is_exactly_n_and_keeps_every_cell():
     assert len(ds.stratified_sample(df, 3, strata=())) == 3  # unstratified: any n
 
 
+def test_stratified_sample_min_per_cell_keeps_that_many_of_every_cell_closest_to_the_shares():
+    import itertools
+
+    # the CoarseWSD-20 failure: a sense of 31 in 9,238 gets 1 of 300 by its share; 5 folds need 5
+    df = pd.DataFrame({"sense": ["common"] * 9207 + ["container"] * 31})
+    assert ds.stratified_sample(df, 300, strata="sense")["sense"].value_counts()["container"] == 1
+    sub = ds.stratified_sample(df, 300, strata="sense", min_per_cell=5)
+    assert sub["sense"].value_counts().to_dict() == {"common": 295, "container": 5}
+    # a cell smaller than min_per_cell keeps all of its rows
+    small = pd.DataFrame({"sense": ["a"] * 20 + ["b"] * 3})
+    assert ds.stratified_sample(small, 10, strata="sense", min_per_cell=5)["sense"].value_counts().to_dict() == {
+        "a": 7, "b": 3}
+    with pytest.raises(ValueError, match=r"n=7 .*keeps min_per_cell=5 rows \(or all\) of every cell: give n >= 8"):
+        ds.stratified_sample(small, 7, strata="sense", min_per_cell=5)
+    with pytest.raises(TypeError, match="min_per_cell must be a positive int"):
+        ds.stratified_sample(small, 10, strata="sense", min_per_cell=2.0)
+    rng = np.random.default_rng(1)  # brute force: the closest allocation within [min(m, size), size]
+    for _ in range(100):
+        sizes = rng.integers(1, 8, size=int(rng.integers(1, 4)))
+        m = int(rng.integers(1, 5))
+        low = np.minimum(sizes, m)
+        n = int(rng.integers(low.sum(), sizes.sum() + 1))
+        frame = pd.DataFrame({"sense": np.repeat([f"s{i}" for i in range(len(sizes))], sizes)})
+        got = ds.stratified_sample(frame, n, strata="sense", min_per_cell=m)["sense"].value_counts()
+        counts = np.array([got.get(f"s{i}", 0) for i in range(len(sizes))])
+        share = n * sizes / sizes.sum()
+        assert counts.sum() == n and (counts >= low).all() and (counts <= sizes).all()
+        best = min(sum((np.array(c) - share) ** 2)
+                   for c in itertools.product(*[range(lo, k + 1) for lo, k in zip(low, sizes)]) if sum(c) == n)
+        assert ((counts - share) ** 2).sum() == pytest.approx(best)
+
+
 def test_stratified_sample_keeps_rows_with_a_missing_stratum_as_a_cell_of_their_own():
     df = pd.DataFrame({"sense": ["a"] * 10 + [None] * 2, "row": range(12)})
     sub = ds.stratified_sample(df, 4, strata="sense")

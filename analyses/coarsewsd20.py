@@ -6,8 +6,24 @@ examples, the median commitment point of the sense margin, and selectivity (task
 at the peak. Points are also given as relative depth (point / n_layers) so models of different depth
 compare.
 
-Extraction is cached per model and word under ``<out>/<model>/<word>.zarr``; a re-run only recomputes the
-tables. Writes ``<out>/summary.parquet`` (+ .csv), ``<out>/probes.parquet`` and ``<out>/curves.parquet``.
+What a word cannot support is skipped and said, never fatal to the study:
+
+- the stratified sample per word (``--max-per-word``) keeps at least ``--folds`` examples of every sense
+  (all of them if it has fewer), so a rare sense (31 of 9,238 examples) is not cut to one example;
+- a sense with fewer than 2 sentences cannot be cross-validated: it is dropped, with a note;
+- a sense with fewer sentences than ``--folds`` lowers the word's folds to that number, with a note;
+- a word left with fewer than 2 senses is skipped, with the reason;
+- a word that fails (unreadable files, an analysis error) is recorded as failed with the error, and the
+  study goes on with the next word.
+
+Every word's tables are written as soon as it finishes, under ``<out>/words/<model>/<word>/``
+(``summary.parquet``, ``probes.parquet``, ``curves.parquet``, then ``status.json``; each file atomically),
+and the combined tables are rewritten after every word: an interrupted run loses at most the word it was
+on. A rerun with the same options skips the words already done or skipped (and says so) and retries the
+failed ones; other options recompute. Extraction is cached per model and word under
+``<out>/<model>/<word>.zarr``. Writes ``<out>/summary.parquet`` (+ .csv; one row per model and word with
+``status`` done/skipped/failed, ``reason`` and ``note``), ``<out>/probes.parquet`` and
+``<out>/curves.parquet``, and names what it skipped at the end. Exit status 1 when a word failed.
 
 Usage::
 
@@ -17,9 +33,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,6 +48,59 @@ import trajgeo as tg
 from trajgeo import report
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A sense needs two sentences: one to leave out (a fold, a leave-one-out prototype) and one to learn from.
+MIN_SENSE_GROUPS = 2
+TABLES = ("summary", "probes", "curves")
+SUMMARY_FIRST = ["model", "word", "status", "n_examples", "examples_per_sense", "majority_baseline",
+                 "accuracy_point0", "peak_accuracy", "peak_point", "resolution_point", "resolution_ci_low",
+                 "resolution_ci_high", "commitment_median", "selectivity_at_peak", "folds", "note", "reason"]
+
+__all__ = ["SkipWord", "prepare_word", "analyse_word", "run", "main", "MIN_SENSE_GROUPS"]
+
+
+class SkipWord(Exception):
+    """The word cannot support the analysis (the message says why); it is skipped, not failed."""
+
+
+def prepare_word(df: pd.DataFrame, folds: int, max_per_word: int | None,
+                 random_state: int = 0) -> tuple[pd.DataFrame, int, list[str]]:
+    """The examples to analyse, the folds they support, and notes on what was changed.
+
+    Senses with fewer than :data:`MIN_SENSE_GROUPS` sentences (groups) are dropped; the sample of
+    ``max_per_word`` keeps ``folds`` examples of every sense (or all); the folds are lowered to the
+    smallest number of sentences of a sense.
+
+    Raises
+    ------
+    SkipWord
+        Fewer than 2 senses are left, or ``max_per_word`` is too small to keep 2 examples of each.
+    """
+    notes = []
+    groups = df.groupby("sense")["group"].nunique()
+    rare = groups[groups < MIN_SENSE_GROUPS]
+    if len(rare):
+        df = df[~df["sense"].isin(rare.index)]
+        notes.append("dropped sense(s) " + ", ".join(f"{s!r} ({k} sentence{'s' * (k != 1)})" for s, k in rare.items())
+                     + f": fewer than {MIN_SENSE_GROUPS} sentences cannot be cross-validated")
+    if df["sense"].nunique() < 2:
+        kept = sorted(df["sense"].unique())
+        raise SkipWord(f"fewer than 2 senses with at least {MIN_SENSE_GROUPS} sentences (senses: "
+                       f"{', '.join(map(repr, kept)) or 'none'}" + (f"; {notes[0]}" if notes else "") + ")")
+    if max_per_word and len(df) > max_per_word:
+        need = int(np.minimum(df["sense"].value_counts(), MIN_SENSE_GROUPS).sum())
+        if max_per_word < need:
+            raise SkipWord(f"--max-per-word {max_per_word} cannot keep {MIN_SENSE_GROUPS} examples of each of its "
+                           f"{df['sense'].nunique()} senses (needs {need})")
+        sizes = df["sense"].value_counts()
+        keep = folds if int(np.minimum(sizes, folds).sum()) <= max_per_word else MIN_SENSE_GROUPS
+        df = tg.datasets.stratified_sample(df, max_per_word, strata="sense", min_per_cell=keep,
+                                           random_state=random_state)
+    smallest = df.groupby("sense")["group"].nunique()
+    if smallest.min() < folds:
+        notes.append(f"folds {folds} -> {int(smallest.min())}: sense {smallest.idxmin()!r} has "
+                     f"{int(smallest.min())} sentences")
+        folds = int(smallest.min())
+    return df.reset_index(drop=True), int(folds), notes
 
 
 def analyse_word(traj: tg.Trajectories, folds: int, random_state: int) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -45,53 +118,208 @@ def analyse_word(traj: tg.Trajectories, folds: int, random_state: int) -> tuple[
     return row, pr, margin.reset_index().rename(columns={"value": "margin"})
 
 
-def main(argv: list[str] | None = None) -> int:
+# ====================================================================== per-word records on disk
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _save_word(folder: Path, options: dict, status: str, tables: Mapping[str, pd.DataFrame] | None = None,
+               reason: str | None = None, notes: Sequence[str] = ()) -> None:
+    """The word's tables first, its status last: a status.json names only complete tables."""
+    (folder / "status.json").unlink(missing_ok=True)
+    if tables:
+        report.write_tables(tables, folder)
+    for name in TABLES:
+        if not tables or name not in tables:
+            (folder / f"{name}.parquet").unlink(missing_ok=True)
+    _write_text(folder / "status.json", json.dumps({"options": options, "status": status, "reason": reason,
+                                                    "notes": list(notes)}, indent=1))
+
+
+def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[str, str], dict]) -> dict:
+    """The combined tables of the (model, word) pairs recorded with this run's options."""
+    rows, probes, curves = [], [], []
+    for name, word in pairs:
+        folder = out / "words" / name / word
+        rec = _record(folder)
+        if rec is None or rec["options"] != options[name, word]:
+            continue
+        note = "; ".join(rec.get("notes") or []) or None
+        if rec["status"] == "done":
+            summary = pd.read_parquet(folder / "summary.parquet")
+            rows.append(summary.iloc[0].to_dict() | {"status": "done", "note": note, "reason": None})
+            probes.append(pd.read_parquet(folder / "probes.parquet"))
+            curves.append(pd.read_parquet(folder / "curves.parquet"))
+        else:
+            rows.append({"model": name, "word": word, "status": rec["status"], "note": note, "reason": rec["reason"]})
+    summary = pd.DataFrame(rows)
+    if len(summary):
+        summary = summary[[c for c in SUMMARY_FIRST if c in summary] + [c for c in summary if c not in SUMMARY_FIRST]]
+    return {"summary": summary, "probes": pd.concat(probes, ignore_index=True) if probes else pd.DataFrame(),
+            "curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()}
+
+
+def _write_combined(out: Path, tables: Mapping[str, pd.DataFrame]) -> None:
+    report.write_tables(tables, out)
+    _write_text(out / "summary.csv", tables["summary"].to_csv(index=False))
+
+
+def _extract(model: Any, df: pd.DataFrame, store: Path, progress: bool, log: Callable[[str], None]) -> tg.Trajectories:
+    try:
+        return tg.extract(model, df, store=store, progress=progress)
+    except FileExistsError:  # a store of other examples (another sample size or seed)
+        log(f"  {store} holds other examples: extracting again")
+        return tg.extract(model, df, store=store, overwrite=True, progress=progress)
+
+
+# ====================================================================== the study
+def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Sequence[str] | None = None,
+        split: str = "all", max_per_word: int | None = 300, folds: int = 5, random_state: int = 0,
+        progress: bool = False, log: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
+    """Every model and word; each word's tables written as it finishes; returns the combined tables.
+
+    Parameters
+    ----------
+    models : mapping of name -> model
+        Anything :func:`trajgeo.load_model` accepts; a model is loaded only when a word needs it.
+    data : path
+        CoarseWSD-20 folder.
+    out : path
+        Results, per-word records and extraction stores go here.
+    words : sequence of str, optional
+        Default: every word in ``data``.
+    split : {"train", "test", "all"}
+    max_per_word : int or None
+        Stratified sample per word (None or 0: all), keeping ``folds`` examples of every sense.
+    folds : int >= 2
+        Cross-validation folds (lowered per word where a sense has fewer sentences).
+    random_state : int
+
+    Returns
+    -------
+    dict with ``"summary"`` (one row per model and word: ``status`` done/skipped/failed, ``reason``,
+    ``note``), ``"probes"`` and ``"curves"`` (the words done).
+    """
+    data, out = Path(data), Path(out)
+    words = list(words) if words else tg.datasets.coarsewsd20_words(data)
+    if not words:
+        raise ValueError(f"no CoarseWSD-20 words in {data}")
+    if int(folds) < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    pairs = [(name, word) for name in models for word in words]
+    options = {(name, word): {"model": name, "word": word, "data": str(data), "split": split,
+                              "max_per_word": int(max_per_word or 0), "folds": int(folds),
+                              "random_state": int(random_state)} for name, word in pairs}
+    tables = _collect(out, pairs, options)
+    for name, spec in models.items():
+        lm, load_error = None, None
+        for word in words:
+            folder = out / "words" / name / word
+            rec = _record(folder)
+            if rec is not None and rec["options"] == options[name, word] and rec["status"] in ("done", "skipped"):
+                log(f"{name:12s} {word:10s} {rec['status']} in an earlier run with these options: kept ({folder})")
+                continue
+            t0 = time.perf_counter()
+            try:
+                if load_error is not None:
+                    raise load_error
+                df = tg.datasets.read_coarsewsd20(data, word, split=split)
+                df, k, notes = prepare_word(df, int(folds), max_per_word, random_state)
+                if lm is None:
+                    try:
+                        lm = tg.load_model(spec)
+                    except Exception as err:  # every word of this model fails the same way: load once
+                        load_error = err
+                        raise
+                traj = _extract(lm, df, out / name / f"{word}.zarr", progress, log)
+                row, pr, margin = analyse_word(traj, k, random_state)
+                n_layers = traj.n_layers
+                row.update({"model": name, "word": word, "n_layers": n_layers, "folds": k,
+                            "seconds": time.perf_counter() - t0})
+                for key in ("peak_point", "resolution_point"):
+                    if key in row:
+                        row[f"{key}_relative"] = row[key] / n_layers
+                word_tables = {"summary": pd.DataFrame([row]), "probes": pr.assign(model=name, word=word),
+                               "curves": margin.assign(model=name, word=word, n_layers=n_layers)}
+                _save_word(folder, options[name, word], "done", word_tables, notes=notes)
+                log(f"{name:12s} {word:10s} n={len(df):4d} peak {row.get('peak_accuracy', np.nan):.3f} "
+                    f"at {row.get('peak_point')} ({row['seconds']:.0f} s)" + "".join(f"; {n}" for n in notes))
+            except SkipWord as why:
+                _save_word(folder, options[name, word], "skipped", reason=str(why))
+                log(f"{name:12s} {word:10s} skipped: {why}")
+            except Exception as err:  # noqa: BLE001 - one word's failure must not lose the others
+                _save_word(folder, options[name, word], "failed", reason=f"{type(err).__name__}: {err}")
+                log(f"{name:12s} {word:10s} FAILED: {type(err).__name__}: {err}")
+            tables = _collect(out, pairs, options)
+            _write_combined(out, tables)
+        del lm  # one model in memory at a time
+    _write_combined(out, tables)
+    return tables
+
+
+def _positive_int(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = None) -> int:
+    """Command line entry point; ``models`` (name -> model) replaces ``--models`` (for tests)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "coarsewsd20")
     parser.add_argument("--models", default="smollm2,minilm")
     parser.add_argument("--words", default=None, help="comma-separated words (default: every word in --data)")
     parser.add_argument("--split", default="all", choices=["train", "test", "all"])
-    parser.add_argument("--max-per-word", type=int, default=300,
+    parser.add_argument("--max-per-word", type=_positive_int(0), default=300,
                         help="stratified sample per word, to bound the time on 2 CPU cores (0: all)")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=_positive_int(2), default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "coarsewsd20")
     parser.add_argument("--random-state", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-
-    words = args.words.split(",") if args.words else tg.datasets.coarsewsd20_words(args.data)
-    rows, probe_tables, curve_tables = [], [], []
-    for name in args.models.split(","):
-        lm = tg.load_model(name)
-        for word in words:
-            t0 = time.perf_counter()
-            df = tg.datasets.read_coarsewsd20(args.data, word, split=args.split)
-            if args.max_per_word:
-                df = tg.datasets.stratified_sample(df, args.max_per_word, random_state=args.random_state)
-            traj = tg.extract(lm, df, store=args.out / name / f"{word}.zarr", progress=not args.quiet)
-            row, pr, margin = analyse_word(traj, args.folds, args.random_state)
-            n_layers = traj.n_layers
-            row.update({"model": name, "n_layers": n_layers, "seconds": time.perf_counter() - t0})
-            for k in ("peak_point", "resolution_point"):
-                if k in row:
-                    row[f"{k}_relative"] = row[k] / n_layers
-            rows.append(row)
-            probe_tables.append(pr.assign(model=name, word=word))
-            curve_tables.append(margin.assign(model=name, word=word, n_layers=n_layers))
-            if not args.quiet:
-                print(f"{name:12s} {word:8s} n={len(df):4d} peak {row.get('peak_accuracy', np.nan):.3f} "
-                      f"at {row.get('peak_point')} ({row['seconds']:.0f} s)", flush=True)
-    summary = pd.DataFrame(rows)
-    first = ["model", "word", "n_examples", "examples_per_sense", "majority_baseline", "accuracy_point0",
-             "peak_accuracy", "peak_point", "resolution_point", "resolution_ci_low", "resolution_ci_high",
-             "commitment_median", "selectivity_at_peak"]
-    summary = summary[[c for c in first if c in summary] + [c for c in summary if c not in first]]
-    report.write_tables({"summary": summary, "probes": pd.concat(probe_tables, ignore_index=True),
-                         "curves": pd.concat(curve_tables, ignore_index=True)}, args.out)
-    summary.to_csv(args.out / "summary.csv", index=False)
+    if models is None:
+        models = {name: name for name in args.models.split(",") if name}
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    tables = run(models, args.data, args.out, words=args.words.split(",") if args.words else None,
+                 split=args.split, max_per_word=args.max_per_word or None, folds=args.folds,
+                 random_state=args.random_state, progress=not args.quiet, log=log)
+    summary = tables["summary"]
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 200):
-        print(summary.drop(columns=["examples_per_sense", "seconds"], errors="ignore").round(3).to_string(index=False))
-    return 0
+        done = summary[summary["status"] == "done"]
+        print(done.drop(columns=["examples_per_sense", "seconds", "reason"], errors="ignore").round(3)
+              .to_string(index=False))
+    noted = summary[summary["note"].notna()]
+    for r in noted.itertuples():
+        print(f"note: {r.model} {r.word}: {r.note}")
+    for status in ("skipped", "failed"):
+        rows = summary[summary["status"] == status]
+        if len(rows):
+            print(f"{status} {len(rows)} of {len(summary)}: "
+                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
+    print(f"tables in {args.out}")
+    return 1 if (summary["status"] == "failed").any() else 0
 
 
 if __name__ == "__main__":

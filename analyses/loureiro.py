@@ -22,6 +22,14 @@ For each model and word it
    normalisation), and the most-frequent-sense baseline (the majority sense of the full training
    split, scored on the test examples).
 
+Each word's row is recorded as soon as it is done (``<out>/words/<model>/<word>.json``, atomically) and
+the tables are rewritten after every word, so an interrupted run loses at most the word it was on; a
+rerun with the same options keeps the words done (it says so) and retries the failed ones. A word the
+protocol cannot be run on (no training or test examples, fewer than 2 training senses, a cap smaller
+than its number of senses) is skipped with the reason; a word that fails (unreadable files, an error)
+is recorded as failed and the study goes on; both are named at the end (exit status 1 on a failure),
+and ``status``, ``reason`` and ``note`` columns say it in the per-word table.
+
 It writes ``<out>/per_word.parquet`` (+ .csv; columns :data:`PER_WORD_COLUMNS`) and
 ``<out>/summary.parquet`` (+ .csv; :data:`SUMMARY_COLUMNS`: one row per model with the mean
 per-word macro F1, the mean per-word accuracy (how the paper averages), the pooled accuracy over
@@ -59,7 +67,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -81,13 +92,19 @@ COMPARE_NORMALIZE = DEFAULT_NORMALIZE
 PAPER_NAME = "BERT-base (Loureiro et al. 2021, paper)"
 PER_WORD_COLUMNS = ["model", "word", "n_senses", "n_train", "n_test", "n_train_full", "n_test_full",
                     "accuracy", "macro_f1", "majority_baseline", f"accuracy_{COMPARE_NORMALIZE}",
-                    f"macro_f1_{COMPARE_NORMALIZE}", "n_train_at_start", "n_test_at_start", "seconds"]
+                    f"macro_f1_{COMPARE_NORMALIZE}", "n_train_at_start", "n_test_at_start", "seconds",
+                    "status", "note", "reason"]
 SUMMARY_COLUMNS = ["model", "n_words", "n_train", "n_test", "mean_macro_f1", "mean_accuracy",
                    "pooled_accuracy", "mean_majority_baseline", f"mean_macro_f1_{COMPARE_NORMALIZE}",
-                   f"mean_accuracy_{COMPARE_NORMALIZE}", "max_train", "max_test", "seconds"]
+                   f"mean_accuracy_{COMPARE_NORMALIZE}", "max_train", "max_test", "seconds", "n_skipped", "n_failed"]
 
-__all__ = ["cap", "majority_baseline", "extract_split", "evaluate_word", "summarize", "run", "main",
-           "DEFAULT_MAX_TRAIN", "DEFAULT_MAX_TEST", "COMPARE_NORMALIZE", "PER_WORD_COLUMNS", "SUMMARY_COLUMNS"]
+__all__ = ["SkipWord", "cap", "majority_baseline", "select_word", "extract_split", "evaluate_word", "summarize",
+           "run", "main", "DEFAULT_MAX_TRAIN", "DEFAULT_MAX_TEST", "COMPARE_NORMALIZE", "PER_WORD_COLUMNS",
+           "SUMMARY_COLUMNS"]
+
+
+class SkipWord(Exception):
+    """The protocol cannot be run on this word (the message says why); it is skipped, not failed."""
 
 
 def cap(df: pd.DataFrame, n: int | None, random_state: int = 0) -> pd.DataFrame:
@@ -141,17 +158,49 @@ def extract_split(model: Any, df: pd.DataFrame, store: Path, batch_size: int = 1
         return tg.extract(model, df, overwrite=True, **kwargs)
 
 
+def select_word(data: Path, word: str, max_train: int | None, max_test: int | None,
+                random_state: int = 0) -> dict[str, Any]:
+    """The word's full splits, their caps, and notes: ``{"full": {split: df}, "train", "test", "notes"}``.
+
+    Raises
+    ------
+    SkipWord
+        A split without examples, fewer than 2 training senses, or a cap smaller than the number of senses.
+    """
+    full = {}
+    for sp in ("train", "test"):
+        try:
+            full[sp] = tg.datasets.read_coarsewsd20(data, word, split=sp)
+        except ValueError as err:
+            if "no examples" in str(err):
+                raise SkipWord(f"no {sp} examples ({err})") from None
+            raise
+    senses = full["train"]["sense"].unique()
+    if len(senses) < 2:
+        raise SkipWord(f"fewer than 2 training senses ({', '.join(map(repr, senses))}): nothing to choose between")
+    for sp, n in (("train", max_train), ("test", max_test)):
+        k = full[sp]["sense"].nunique()
+        if n and n < k and len(full[sp]) > n:
+            raise SkipWord(f"the {sp} cap {n} is smaller than its {k} senses (a stratified cap keeps one of each)")
+    notes = []
+    unseen = sorted(set(full["test"]["sense"]) - set(senses))
+    if unseen:
+        notes.append(f"test sense(s) {', '.join(map(repr, unseen))} have no training example: never predicted")
+    return {"full": full, "train": cap(full["train"], max_train, random_state),
+            "test": cap(full["test"], max_test, random_state), "notes": notes}
+
+
 def evaluate_word(model: Any, name: str, data: Path, word: str, out: Path, max_train: int | None,
                   max_test: int | None, batch_size: int = 16, random_state: int = 0, progress: bool = False,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One per-word row (the columns of :data:`PER_WORD_COLUMNS`) for one model and word."""
+                  log: Callable[[str], None] = print, selected: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One per-word row (the columns of :data:`PER_WORD_COLUMNS`) for one model and word.
+
+    ``selected`` is :func:`select_word`'s result when the caller already has it.
+    """
     t0 = time.perf_counter()
-    full = {sp: tg.datasets.read_coarsewsd20(data, word, split=sp) for sp in ("train", "test")}
-    for sp, df in full.items():
-        if df.empty:
-            raise ValueError(f"CoarseWSD-20 word {word!r} has no {sp} examples in {data}")
-    train = cap(full["train"], max_train, random_state)
-    test = cap(full["test"], max_test, random_state)
+    if selected is None:
+        selected = select_word(data, word, max_train, max_test, random_state)
+    full, train, test = selected["full"], selected["train"], selected["test"]
     tr = extract_split(model, train, out / name / f"{word}-train.zarr", batch_size, progress, log)
     te = extract_split(model, test, out / name / f"{word}-test.zarr", batch_size, progress, log)
     r = tg.probes.loureiro_1nn(tr, te, labels="sense", word="word").set_index("word").loc[word]
@@ -169,6 +218,7 @@ def evaluate_word(model: Any, name: str, data: Path, word: str, out: Path, max_t
         "n_train_at_start": int((tr.meta["token_start"] == 0).sum()),
         "n_test_at_start": int((te.meta["token_start"] == 0).sum()),
         "seconds": time.perf_counter() - t0,
+        "status": "done", "note": "; ".join(selected["notes"]) or None, "reason": None,
     }
 
 
@@ -176,24 +226,66 @@ def summarize(per_word: pd.DataFrame, max_train: int | None = None, max_test: in
     """One row per model (the columns of :data:`SUMMARY_COLUMNS`) and a last row with the paper's figures.
 
     ``mean_macro_f1`` and ``mean_accuracy`` are unweighted means over words (how the paper
-    averages); ``pooled_accuracy`` weights each word by its test examples.
+    averages); ``pooled_accuracy`` weights each word by its test examples. Only the words done count;
+    ``n_skipped`` and ``n_failed`` count the others.
     """
     rows = []
-    for name, g in per_word.groupby("model", sort=False):
+    for name, everything in per_word.groupby("model", sort=False):
+        status = everything["status"] if "status" in everything else pd.Series("done", index=everything.index)
+        g = everything[status == "done"]
         rows.append({
             "model": name, "n_words": len(g), "n_train": int(g["n_train"].sum()), "n_test": int(g["n_test"].sum()),
             "mean_macro_f1": g["macro_f1"].mean(), "mean_accuracy": g["accuracy"].mean(),
-            "pooled_accuracy": float((g["accuracy"] * g["n_test"]).sum() / g["n_test"].sum()),
+            "pooled_accuracy": float((g["accuracy"] * g["n_test"]).sum() / g["n_test"].sum()) if len(g) else np.nan,
             "mean_majority_baseline": g["majority_baseline"].mean(),
             f"mean_macro_f1_{COMPARE_NORMALIZE}": g[f"macro_f1_{COMPARE_NORMALIZE}"].mean(),
             f"mean_accuracy_{COMPARE_NORMALIZE}": g[f"accuracy_{COMPARE_NORMALIZE}"].mean(),
             "max_train": max_train or 0, "max_test": max_test or 0,
             "seconds": g["seconds"].sum(),
+            "n_skipped": int((status == "skipped").sum()), "n_failed": int((status == "failed").sum()),
         })
     paper = tg.probes.LOUREIRO_BERT_BASE
     rows.append({"model": PAPER_NAME, "n_words": 20, "mean_macro_f1": paper["macro_f1"],
                  "mean_accuracy": paper["accuracy"], "max_train": 0, "max_test": 0})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _tables(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[str, str], dict],
+            max_train: int | None, max_test: int | None) -> dict[str, pd.DataFrame]:
+    """The tables of the (model, word) pairs recorded with this run's options, in run order."""
+    rows = []
+    for name, word in pairs:
+        rec = _record(out / "words" / name / f"{word}.json")
+        if rec is not None and rec["options"] == options[name, word]:
+            rows.append(rec["row"])
+    per_word = pd.DataFrame(rows, columns=PER_WORD_COLUMNS)
+    return {"per_word": per_word, "summary": summarize(per_word, max_train, max_test)}
+
+
+def _write(out: Path, tables: Mapping[str, pd.DataFrame]) -> None:
+    write_tables(tables, out)
+    for key, df in tables.items():
+        _write_text(out / f"{key}.csv", df.to_csv(index=False))
 
 
 def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Sequence[str] | None = None,
@@ -202,11 +294,14 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
         log: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
     """Run the protocol for every model and word; write and return the tables.
 
+    Each word's row is recorded as it is done and the tables are rewritten after every word; a word
+    recorded by an earlier run with the same options is kept, not recomputed (failed ones are retried).
+
     Parameters
     ----------
     models : mapping of name -> model
         Anything :func:`trajgeo.load_model` accepts (a shipped name, a LoadedModel, a (model,
-        tokenizer) pair); loaded one at a time.
+        tokenizer) pair); loaded one at a time, and only when a word needs it.
     data : path
         CoarseWSD-20 folder (one sub-folder per word).
     out : path
@@ -222,28 +317,52 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
 
     Returns
     -------
-    dict with ``"per_word"`` (:data:`PER_WORD_COLUMNS`) and ``"summary"`` (:data:`SUMMARY_COLUMNS`).
+    dict with ``"per_word"`` (:data:`PER_WORD_COLUMNS`; ``status`` done/skipped/failed with the
+    ``reason``) and ``"summary"`` (:data:`SUMMARY_COLUMNS`).
     """
     data, out = Path(data), Path(out)
     words = list(words) if words else tg.datasets.coarsewsd20_words(data)
     if not words:
         raise ValueError(f"no CoarseWSD-20 words in {data}")
-    rows = []
+    pairs = [(name, word) for name in models for word in words]
+    options = {(name, word): {"model": name, "word": word, "data": str(data), "max_train": int(max_train or 0),
+                              "max_test": int(max_test or 0), "random_state": int(random_state)}
+               for name, word in pairs}
     for name, spec in models.items():
-        model = tg.load_model(spec)
+        model, load_error = None, None
         for word in words:
-            row = evaluate_word(model, name, data, word, out, max_train, max_test, batch_size, random_state,
-                                progress, log)
-            rows.append(row)
-            log(f"{name:10s} {word:8s} train {row['n_train']:4d}/{row['n_train_full']:<4d} "
-                f"test {row['n_test']:4d}/{row['n_test_full']:<4d} acc {row['accuracy']:.3f} "
-                f"F1 {row['macro_f1']:.3f} MFS {row['majority_baseline']:.3f} ({row['seconds']:.0f} s)")
+            path = out / "words" / name / f"{word}.json"
+            rec = _record(path)
+            if rec is not None and rec["options"] == options[name, word] and rec["row"]["status"] != "failed":
+                log(f"{name:10s} {word:8s} {rec['row']['status']} in an earlier run with these options: kept ({path})")
+                continue
+            try:
+                if load_error is not None:
+                    raise load_error
+                selected = select_word(data, word, max_train, max_test, random_state)
+                if model is None:
+                    try:
+                        model = tg.load_model(spec)
+                    except Exception as err:  # every word of this model fails the same way: load once
+                        load_error = err
+                        raise
+                row = evaluate_word(model, name, data, word, out, max_train, max_test, batch_size, random_state,
+                                    progress, log, selected=selected)
+                log(f"{name:10s} {word:8s} train {row['n_train']:4d}/{row['n_train_full']:<4d} "
+                    f"test {row['n_test']:4d}/{row['n_test_full']:<4d} acc {row['accuracy']:.3f} "
+                    f"F1 {row['macro_f1']:.3f} MFS {row['majority_baseline']:.3f} ({row['seconds']:.0f} s)"
+                    + (f"; {row['note']}" if row["note"] else ""))
+            except SkipWord as why:
+                row = {"model": name, "word": word, "status": "skipped", "reason": str(why)}
+                log(f"{name:10s} {word:8s} skipped: {why}")
+            except Exception as err:  # noqa: BLE001 - one word's failure must not lose the others
+                row = {"model": name, "word": word, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
+                log(f"{name:10s} {word:8s} FAILED: {row['reason']}")
+            _write_text(path, json.dumps({"options": options[name, word], "row": row}, indent=1))
+            _write(out, _tables(out, pairs, options, max_train, max_test))
         del model  # one model in memory at a time
-    per_word = pd.DataFrame(rows, columns=PER_WORD_COLUMNS)
-    tables = {"per_word": per_word, "summary": summarize(per_word, max_train, max_test)}
-    write_tables(tables, out)
-    for key, df in tables.items():
-        df.to_csv(out / f"{key}.csv", index=False)
+    tables = _tables(out, pairs, options, max_train, max_test)
+    _write(out, tables)
     return tables
 
 
@@ -282,6 +401,8 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     for opt in ("max_train", "max_test"):
         if getattr(args, opt) < 0:
             parser.error(f"--{opt.replace('_', '-')} must be >= 0 (0: no cap)")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
 
     if models is None:
         models = {name: name for name in args.models.split(",") if name}
@@ -300,8 +421,16 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     print()
     for note in notes:
         print(f"note: {note}")
+    per_word = tables["per_word"]
+    for r in per_word[per_word["note"].notna()].itertuples():
+        print(f"note: {r.model} {r.word}: {r.note}")
+    for status in ("skipped", "failed"):
+        rows = per_word[per_word["status"] == status]
+        if len(rows):
+            print(f"{status} {len(rows)} of {len(per_word)}: "
+                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
     print(f"total {time.perf_counter() - t0:.0f} s; tables in {args.out}")
-    return 0
+    return 1 if (per_word["status"] == "failed").any() else 0
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ RECOVERABLE = ("bank", "match")
 FILLERS = ["the", "a", "and", "to", "of", "by", "on", "in", "at", "its"]
 
 
-def _write_planted(root: Path, seed: int = 0) -> Path:
+def _write_planted(root: Path, seed: int = 0, planted: dict | None = None) -> Path:
     """A CoarseWSD-20-layout folder: <word>/classes_map.txt and {train,test}.{data,gold}.txt."""
     rng = np.random.default_rng(seed)
-    for word, spec in PLANTED.items():
+    for word, spec in (PLANTED if planted is None else planted).items():
         folder = root / word
         folder.mkdir(parents=True)
         (folder / "classes_map.txt").write_text(json.dumps(spec["classes"]))
@@ -63,8 +63,10 @@ def _write_planted(root: Path, seed: int = 0) -> Path:
                     data.append(f"{pos}\t{' '.join(toks)}")
                     gold.append(str(sense))
             order = rng.permutation(len(data))
-            (folder / f"{split}.data.txt").write_text("\n".join(data[i] for i in order) + "\n")
-            (folder / f"{split}.gold.txt").write_text("\n".join(gold[i] for i in order) + "\n")
+            gold = [spec.get("bad_gold", {}).get(split, g) if k == 0 else g for k, g in enumerate(gold)]
+            end = "\n" if data else ""
+            (folder / f"{split}.data.txt").write_text("\n".join(data[i] for i in order) + end)
+            (folder / f"{split}.gold.txt").write_text("\n".join(gold[i] for i in order) + end)
     return root
 
 
@@ -183,8 +185,8 @@ def test_caps_are_stratified_and_the_majority_baseline_is_the_training_mfs(resul
     assert (s.max_train, s.max_test, s.n_words) == (10, 0, len(PLANTED))
 
 
-def test_a_rerun_reuses_the_stores_and_another_cap_reextracts(script, models, planted, result, monkeypatch,
-                                                              tmp_path):
+def test_a_rerun_keeps_the_words_done_reuses_the_stores_and_another_cap_reextracts(script, models, planted, result,
+                                                                                    monkeypatch, tmp_path, capsys):
     out = tmp_path / "copy"  # a copy: the other tests read the module's results
     shutil.copytree(result, out)
     before = pd.read_parquet(out / "per_word.parquet").set_index("word")
@@ -197,10 +199,19 @@ def test_a_rerun_reuses_the_stores_and_another_cap_reextracts(script, models, pl
 
     monkeypatch.setattr(tg, "extract", counting_extract)
     args = ["--data", str(planted), "--out", str(out), "--max-test", "0", "--words", "bank"]
-    script.main([*args, "--max-train", "10"], models=models)
+    capsys.readouterr()
+    assert script.main([*args, "--max-train", "10"], models=models) == 0
+    # the word was done with these options: kept, nothing extracted, and the log says so
+    assert calls == []
+    assert "bank     done in an earlier run with these options: kept" in capsys.readouterr().out
     again = pd.read_parquet(out / "per_word.parquet").set_index("word")
-    # without overwrite, tg.extract either returns a matching store or raises: these were reused
+    assert again.loc["bank", "accuracy"] == before.loc["bank", "accuracy"]
+    # without its record the word is recomputed: without overwrite, tg.extract either returns a matching
+    # store or raises, so these were reused, and the numbers are the same
+    (out / "words" / "tiny-bert" / "bank.json").unlink()
+    script.main([*args, "--max-train", "10"], models=models)
     assert calls == [False, False]
+    again = pd.read_parquet(out / "per_word.parquet").set_index("word")
     assert again.loc["bank", "accuracy"] == before.loc["bank", "accuracy"]
     assert again.loc["bank", "macro_f1"] == before.loc["bank", "macro_f1"]
     # another cap means other training examples: the stale train store is replaced, the test store kept
@@ -208,6 +219,93 @@ def test_a_rerun_reuses_the_stores_and_another_cap_reextracts(script, models, pl
     script.main([*args, "--max-train", "12"], models=models)
     assert calls == [False, True, False]
     assert tg.load(out / "tiny-bert" / "bank-train.zarr").n_examples == 12
+
+
+# words the protocol cannot be run on, and one that fails: each is skipped or recorded, the others kept
+TROUBLED = {
+    "bank": PLANTED["bank"],
+    "spring": {"classes": {"0": "spring_spring_(season)", "1": "spring_spring_(device)"},
+               "senses": {0: ["river", "water", "shore", "muddy"], 1: ["steel", "beams", "lifted", "fast"]},
+               "counts": {"train": {0: 6}, "test": {0: 3, 1: 2}}},               # one training sense
+    "ball": {"classes": {"0": "ball_ball_(sphere)", "1": "ball_ball_(dance)"},
+             "senses": {0: ["tennis", "threw", "fast", "pitcher"], 1: ["light", "candle", "slow", "brown"]},
+             "counts": {"train": {0: 5, 1: 5}, "test": {0: 3, 1: 3}},
+             "bad_gold": {"train": "7"}},                                          # a gold label outside the map
+    "pitcher": {"classes": {"0": "pitcher_pitcher_(jug)", "1": "pitcher_pitcher_(player)"},
+                "senses": {0: ["lemonade", "water", "empty", "slow"], 1: ["threw", "ball", "fast", "tennis"]},
+                "counts": {"train": {0: 5, 1: 5}, "test": {}}},                    # no test examples
+    "light": {"classes": {"0": "light_light_(lamp)", "1": "light_light_(weight)", "2": "light_light_(colour)"},
+              "senses": {0: ["candle", "struck", "match", "lit"], 1: ["steel", "beams", "lifted", "slow"],
+                         2: ["brown", "grassy", "muddy", "water"]},
+              "counts": {"train": {0: 4, 1: 4, 2: 4}, "test": {0: 2, 1: 2, 2: 2}}},  # 3 senses, a test cap of 2
+    "match": PLANTED["match"],
+}
+
+
+@pytest.fixture(scope="module")
+def troubled(script, models, tmp_path_factory):
+    """A first run killed while on 'match', then a rerun; what each left and printed."""
+    import contextlib
+    import io
+
+    data = _write_planted(tmp_path_factory.mktemp("troubled"), planted=TROUBLED)
+    out = tmp_path_factory.mktemp("troubled-out")
+    argv = ["--data", str(data), "--out", str(out), "--words", ",".join(TROUBLED), "--max-train", "0",
+            "--max-test", "2"]
+    real_evaluate, real_extract = script.evaluate_word, tg.extract
+    with pytest.MonkeyPatch.context() as mp:
+        def killed_on_match(model, name, data, word, *args, **kwargs):
+            if word == "match":
+                raise KeyboardInterrupt
+            return real_evaluate(model, name, data, word, *args, **kwargs)
+
+        mp.setattr(script, "evaluate_word", killed_on_match)
+        with pytest.raises(KeyboardInterrupt), contextlib.redirect_stdout(io.StringIO()):
+            script.main(argv, models=models)
+    after_kill = pd.read_parquet(out / "per_word.parquet")
+    extracted = []
+    with pytest.MonkeyPatch.context() as mp:
+        def counting_extract(model, df, **kwargs):
+            extracted.append(df["word"].iloc[0])
+            return real_extract(model, df, **kwargs)
+
+        mp.setattr(tg, "extract", counting_extract)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = script.main(argv, models=models)
+    return {"after_kill": after_kill, "extracted": extracted, "rc": rc, "printed": buf.getvalue(),
+            "per_word": pd.read_parquet(out / "per_word.parquet").set_index("word"),
+            "summary": pd.read_parquet(out / "summary.parquet").set_index("model")}
+
+
+def test_words_the_protocol_cannot_take_are_skipped_with_the_reason_and_a_failure_does_not_stop_it(troubled):
+    pw = troubled["per_word"]
+    assert pw.index.tolist() == list(TROUBLED)
+    assert pw["status"].to_dict() == {"bank": "done", "spring": "skipped", "ball": "failed", "pitcher": "skipped",
+                                      "light": "skipped", "match": "done"}
+    assert "fewer than 2 training senses ('season')" in pw.loc["spring", "reason"]
+    assert pw.loc["pitcher", "reason"].startswith("no test examples")
+    assert pw.loc["light", "reason"] == "the test cap 2 is smaller than its 3 senses (a stratified cap keeps one of each)"
+    assert pw.loc["ball", "reason"].startswith("ValueError: ") and "sense number 7 is not in" in pw.loc["ball", "reason"]
+    assert pw.loc[["bank", "match"], "reason"].isna().all()
+    assert troubled["rc"] == 1
+    printed = troubled["printed"]
+    assert "skipped 3 of 6: tiny-bert spring (fewer than 2 training senses" in printed
+    assert "failed 1 of 6: tiny-bert ball (ValueError:" in printed
+    # the summary averages the words done and counts the others
+    s = troubled["summary"].loc["tiny-bert"]
+    assert (s.n_words, s.n_skipped, s.n_failed) == (2, 3, 1)
+    assert s.mean_accuracy == pytest.approx(pw.loc[["bank", "match"], "accuracy"].mean())
+
+
+def test_an_interrupted_run_keeps_the_words_before_and_the_rerun_does_only_the_rest(troubled):
+    after_kill = troubled["after_kill"]
+    assert after_kill["word"].tolist() == ["bank", "spring", "ball", "pitcher", "light"]
+    assert after_kill.set_index("word").loc["bank", "status"] == "done"
+    # the rerun kept bank and the skips, retried ball (it fails reading, before extraction) and did match
+    assert troubled["extracted"] == ["match", "match"]
+    for word, status in (("bank", "done"), ("spring", "skipped"), ("pitcher", "skipped"), ("light", "skipped")):
+        assert f"{word:8s} {status} in an earlier run with these options: kept" in troubled["printed"]
 
 
 def test_main_rejects_a_negative_cap(script, planted, tmp_path):

@@ -19,7 +19,15 @@ For each model the script
 4. writes tidy tables to ``<out>``: ``margin.parquet`` (example, point, word, sense, cue_position,
    cue_distance, model, causal, value), ``margin_by_point.parquet`` (mean and 95% bootstrap
    interval), ``probes.parquet`` (the layerwise rows plus model, causal, cue_position),
-   ``summary.parquet`` (one row per model and condition) and prints the summary.
+   ``summary.parquet`` (one row per model and condition; ``note`` says why a condition has no probe
+   figures), ``status.parquet`` (one row per model: done or failed, with the reason) and prints the
+   summary.
+
+Each model's tables are written as soon as it is done (``<out>/models/<model>/``, ``status.json`` last,
+every file atomically) and the combined tables are rewritten after every model, so an interrupted run
+loses at most the model it was on. A rerun with the same examples and options keeps the models done (it
+says so); a model that fails (it does not load, an analysis error) is recorded with the error and the
+others go on; failures are named at the end (exit status 1).
 
 Usage::
 
@@ -30,17 +38,23 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 import trajgeo as tg
+from trajgeo.report import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("before", "after")
+PER_MODEL = ("margin", "probes")
 
 __all__ = ["select_examples", "trajectories", "margin_table", "margin_by_point", "probe_table", "summarize",
            "run", "main"]
@@ -130,28 +144,37 @@ def margin_by_point(margin: pd.DataFrame, by: Sequence[str] = ("model", "causal"
                                  random_state=random_state)
 
 
-def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_state: int = 0) -> pd.DataFrame:
+def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_state: int = 0,
+                notes: dict[str, str] | None = None) -> pd.DataFrame:
     """Layer-wise probe accuracy fitted separately within each cue position.
 
     Labels are ``word:sense`` and all words are pooled in one probe (``word=None``): one curve per
     condition, while only a word's own senses compete in practice (the word is decodable from the
-    embedding). Folds keep sentences (``group``) apart. Conditions with a class smaller than 2 are
-    skipped.
+    embedding). Folds keep sentences (``group``) apart, and are fewer where a class has fewer
+    sentences than ``cv``. Conditions without examples, or with a class of fewer than 2 sentences,
+    are skipped; ``notes`` (cue position -> why) receives the reasons, and the folds lowered.
 
     Returns
     -------
     DataFrame: the columns of :func:`trajgeo.probes.layerwise` plus ``cue_position``.
     """
+    notes = {} if notes is None else notes
     out = []
     for cond in CONDITIONS:
         sub = traj[traj.meta["cue_position"].to_numpy() == cond]
         if sub.n_examples == 0:
+            notes[cond] = f"no examples with the cue {cond} the target: no probes"
             continue
         labels = (sub.meta["word"].astype(str) + ":" + sub.meta["sense"].astype(str)).to_numpy()
-        smallest = int(pd.Series(labels).value_counts().min())
+        sentences = pd.Series(sub.meta["group"].to_numpy()).groupby(labels).nunique()
+        smallest = int(sentences.min())
         if smallest < 2:
-            print(f"[cue_position] skipping probes for cue {cond}: a sense has {smallest} example", file=sys.stderr)
+            notes[cond] = (f"no probes: sense {sentences.idxmin()!r} has {smallest} sentence with the cue {cond} the "
+                           "target (cross-validation needs 2)")
+            print(f"[cue_position] {notes[cond]}", file=sys.stderr)
             continue
+        if smallest < cv:
+            notes[cond] = f"probe folds {cv} -> {smallest}: sense {sentences.idxmin()!r} has {smallest} sentences"
         df = tg.probes.layerwise(sub, labels=labels, word=None, groups="group", cv=min(cv, smallest),
                                  control=True, n_boot=n_boot, random_state=random_state)
         df.insert(0, "cue_position", cond)
@@ -159,14 +182,17 @@ def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_st
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def summarize(margin: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
+def summarize(margin: pd.DataFrame, probes: pd.DataFrame,
+              notes: Mapping[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """One row per model and cue position: margin and probe accuracy at point 0, at the top and at their peak.
+
+    ``notes`` maps (model, cue position) to a note (why the probe columns are empty, fewer folds).
 
     Returns
     -------
     DataFrame with columns model, causal, cue_position, n_examples, margin_point0, margin_last,
     margin_peak, margin_peak_point, accuracy_point0, accuracy_last, accuracy_peak,
-    accuracy_peak_point, selectivity_last.
+    accuracy_peak_point, selectivity_last (and note, with ``notes``).
     """
     rows = []
     for (model, causal, cond), g in margin.groupby(["model", "causal", "cue_position"], sort=False):
@@ -182,6 +208,8 @@ def summarize(margin: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
                 row.update(accuracy_point0=acc.iloc[0], accuracy_last=acc.iloc[-1], accuracy_peak=acc.max(),
                            accuracy_peak_point=int(acc.idxmax()),
                            selectivity_last=sel.iloc[-1] if len(sel) else np.nan)
+        if notes is not None:
+            row["note"] = notes.get((model, cond))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -190,10 +218,69 @@ def _load(spec: Any) -> Any:
     return spec if hasattr(spec, "adapter") else tg.load_model(spec)
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _record(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _examples_key(examples: pd.DataFrame) -> str:
+    """A hash of what the results depend on in the examples."""
+    cols = [c for c in ("text", "char_start", "char_end", "word", "sense", "group", "cue_position", "cue_distance")
+            if c in examples]
+    rows = pd.util.hash_pandas_object(examples[cols].astype(str), index=False).to_numpy()
+    return hashlib.blake2b(rows.tobytes() + json.dumps(cols).encode(), digest_size=16).hexdigest()
+
+
+def _combined(out: Path, names: Sequence[str], options: Mapping[str, dict], n_boot: int,
+              random_state: int) -> dict[str, pd.DataFrame]:
+    """The tables of the models recorded with this run's options, in run order."""
+    margins, probes, notes, status = [], [], {}, []
+    for name in names:
+        folder = out / "models" / name
+        rec = _record(folder)
+        if rec is None or rec["options"] != options[name]:
+            continue
+        status.append({"model": name, "status": rec["status"], "reason": rec.get("reason")})
+        if rec["status"] != "done":
+            continue
+        margins.append(pd.read_parquet(folder / "margin.parquet"))
+        p = pd.read_parquet(folder / "probes.parquet")
+        if len(p):
+            probes.append(p)
+        notes.update({(name, cond): note for cond, note in (rec.get("notes") or {}).items()})
+    margin = pd.concat(margins, ignore_index=True) if margins else pd.DataFrame()
+    probe = pd.concat(probes, ignore_index=True) if probes else pd.DataFrame()
+    by_point = (margin_by_point(margin, n_boot=n_boot, random_state=random_state) if len(margin)
+                else pd.DataFrame())
+    summary = summarize(margin, probe, notes) if len(margin) else pd.DataFrame()
+    return {"margin": margin, "probes": probe, "margin_by_point": by_point, "summary": summary,
+            "status": pd.DataFrame(status, columns=["model", "status", "reason"])}
+
+
 def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd.DataFrame | None = None,
         words: Sequence[str] | None = None, max_examples: int | None = None, batch_size: int = 32,
-        n_boot: int = 1000, probe_boot: int = 200, random_state: int = 0) -> dict[str, pd.DataFrame]:
+        n_boot: int = 1000, probe_boot: int = 200, random_state: int = 0,
+        log: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
     """The whole analysis; returns the tables (also written as parquet under ``out``).
+
+    Each model's tables are written as it is done and the combined tables after every model; a model
+    done by an earlier run with the same examples and options is kept, not recomputed; a model that
+    fails is recorded (``status`` table) and the others go on.
 
     Parameters
     ----------
@@ -206,7 +293,7 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
 
     Returns
     -------
-    dict with keys "margin", "margin_by_point", "probes", "summary".
+    dict with keys "margin", "margin_by_point", "probes", "summary", "status".
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,27 +303,54 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
         examples = select_examples(words, max_examples, random_state)
     if "cue_position" not in examples:
         raise KeyError("examples need a cue_position column ('before'/'after'), as tg.datasets.builtin() has")
-    margins, probes = [], []
+    key = _examples_key(examples)
+    options = {name: {"model": name, "examples": key, "probe_boot": int(probe_boot), "random_state": int(random_state)}
+               for name in models}
+    names = list(models)
+    tables = _combined(out, names, options, n_boot, random_state)
     for name, spec in models.items():
-        lm = _load(spec)
-        causal = bool(lm.adapter.causal)
-        traj = trajectories(lm, examples, out / f"{name}.zarr", batch_size=batch_size)
-        m = margin_table(traj)
-        m.insert(0, "model", name)
-        m.insert(1, "causal", causal)
-        margins.append(m)
-        p = probe_table(traj, n_boot=probe_boot, random_state=random_state)
-        if len(p):
-            p.insert(0, "model", name)
-            p.insert(1, "causal", causal)
-            probes.append(p)
-    tables = {"margin": pd.concat(margins, ignore_index=True),
-              "probes": pd.concat(probes, ignore_index=True) if probes else pd.DataFrame()}
-    tables["margin_by_point"] = margin_by_point(tables["margin"], n_boot=n_boot, random_state=random_state)
-    tables["summary"] = summarize(tables["margin"], tables["probes"])
-    for key, df in tables.items():
-        df.to_parquet(out / f"{key}.parquet", index=False)
+        folder = out / "models" / name
+        rec = _record(folder)
+        if rec is not None and rec["options"] == options[name] and rec["status"] == "done":
+            log(f"[cue_position] {name}: done in an earlier run with these examples and options: kept ({folder})")
+            continue
+        (folder / "status.json").unlink(missing_ok=True)
+        try:
+            lm = _load(spec)
+            causal = bool(lm.adapter.causal)
+            traj = trajectories(lm, examples, out / f"{name}.zarr", batch_size=batch_size)
+            m = margin_table(traj)
+            m.insert(0, "model", name)
+            m.insert(1, "causal", causal)
+            notes: dict[str, str] = {}
+            p = probe_table(traj, n_boot=probe_boot, random_state=random_state, notes=notes)
+            if len(p):
+                p.insert(0, "model", name)
+                p.insert(1, "causal", causal)
+            write_tables({"margin": m, "probes": p}, folder)
+            _write_text(folder / "status.json", json.dumps({"options": options[name], "status": "done",
+                                                            "notes": notes}, indent=1))
+        except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others
+            reason = f"{type(err).__name__}: {err}"
+            for t in PER_MODEL:
+                (folder / f"{t}.parquet").unlink(missing_ok=True)
+            _write_text(folder / "status.json", json.dumps({"options": options[name], "status": "failed",
+                                                            "reason": reason}, indent=1))
+            log(f"[cue_position] {name} FAILED: {reason}")
+        tables = _combined(out, names, options, n_boot, random_state)
+        write_tables(tables, out)
+    write_tables(tables, out)
     return tables
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,22 +360,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "cue_position"), type=Path,
                         help="results folder (default: results/cue_position)")
     parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all)")
-    parser.add_argument("--max-examples", type=int, default=None, help="stratified subsample size (default: all)")
+    parser.add_argument("--max-examples", type=_positive_int, default=None,
+                        help="stratified subsample size, at least one example per word, sense and cue position "
+                             "(default: all)")
     args = parser.parse_args(argv)
     words = args.words.split(",") if args.words else None
     tables = run(args.models.split(","), args.out, words=words, max_examples=args.max_examples)
+    failed = tables["status"][tables["status"]["status"] == "failed"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(tables["summary"].to_string(index=False))
-    s = tables["summary"].set_index(["model", "cue_position"])
-    for model, causal in tables["summary"][["model", "causal"]].drop_duplicates().itertuples(index=False):
+    summary = tables["summary"]
+    s = summary.set_index(["model", "cue_position"]) if len(summary) else summary
+    for model, causal in (summary[["model", "causal"]].drop_duplicates().itertuples(index=False) if len(summary)
+                          else []):
         if {(model, "before"), (model, "after")} <= set(s.index):
             b, a = s.loc[(model, "before")], s.loc[(model, "after")]
             kind = "causal" if causal else "encoder"
             print(f"{model} ({kind}): final margin before {b.margin_last:+.3f} vs after {a.margin_last:+.3f}"
                   + (f"; final probe accuracy before {b.accuracy_last:.2f} vs after {a.accuracy_last:.2f}"
                      f" (point 0: {b.accuracy_point0:.2f} / {a.accuracy_point0:.2f})" if "accuracy_last" in s else ""))
+    if "note" in summary:
+        for r in summary[summary["note"].notna()].itertuples():
+            print(f"note: {r.model} cue {r.cue_position}: {r.note}")
+    if len(failed):
+        print(f"failed {len(failed)} of {len(tables['status'])}: "
+              + "; ".join(f"{r.model} ({r.reason})" for r in failed.itertuples()))
     print(f"tables written to {args.out}")
-    return 0
+    return 1 if len(failed) else 0
 
 
 if __name__ == "__main__":

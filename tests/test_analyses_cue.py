@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import trajgeo as tg
@@ -74,18 +75,95 @@ def test_causal_cue_after_states_equal_those_of_the_text_cut_after_the_target(re
             assert np.abs(stored[:, 1:] - ref[:, 1:]).max() > 1e-3
 
 
-def test_a_second_run_reuses_the_stores_without_extracting(result, cue, models, monkeypatch):
+def test_a_second_run_reuses_the_stores_without_extracting(result, cue, models, monkeypatch, capsys):
     out, tables = result
 
     def no_extract(*args, **kwargs):
         raise AssertionError("extract was called although the store holds these examples")
 
     monkeypatch.setattr(tg, "extract", no_extract)
+    capsys.readouterr()
     again = cue.run(models, out, words=["bank"], n_boot=100, probe_boot=20)
     assert again["margin"].equals(tables["margin"])
-    # other examples do not silently reuse a store built for different ones
-    with pytest.raises(AssertionError, match="extract was called"):
-        cue.run({"tiny-llama": models["tiny-llama"]}, out, words=["bass"], n_boot=100, probe_boot=20)
+    # the models were done with these examples and options: kept, and the log says so
+    assert capsys.readouterr().out.count("done in an earlier run with these examples and options: kept") == 2
+    # without their records they are recomputed from the stores, which hold these examples
+    for name in models:
+        (out / "models" / name / "status.json").unlink()
+    again = cue.run(models, out, words=["bank"], n_boot=100, probe_boot=20)
+    assert again["margin"].equals(tables["margin"])
+    pd.testing.assert_frame_equal(again["summary"], tables["summary"])
+    # other examples do not silently reuse a store built for different ones: extract is called (and
+    # here fails, which is recorded against the model)
+    other = cue.run({"tiny-llama": models["tiny-llama"]}, out, words=["bass"], n_boot=100, probe_boot=20)
+    status = other["status"].set_index("model")
+    assert status.loc["tiny-llama", "status"] == "failed"
+    assert "extract was called" in status.loc["tiny-llama", "reason"]
+
+
+def _few_bank(drop_river_after: bool = False) -> pd.DataFrame:
+    """A dozen bank sentences: 3 per sense and cue position (or 1 river sentence with the cue after)."""
+    df = tg.datasets.builtin(["bank"])
+    parts = []
+    for (sense, cond), g in df.groupby(["sense", "cue_position"]):
+        parts.append(g.head(1 if drop_river_after and (sense, cond) == ("river", "after") else 3))
+    return pd.concat(parts).sort_index().reset_index(drop=True).assign(example=lambda d: range(len(d)))
+
+
+def test_a_failing_model_is_recorded_and_an_interrupted_run_keeps_the_models_done(cue, models, tmp_path,
+                                                                                  monkeypatch, capsys):
+    examples = _few_bank()
+    real_margin = cue.margin_table
+
+    def killed_on_bert(traj, **kwargs):
+        if traj_model[0] is models["tiny-bert"]:
+            raise KeyboardInterrupt
+        return real_margin(traj, **kwargs)
+
+    traj_model = [None]
+    real_load = cue._load
+
+    def remember(spec):
+        lm = real_load(spec)
+        traj_model[0] = lm
+        return lm
+
+    monkeypatch.setattr(cue, "_load", remember)
+    monkeypatch.setattr(cue, "margin_table", killed_on_bert)
+    run_models = {"tiny-llama": models["tiny-llama"], "tiny-bert": models["tiny-bert"],
+                  "missing": str(tmp_path / "no-such-model")}
+    with pytest.raises(KeyboardInterrupt):
+        cue.run(run_models, tmp_path, examples=examples, n_boot=50, probe_boot=10)
+    kept = pd.read_parquet(tmp_path / "margin.parquet")
+    assert set(kept["model"]) == {"tiny-llama"}  # the model done before the kill is on disk
+    computed = []
+
+    def counting_margin(traj, **kwargs):
+        computed.append(traj_model[0] is models["tiny-bert"])
+        return real_margin(traj, **kwargs)
+
+    monkeypatch.setattr(cue, "margin_table", counting_margin)
+    tables = cue.run(run_models, tmp_path, examples=examples, n_boot=50, probe_boot=10)
+    assert computed == [True]  # only tiny-bert was computed: tiny-llama kept, 'missing' fails to load
+    status = tables["status"].set_index("model")
+    assert status["status"].to_dict() == {"tiny-llama": "done", "tiny-bert": "done", "missing": "failed"}
+    assert status.loc["missing", "reason"]  # the load error, named
+    assert set(tables["margin"]["model"]) == {"tiny-llama", "tiny-bert"}
+    assert set(pd.read_parquet(tmp_path / "summary.parquet")["model"]) == {"tiny-llama", "tiny-bert"}
+    assert pd.read_parquet(tmp_path / "status.parquet").equals(tables["status"])
+
+
+def test_a_condition_whose_sense_has_one_sentence_gets_no_probes_and_a_note(cue, models, tmp_path):
+    examples = _few_bank(drop_river_after=True)
+    tables = cue.run({"tiny-llama": models["tiny-llama"]}, tmp_path, examples=examples, n_boot=50, probe_boot=10)
+    s = tables["summary"].set_index("cue_position")
+    assert s.loc["after", "note"] == ("no probes: sense 'bank:river' has 1 sentence with the cue after the target "
+                                      "(cross-validation needs 2)")
+    assert np.isnan(s.loc["after", "accuracy_last"]) and set(tables["probes"]["cue_position"]) == {"before"}
+    # before: 3 sentences per sense, fewer than the 5 folds: the probe ran with 3, and says so
+    assert s.loc["before", "note"] == "probe folds 5 -> 3: sense 'bank:finance' has 3 sentences"
+    before = tables["probes"]
+    assert set(before.loc[before["fold"] >= 0, "fold"]) == {0, 1, 2}
 
 
 def test_main_parses_its_arguments(cue, tmp_path, monkeypatch):

@@ -77,16 +77,31 @@ def findings(tables: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
+def _count(text: str) -> int:
+    """A number of examples: an integer >= 0 (0: all), nothing coerced."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0: all), got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--word", default="bank")
     parser.add_argument("--data", default="builtin", help="'builtin' or a CoarseWSD-20 folder")
-    parser.add_argument("--max-examples", type=int, default=400)
+    parser.add_argument("--max-examples", type=_count, default=400,
+                        help="stratified sample, at least one example per sense (0: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bank")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    df = examples(args.data, args.word, args.max_examples)
+    try:
+        df = examples(args.data, args.word, args.max_examples)
+    except ValueError as err:  # a bad word, data folder or sample size: one line, before any model loads
+        parser.error(str(err))
     lm = tg.load_model(args.model)
     traj = tg.extract(lm, df, components=True, heads=True, store=args.out / "trajectories.zarr",
                       progress=not args.quiet)

@@ -131,6 +131,23 @@ def test_bad_input_raises_clear_errors(traj):
         proj.transform(np.zeros((3, P, D + 1), dtype=np.float32))
 
 
+@pytest.mark.parametrize("kw,error,says", [
+    ({"n_components": 2.5}, TypeError, "n_components must be an int, got 2.5"),
+    ({"n_components": "2"}, TypeError, "n_components must be an int, got '2'"),
+    ({"n_components": True}, TypeError, "n_components must be an int"),
+    ({"n_components": 0}, ValueError, "n_components must be at least 1, got 0"),
+    ({"sample": "20"}, TypeError, "sample must be an int .* got '20'"),
+    ({"sample": 1.5}, ValueError, r"sample as a fraction must be in \(0, 1\], got 1.5"),
+    ({"sample": 1}, ValueError, "sample must keep at least 2 examples, got 1"),
+])
+def test_numeric_options_are_checked_not_coerced(traj, kw, error, says):
+    with pytest.raises(error, match=says):
+        projections.fit(traj, **kw)
+    with pytest.raises(error, match=says):
+        projections.aligned_pca(traj, **kw)
+    assert projections.fit(traj, n_components=np.int64(2), sample=np.int64(30)).components_.shape == (2, D)
+
+
 # --------------------------------------------------------------- aligned PCA
 def _planted_rotation(seed: int = 0, noise: float = 0.0):
     """Point 1 is point 0 rotated by a random orthogonal Q (plus optional noise)."""

@@ -4,6 +4,7 @@ streamed moments, block-wise projection, the tidy coordinates, and the estimator
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,10 +35,17 @@ def _positions(traj: Trajectories, points: Sequence[int]) -> list[int]:
     return [pos[int(p)] for p in points]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
 def _sample_index(n: int, sample: int | float | None, random_state: int | None) -> np.ndarray:
     """Sorted indices of the examples to fit on: all, ``sample`` of them (int) or a fraction (float)."""
     if sample is None:
         return np.arange(n)
+    if not (_is_int(sample) or isinstance(sample, (float, np.floating))):
+        raise TypeError(f"sample must be an int (a number of examples), a float in (0, 1] (a fraction) or None, "
+                        f"got {sample!r} ({type(sample).__name__})")
     if isinstance(sample, (float, np.floating)):
         if not 0 < sample <= 1:
             raise ValueError(f"sample as a fraction must be in (0, 1], got {sample}")
@@ -115,7 +123,9 @@ def _project_blocks(x: Any, project: Any, k: int) -> np.ndarray:
 
 def _check_common(normalize: Any, n_components: int) -> None:
     check_method(normalize)
-    if int(n_components) < 1:
+    if not _is_int(n_components):  # 2.5 or "2" would be truncated or parsed: refused instead
+        raise TypeError(f"n_components must be an int, got {n_components!r} ({type(n_components).__name__})")
+    if n_components < 1:
         raise ValueError(f"n_components must be at least 1, got {n_components}")
 
 

@@ -417,8 +417,16 @@ def validate(df: pd.DataFrame | Iterable[Mapping[str, Any]], *, locations: Seque
     KeyError
         A required column is missing.
     ValueError
-        Naming the example, row (and file line), and what is wrong: empty text, a span out of
-        range or not matching the given target, a missing sense, a bad cue position, ...
+        No examples at all; or, naming the example, row (and file line), and what is wrong: empty
+        text, a span out of range or not matching the given target, a target not found (with the
+        span to give when it sits inside a longer word), a missing or non-string sense, a bad cue
+        position, ...
+
+    Warns
+    -----
+    UserWarning
+        Once per call, naming the examples: integer sense labels were converted to str; a target
+        found more than once without ``occurrence`` (the first occurrence was taken).
     """
     df = _as_frame(df, locations, require_sense)
     for step in _STEPS:

@@ -96,6 +96,9 @@ def prepare_word(df: pd.DataFrame, folds: int, max_per_word: int | None,
         df = tg.datasets.stratified_sample(df, max_per_word, strata="sense", min_per_cell=keep,
                                            random_state=random_state)
     smallest = df.groupby("sense")["group"].nunique()
+    if smallest.min() < MIN_SENSE_GROUPS:  # the sample kept repeats of one sentence
+        raise SkipWord(f"sense {smallest.idxmin()!r} has {int(smallest.min())} sentence in the sample of "
+                       f"{max_per_word}; cross-validation needs {MIN_SENSE_GROUPS}")
     if smallest.min() < folds:
         notes.append(f"folds {folds} -> {int(smallest.min())}: sense {smallest.idxmin()!r} has "
                      f"{int(smallest.min())} sentences")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import string
 from pathlib import Path
@@ -72,8 +73,6 @@ PAIR_COLUMNS = (
 #: Columns of :func:`align_pairs`' frame.
 ALIGN_COLUMNS = ("pair", "aligned", "n_tokens", "target_start", "target_end", "cue_positions", "reason")
 PAIR_KINDS = ("flip", "same")
-# target forms the examples' reader understands; the counterfactual's own span has the cf_ prefix
-_TARGET_FORMS = ("char_start", "char_end", "span", "word_index", "target", "occurrence")
 
 
 # ================================================================ validation
@@ -104,8 +103,20 @@ def _word_diff(text: str, other: str) -> tuple[int, int, str]:
     return mid_t[0].start(), mid_t[-1].end(), " ".join(w.group() for w in mid_o)
 
 
-def _strip_punct(s: str) -> str:
-    return s.strip(string.punctuation + " ")
+def _cue_word(run: str, other: str) -> str:
+    """The cue in ``run`` (the differing words of one text; ``other``: the other text's): without an
+    affix both share that starts or ends at a non-word character ("tree's" / "car's" -> "tree"), and
+    without surrounding punctuation."""
+    n = len(os.path.commonprefix([run[::-1], other[::-1]]))
+    suffix = run[len(run) - n:]
+    cut = re.search(r"\W", suffix)
+    if cut:
+        run = run[:len(run) - n + cut.start()]
+    n = len(os.path.commonprefix([run, other]))
+    marks = [m.end() for m in re.finditer(r"\W", run[:n])]
+    if marks:
+        run = run[marks[-1]:]
+    return run.strip(string.punctuation + " ")
 
 
 def _holds_word(text: str, a: int, b: int, word: str) -> bool:
@@ -195,7 +206,6 @@ def _check_kinds_and_senses(out: pd.DataFrame, where: Sequence[str]) -> None:
 def _fill_cues(out: pd.DataFrame, where: Sequence[str]) -> None:
     """``cue``/``counterfactual_cue`` from the words that differ (checked to lie in them when given);
     ``cue_position`` from where they are (checked when given)."""
-    n = len(out)
     texts, cfs = out["text"].tolist(), out["counterfactual"].tolist()
     cs, ce = out["char_start"].to_numpy(), out["char_end"].to_numpy()
     fs, fe = out["cf_char_start"].to_numpy(), out["cf_char_end"].to_numpy()
@@ -225,7 +235,7 @@ def _fill_cues(out: pd.DataFrame, where: Sequence[str]) -> None:
 
     for col, side, side_runs, name in (("cue", texts, runs, "text"),
                                        ("counterfactual_cue", cfs, cf_runs, "counterfactual")):
-        derived = [_strip_punct(s[a:b]) for s, (a, b, _) in zip(side, side_runs)]
+        derived = [_cue_word(s[a:b], o) for s, (a, b, o) in zip(side, side_runs)]
         if col not in out.columns:
             out[col] = derived
             continue
@@ -373,9 +383,11 @@ def align_pairs(tokenizer: Any, pairs: pd.DataFrame, *, add_special_tokens: bool
         ``aligned`` (bool), ``n_tokens`` (the text's), ``target_start``, ``target_end`` (the
         text's target tokens, half-open; the same in the counterfactual when aligned; ``<NA>`` when
         the target is not whole tokens), ``cue_positions`` (tuple of the positions whose ids differ;
-        empty when not aligned) and ``reason`` (``""`` when aligned, else what is wrong: ``"lengths
-        differ ..."``, ``"target moved ..."``, ``"target tokens differ ..."``, ``"no difference
-        ..."``, or the target not being whole tokens in one of the texts).
+        empty when not aligned) and ``reason`` (``""`` when aligned, else what is wrong:
+        ``"lengths differ (n vs m tokens)"`` and/or ``"target moved (tokens a:b in the text, c:d in
+        the counterfactual)"`` (a cue before the target that tokenises longer gives both),
+        ``"target tokens differ ..."``, ``"no difference ..."``, or the text (``"text: ..."``) or
+        counterfactual (``"counterfactual: ..."``) whose target is not whole tokens).
     """
     from trajgeo.extract import AlignmentError, _target_positions  # extract imports datasets
 
@@ -413,11 +425,14 @@ def align_pairs(tokenizer: Any, pairs: pd.DataFrame, *, add_special_tokens: bool
         bad_target = [s for s in spans if isinstance(s, str)]
         if bad_target:
             row["reason"] = "; ".join(bad_target)
-        elif len(ids_t) != len(ids_c):
-            row["reason"] = f"lengths differ ({len(ids_t)} vs {len(ids_c)} tokens)"
-        elif spans[0] != spans[1]:
-            row["reason"] = (f"target moved (tokens {spans[0][0]}:{spans[0][1]} in the text, "
-                             f"{spans[1][0]}:{spans[1][1]} in the counterfactual)")
+        elif len(ids_t) != len(ids_c) or spans[0] != spans[1]:
+            reasons = []
+            if len(ids_t) != len(ids_c):
+                reasons.append(f"lengths differ ({len(ids_t)} vs {len(ids_c)} tokens)")
+            if spans[0] != spans[1]:
+                reasons.append(f"target moved (tokens {spans[0][0]}:{spans[0][1]} in the text, "
+                               f"{spans[1][0]}:{spans[1][1]} in the counterfactual)")
+            row["reason"] = "; ".join(reasons)
         else:
             a, b = spans[0]
             diff = tuple(int(k) for k in np.flatnonzero(np.asarray(ids_t) != np.asarray(ids_c)))

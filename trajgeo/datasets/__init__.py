@@ -61,6 +61,7 @@ from trajgeo.datasets.coarsewsd20 import (  # the constants stay importable from
     read_coarsewsd20,
 )
 from trajgeo.datasets.package_data import builtin, builtin_words, corpus, sense_words
+from trajgeo.datasets.pairs import align_pairs, minimal_pairs, read_pairs
 from trajgeo.datasets.readers import from_dataframe, from_records, load_dataset, read_csv, read_jsonl
 from trajgeo.datasets.sampling import stratified_sample
 from trajgeo.datasets.validation import COLUMNS, CUE_POSITIONS, validate
@@ -81,4 +82,5 @@ __all__ = [
     "corpus",
     "load_dataset",
     "stratified_sample",
+    "minimal_pairs", "read_pairs", "align_pairs",
 ]

@@ -39,7 +39,7 @@ Modules: :mod:`~trajgeo.senses.estimator` (:class:`SensePrototypes`, :func:`prot
 """
 
 from trajgeo.senses._common import DIRECTIONS
-from trajgeo.senses.convergence import commitment, curves, superposition
+from trajgeo.senses.convergence import commitment, curves, reference_matrix, superposition
 from trajgeo.senses.directional import attribution, reinforcement
 from trajgeo.senses.estimator import SensePrototypes, nearest_centroid_accuracy, prototypes
 
@@ -49,6 +49,7 @@ __all__ = [
     "prototypes",
     "nearest_centroid_accuracy",
     "curves",
+    "reference_matrix",
     "commitment",
     "superposition",
     "reinforcement",

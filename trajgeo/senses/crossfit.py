@@ -99,17 +99,23 @@ class SenseDirections:
     def _prototype_directions(
         self, gk: np.ndarray, mine: np.ndarray, fit_rows: np.ndarray, loo: np.ndarray
     ) -> np.ndarray:
-        """Each group's leave-one-out prototype minus the mean of the word's other prototypes, at the
-        reference point, for the scored examples ``mine``: shape (len(mine), len(gk), d_model)."""
+        """Each group's leave-group-out prototype minus the mean of the word's other prototypes, at
+        the reference point, for the scored examples ``mine``: shape (len(mine), len(gk), d_model)."""
         s_ref = self.sums_[:, self.reference_index_]
         protos = np.repeat((s_ref[gk] / self.counts_[gk, None])[None], len(mine), axis=0)
         # fitted examples (in one of this word's groups): their own sense without them
         i = np.flatnonzero(np.isin(loo[mine], gk))
-        local = np.searchsorted(gk, loo[mine][i])
+        local = pd.Index(gk).get_indexer(loo[mine][i])
         with np.errstate(invalid="ignore", divide="ignore"):
             protos[i, local] = (s_ref[gk[local]] - self.ref_states_[fit_rows[mine][i]]) / (
                 self.counts_[gk[local]] - 1
             )[:, None]
+            c = self._cells(fit_rows[mine], gk)
+            if c is not None:  # examples whose group holds others: every sense without the whole group
+                G = np.zeros((len(c.cell_k), s_ref.shape[-1]))
+                np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))
+                rows, k = c.m[c.pair_row], c.pair_k
+                protos[rows, k] = (s_ref[gk[k]] - G[c.pair_cell]) / (self.counts_[gk[k]] - c.cell_count[c.pair_cell])[:, None]
         return protos - (protos.sum(1, keepdims=True) - protos) / (len(gk) - 1)
 
     def _learned_directions(

@@ -404,12 +404,61 @@ def test_commitment_is_nan_when_the_last_point_is_not_committed():
 
 def test_superposition_balance_is_near_one_between_senses_and_low_on_one():
     middle = senses.superposition(planted(start="middle")[0])
-    assert list(middle.columns) == ["word", "sense", "cosine", "balance"]
+    assert list(middle.columns) == ["word", "sense", "cosine", "balance", "n_null", "null_mean", "null_q95",
+                                    "null_fwer", "p_value", "p_fwer"]
+    assert (middle["n_null"] == 0).all() and middle[["null_mean", "p_value"]].isna().all().all()  # one word: no null
     np.testing.assert_allclose(middle["cosine"], np.sqrt(0.5), atol=0.03)
     assert middle["balance"].iloc[0] > 0.95
     on_a = senses.superposition(planted(start="on_sense")[0])
     assert on_a["balance"].iloc[0] < 0.1
     assert on_a.set_index("sense").loc["A", "cosine"] > 0.95
+
+
+def many_words(n_words: int = 20, between: bool = True, seed: int = 0) -> tg.Trajectories:
+    """Every vector shares a large common direction (as real embeddings do); word k's senses resolve
+    to common + u_kA and common + u_kB, its embedding is common + a random offset, except word 0's
+    (``between``), which is common + (u_0A + u_0B) / 2: exactly between its senses."""
+    rng = np.random.default_rng(seed)
+    d, per = 32, 4
+    common = 3.0 * np.eye(d)[0]
+    unit = lambda: (lambda v: v / np.linalg.norm(v))(rng.normal(size=d))  # noqa: E731
+    states, meta = [], []
+    for k in range(n_words):
+        u = [unit(), unit()]
+        emb = common + (0.5 * (u[0] + u[1]) if (k == 0 and between) else 0.8 * unit())
+        for s_i in (0, 1):
+            x = np.empty((per, 2, d))
+            x[:, 0] = emb
+            x[:, 1] = common + u[s_i] + 0.05 * rng.normal(size=(per, d))
+            states.append(x)
+            meta += [{"word": f"w{k}", "sense": "AB"[s_i]}] * per
+    return tg.Trajectories(np.concatenate(states).astype(np.float32), pd.DataFrame(meta))
+
+
+def test_superposition_is_read_against_the_other_words_embeddings():
+    out = senses.superposition(many_words()).groupby("word", sort=False).first()
+    w0 = out.loc["w0"]
+    assert w0["balance"] > 0.99 and w0["n_null"] == 19
+    # brute force: the other words' mean cosine to w0's prototypes (every example), then min / max
+    traj = many_words()
+    x0, xl = traj.states[:, 0].astype(float), traj.states[:, 1].astype(float)
+    mine = (traj.meta["word"] == "w0").to_numpy()
+    protos = [xl[mine & (traj.meta["sense"] == s).to_numpy()].mean(0) for s in "AB"]
+    cos = lambda a, b: a @ b / (np.linalg.norm(a) * np.linalg.norm(b))  # noqa: E731
+    null = []
+    for w in traj.meta["word"].unique()[1:]:
+        rows = x0[(traj.meta["word"] == w).to_numpy()]
+        c = [np.mean([cos(r, p) for r in rows]) for p in protos]
+        null.append(min(c) / max(c))
+    np.testing.assert_allclose(w0["null_mean"], np.mean(null), rtol=1e-6)
+    np.testing.assert_allclose(w0["null_q95"], np.quantile(null, 0.95), rtol=1e-6)
+    assert np.mean(null) > 0.8  # unrelated embeddings are balanced too: a balance alone says little
+    assert w0["balance"] > w0["null_q95"] and w0["p_value"] == 1 / 20 and w0["p_fwer"] == w0["p_value"]
+
+
+def test_superposition_null_stays_silent_when_no_embedding_is_special():
+    out = senses.superposition(many_words(between=False, seed=1)).groupby("word", sort=False).first()
+    assert (out["p_value"] <= 0.05).sum() <= 2 and out["p_value"].median() > 0.2
 
 
 def early_separable_wrong_heading(n_per_sense: int = 30, k: int = 5, n_points: int = 8, seed: int = 1):

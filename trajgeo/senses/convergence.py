@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from trajgeo._api import changed_signature
+from trajgeo._arrays import compute
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.senses._common import keys, margin_of, reference_position, meta_cols, suffix_onset, warn_one_sense
 from trajgeo.senses.estimator import SensePrototypes
+from trajgeo.stats import FWER_LEVEL, NULL_COLUMNS
 from trajgeo.trajectories import Trajectories, as_trajectories
 
 __all__ = ["curves", "reference_matrix", "commitment", "superposition"]
@@ -261,21 +263,27 @@ def superposition(
     *,
     labels: Any = "sense",
     word: Any = "word",
+    groups: Any = "group",
     reference: int | str = "last",
     normalize: str | None = None,
 ) -> pd.DataFrame:
-    """Does the context-free embedding (point 0) lie between the word's senses?
+    """Does the context-free embedding (point 0) lie between the word's senses, more than other words' do?
 
     For each word and sense s: the mean over the word's examples of ``cos(h_i(0),
-    prototype_s(reference))`` (leave-one-out, as in :func:`curves`), and the balance index
+    prototype_s(reference))`` (leave-group-out, as in :func:`curves`), and the balance index
     ``min_s cos / max_s cos`` -- 1 when the embedding is equally close to every resolved sense,
     near 0 when it sits on one of them.
+
+    A balance near 1 says little by itself: the prototypes of a word's senses share most of their
+    direction, so an unrelated word's embedding can be about as balanced between them. The null is
+    the balance of every *other* word's point-0 vectors against the same prototypes (their mean
+    cosine to each sense, then min / max), and the word's balance is reported against it.
 
     Parameters
     ----------
     traj : Trajectories or array-like of shape (n_examples, n_points, d_model)
         Must contain point 0.
-    labels, word
+    labels, word, groups
         As in :func:`curves`.
     reference : "last" or int
         The point whose prototypes are the resolved senses (``"same"`` makes no sense here).
@@ -289,27 +297,74 @@ def superposition(
     Returns
     -------
     DataFrame
-        Columns ``word, sense, cosine, balance`` (``word`` only when there is a word column);
-        ``balance`` is repeated within a word and NaN where the largest cosine is not positive.
+        Columns ``word, sense, cosine, balance, n_null, null_mean, null_q95, null_fwer, p_value,
+        p_fwer`` (``word`` only when there is a word column); ``balance`` and the null columns are
+        repeated within a word. ``balance`` is NaN where the largest cosine is not positive. The
+        null is the other words' balances (``n_null`` of them, NaN ones left out): ``null_mean``,
+        ``null_q95`` (their 95% quantile), ``p_value`` = ``(1 + #{null >= balance}) / (1 + n_null)``;
+        one number per word, so ``null_fwer`` and ``p_fwer`` equal ``null_q95`` and ``p_value``.
+        With one word there is no null (NaN, ``n_null`` 0). Words with one sense are left out
+        (one warning names them).
     """
     traj = as_trajectories(traj)
     if isinstance(reference, str) and reference == "same":
         raise ValueError("superposition compares point 0 with resolved prototypes; reference='same' is not allowed")
     if 0 not in set(traj.points.tolist()):
         raise ValueError(f"superposition needs point 0 (the embedding); these trajectories have {list(traj.points)}")
-    fitted = SensePrototypes(labels=labels, word=word, reference=reference, normalize=normalize)
+    skipped = warn_one_sense(traj, labels, word, "superposition")
+    fitted = SensePrototypes(labels=labels, word=word, groups=groups, reference=reference, normalize=normalize)
     z = fitted._fit(traj)
     # point 0 normalised with its own statistics (a point-0-only copy would not match the fitted ones)
     at0 = int(np.flatnonzero(traj.points == 0)[0])
-    groups = fitted.groups_
-    total, seen = np.zeros(len(groups)), np.zeros(len(groups))
+    groups_ = fitted.groups_
+    total, seen = np.zeros(len(groups_)), np.zeros(len(groups_))
     for _, gk, cos_b, _, _ in fitted._score_blocks(traj.select_points([0]), None, z[:, at0 : at0 + 1]):
         c = cos_b[:, 0, :]  # (n_b, K_b): NaN for other words' groups
         np.add.at(total, gk, np.nansum(c, axis=0))
         np.add.at(seen, gk, (~np.isnan(c)).sum(0))
     cosine = np.where(seen > 0, total / np.maximum(seen, 1), np.nan)
-    out = pd.DataFrame({"word": groups["word"].to_numpy(), "sense": groups["sense"].to_numpy(), "cosine": cosine})
+    out = pd.DataFrame({"word": groups_["word"].to_numpy(), "sense": groups_["sense"].to_numpy(), "cosine": cosine})
     g = out.groupby("word", sort=False)["cosine"]
     hi, lo = g.transform("max"), g.transform("min")
     out["balance"] = np.where(hi > 0, lo / hi, np.nan)
+    out = out.join(_other_words_null(traj, fitted, z[:, at0], out), on="word")
+    out = _without_words(out, skipped, fitted.has_word_)
     return out if fitted.has_word_ else out.drop(columns="word")
+
+
+def _other_words_null(traj: Trajectories, fitted: SensePrototypes, z0: Any, out: pd.DataFrame) -> pd.DataFrame:
+    """Per word: the balance of every other word's point-0 vectors against its prototypes, read as a
+    null of its own balance (index ``word``; columns ``n_null`` and the null columns)."""
+    r = fitted.reference_index_
+    words = keys(traj, fitted.labels, fitted.word if fitted.has_word_ else None)[0]
+    word_uniq = pd.unique(fitted.groups_["word"])
+    ex_word = pd.Index(word_uniq).get_indexer(words)
+    x = np.asarray(compute(z0), dtype=np.float64)  # (n, d): one point, in memory
+    protos = fitted.sums_[:, r] / fitted.counts_[:, None]  # (K, d); no example of another word is in them
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (protos / np.linalg.norm(protos, axis=1, keepdims=True)).T
+    at_zero = np.linalg.norm(x, axis=1) <= 1e-6 * max(float(np.linalg.norm(x, axis=1).max(initial=0.0)), 1e-300)
+    cos[at_zero] = 0.0  # a vector at the origin has no preference (as in the scoring)
+    # mean cosine of each word's examples (rows) to each prototype (columns)
+    onehot = np.eye(len(word_uniq))[ex_word]
+    mean_cos = (onehot.T @ np.nan_to_num(cos)) / np.maximum(onehot.sum(0), 1)[:, None]
+    group_word = pd.Index(word_uniq).get_indexer(fitted.groups_["word"])
+    balance = out.groupby("word", sort=False)["balance"].first()
+    rows = []
+    for w, name in enumerate(word_uniq):
+        gk = np.flatnonzero(group_word == w)
+        c = mean_cos[np.arange(len(word_uniq)) != w][:, gk]  # other words x this word's senses
+        hi, lo = c.max(1, initial=-np.inf), c.min(1, initial=np.inf)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            null = np.where(hi > 0, lo / hi, np.nan)
+        null = null[~np.isnan(null)]
+        obs = balance.get(name, np.nan)
+        if len(null):
+            q95, p = np.quantile(null, FWER_LEVEL), (1.0 + (null >= obs).sum()) / (1.0 + len(null))
+            row = dict(n_null=len(null), null_mean=null.mean(), null_q95=q95, null_fwer=q95,
+                       p_value=p if np.isfinite(obs) else np.nan)
+        else:
+            row = dict(n_null=0, null_mean=np.nan, null_q95=np.nan, null_fwer=np.nan, p_value=np.nan)
+        row["p_fwer"] = row["p_value"]
+        rows.append(pd.Series(row, name=name))
+    return pd.DataFrame(rows, columns=["n_null", *NULL_COLUMNS]).astype({"n_null": int})

@@ -648,7 +648,9 @@ def tiny_components(wtok, tiny_model, span_frame, corpus):
 def test_attributions_add_up_to_the_change_of_the_projection(tiny_components, normalize):
     traj = tiny_components
     att = senses.attribution(traj, normalize=normalize)
-    assert list(att.columns) == ["example", "word", "sense", "layer", "component", "head", "attribution"]
+    assert list(att.columns) == ["example", "word", "sense", "layer", "component", "head", "direction_point",
+                                 "attribution"]
+    assert (att["direction_point"] == traj.points[-1]).all()  # the reference's direction, said in each row
     assert set(att.component) == {"attn", "mlp", "head"} and (att.loc[att.component != "head", "head"] == -1).all()
     # independent: loop LOO direction in normalised space, projections of the normalised endpoints
     s = traj.states.astype(np.float64)
@@ -664,6 +666,38 @@ def test_attributions_add_up_to_the_change_of_the_projection(tiny_components, no
         change = ((s[i, -1] - mu) / sd - (traj.aux["block_input"][i] - mu) / sd) @ u
         assert abs(total.loc[traj.meta["example"][i]] - change) <= 1e-4 * max(1.0, abs(change))
     heads = att[att.component == "head"].groupby(["example", "layer"])["attribution"].sum()
+    attn = att[att.component == "attn"].set_index(["example", "layer"])["attribution"]
+    np.testing.assert_allclose(heads.loc[attn.index], attn, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+@pytest.mark.parametrize("direction_point", ["same", "previous"])
+def test_per_layer_attributions_add_up_to_the_change_across_each_block(tiny_components, normalize, direction_point):
+    """(attn_l + mlp_l) . w_l = (h_l - h_{l-1}) . w_l with w_l the direction found at point l (or l - 1),
+    in that point's normalisation; checked against loop directions and the states themselves."""
+    traj = tiny_components
+    att = senses.attribution(traj, normalize=normalize, direction_point=direction_point)
+    offset = 1 if direction_point == "previous" else 0
+    assert (att["direction_point"] == att["layer"] - offset).all()
+    s = traj.states.astype(np.float64)
+    words, sens = traj.meta["word"].to_numpy(), traj.meta["sense"].to_numpy()
+    groups = traj.group_codes()
+    blocks = att[att.component != "head"].groupby(["layer", "example"])["attribution"].sum(min_count=1)
+    for layer in range(1, traj.n_points):
+        p = layer - offset
+        x = s[:, p]
+        mu, sd = x.mean(0), (np.maximum(x.std(0), 1e-6) if normalize == "standardize" else 1.0)
+        z_p = (x - mu) / sd if normalize else x
+        before = traj.aux["block_input"] if layer == 1 else s[:, layer - 1]
+        got = blocks.loc[layer].loc[traj.meta["example"]].to_numpy()
+        if p == 0:  # point 0 is one embedding per word: no direction, no attribution
+            assert np.isnan(got).all()
+            continue
+        for i in range(traj.n_examples):
+            u = brute_direction(z_p, words, sens, i, groups)
+            change = ((s[i, layer] - before[i]) / sd) @ u
+            assert abs(got[i] - change) <= 1e-4 * max(1.0, abs(change)), (layer, i)
+    heads = att[att.component == "head"].groupby(["example", "layer"])["attribution"].sum(min_count=1)
     attn = att[att.component == "attn"].set_index(["example", "layer"])["attribution"]
     np.testing.assert_allclose(heads.loc[attn.index], attn, atol=1e-5)
 
@@ -810,6 +844,10 @@ def test_bad_input_gives_clear_errors(tiny_components):
         senses.attribution(traj)
     with pytest.raises(ValueError, match="'same'"):
         senses.attribution(tiny_components, reference="same")
+    with pytest.raises(ValueError, match=r"direction_point='same' needs points \[1, 2\]"):
+        senses.attribution(tiny_components.select_points([0, 3]), direction_point="same")
+    with pytest.raises(ValueError, match="direction_point must be"):
+        senses.attribution(tiny_components, direction_point="last")
     with pytest.raises(ValueError, match="point 0"):
         senses.superposition(traj.select_points([1, 2, 3]))
     with pytest.raises(ValueError, match="direction"):

@@ -58,7 +58,8 @@ class SenseDirections:
         Returns
         -------
         ndarray of shape (n_examples, n_groups, d_model)
-            Unit vectors; NaN rows for groups of other words and for one-sense words.
+            Unit vectors; NaN rows for groups of other words, for one-sense words, and for words whose
+            vectors at the reference point are a tie (``ties_``: e.g. point 0).
         """
         traj = as_trajectories(traj)
         out = np.full((traj.n_examples, len(self.groups_), self.n_features_in_), np.nan)
@@ -88,6 +89,9 @@ class SenseDirections:
             gk = np.flatnonzero(word_code == w)
             mine = np.flatnonzero(score_words == w)
             if len(gk) < 2 or not len(mine):
+                continue
+            if self.ties_[w, self.reference_index_]:  # every vector the same: no direction tells senses apart
+                yield mine, gk, np.full((len(mine), len(gk), self.n_features_in_), np.nan)
                 continue
             if method == "prototype":
                 u = self._prototype_directions(gk, mine, fit_rows, loo)

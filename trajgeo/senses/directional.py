@@ -11,7 +11,7 @@ import pandas as pd
 from trajgeo._api import changed_signature
 from trajgeo._arrays import compute, einsum, is_lazy, like
 from trajgeo.normalization import DEFAULT_NORMALIZE
-from trajgeo.senses._common import fixed_reference, frame_meta, local_index
+from trajgeo.senses._common import fixed_reference, frame_meta, local_index, warn_one_sense
 from trajgeo.senses.estimator import SensePrototypes
 from trajgeo.trajectories import Trajectories, as_trajectories
 
@@ -96,59 +96,113 @@ def attribution(
     random_state: int | None = 0,
     direction: str = "prototype",
     cv: int = 5,
+    direction_point: str = "reference",
 ) -> pd.DataFrame:
     """Which layers (and heads) pushed each example toward its sense.
 
     Each layer's attention write, MLP write and (when extracted) each head's write is projected on
-    the example's unit correct-sense direction (from :meth:`SensePrototypes.directions`, at the
-    reference point).
+    the example's unit correct-sense direction (from :meth:`SensePrototypes.directions`), found at
+    the point ``direction_point`` says: the reference point for every layer (default), or a point
+    of the layer's own (``"same"``: point l for layer l, ``"previous"``: point l - 1, the input
+    the layer read). Under the reference's direction the late layers look decisive partly by
+    construction (the direction is made of the last vectors); a per-layer direction asks what
+    each layer adds to the sense as it is represented where the layer writes.
 
     The direction is found in normalised coordinates (where cosines are trustworthy) and mapped
     back to the raw residual space as the linear functional ``w`` with
     ``normalise(x) . u = (x - mean) . w`` (``w = u / std`` for "standardize", ``W u`` for
-    "whiten"). Sublayer writes are raw vectors, and centring cancels in differences, so for a
-    pre-LN model the attributions of one example add up exactly to the change of its normalised
-    projection from the block-1 input (``aux["block_input"]``) to the last point:
-    ``sum_l (attn_l + mlp_l) . w = normalise(h_L) . u - normalise(block_input) . u``.
+    "whiten"; the statistics of the direction's point). Sublayer writes are raw vectors, and
+    centring cancels in differences, so for a pre-LN model:
+
+    * with the reference's direction (one ``w`` for every layer) the attributions of one example
+      add up exactly to the change of its normalised projection from the block-1 input
+      (``aux["block_input"]``) to the last point: ``sum_l (attn_l + mlp_l) . w = normalise(h_L) . u
+      - normalise(block_input) . u``;
+    * with per-layer directions ``w_l`` each layer's two writes add up exactly to the change of the
+      projection on ``w_l`` across that block: ``(attn_l + mlp_l) . w_l = (h_l - h_{l-1}) . w_l``
+      (``h_0`` the block-1 input). The layers no longer add up to one total: each has its own
+      yardstick.
+
     With ``normalize=None`` this is the plain projection on the unit raw direction.
 
     Parameters
     ----------
     traj : Trajectories
-        Extracted with ``components=True`` (``heads=True`` for head rows).
+        Extracted with ``components=True`` (``heads=True`` for head rows). With a per-layer
+        ``direction_point``, the trajectories must hold every point a layer's direction is found at.
     labels, word, groups, reference, normalize, random_state, direction, cv
-        As in :func:`reinforcement`.
+        As in :func:`reinforcement` (``reference`` is used only with ``direction_point="reference"``).
+    direction_point : {"reference", "same", "previous"}
+        Where the direction of layer l's writes is found: the reference point, point l, or point
+        l - 1. Directions are leave-group-out prototypes (or cross-fitted, learned) at that point.
 
     Returns
     -------
     DataFrame
-        Columns ``example, word, sense, layer, component, head, attribution``; ``component`` in
-        {"attn", "mlp", "head"}, ``head`` is -1 unless component is "head"; ``layer`` is 1..L.
+        Columns ``example, word, sense, layer, component, head, direction_point, attribution``;
+        ``component`` in {"attn", "mlp", "head"}, ``head`` is -1 unless component is "head";
+        ``layer`` is 1..L; ``direction_point`` is the point whose direction the row was projected
+        on. NaN where that point is a tie for the word (``"previous"`` at layer 1: point 0 is one
+        embedding per word, no direction tells its senses apart). Words with one sense are left
+        out (one warning names them).
     """
     traj = as_trajectories(traj)
-    fixed_reference(reference, "attribution")
+    if direction_point not in ("reference", "same", "previous"):
+        raise ValueError(f"direction_point must be 'reference', 'same' or 'previous', got {direction_point!r}")
+    if direction_point == "reference":
+        fixed_reference(reference, "attribution")
     for name in ("attn", "mlp"):
         if name not in traj.components:
             raise KeyError(f"attribution needs components[{name!r}]; extract with components=True")
-    fitted = SensePrototypes(labels=labels, word=word, groups=groups, reference=reference, normalize=normalize)
-    fitted.fit(traj)
+    skipped = warn_one_sense(traj, labels, word, "attribution")
+    n_layers = int(traj.components["attn"].shape[1])
+    layers = np.arange(1, n_layers + 1)
+    if direction_point == "reference":
+        fitted = SensePrototypes(labels=labels, word=word, groups=groups, reference=reference, normalize=normalize)
+        fitted.fit(traj)
+        w = _raw_directions(traj, fitted, fitted.reference_index_, direction, cv, random_state)
+        w_layer, at = w[:, None, :], np.full(n_layers, int(traj.points[fitted.reference_index_]))
+    else:
+        at = layers - (1 if direction_point == "previous" else 0)
+        pos = pd.Index(traj.points).get_indexer(at)
+        if (pos < 0).any():
+            raise ValueError(f"direction_point={direction_point!r} needs points {sorted(set(at[pos < 0].tolist()))}, "
+                             f"which these trajectories do not hold (points {list(traj.points)})")
+        fitted = SensePrototypes(labels=labels, word=word, groups=groups, reference="same", normalize=normalize)
+        z = fitted._fit(traj)
+        per_point = {}
+        for p in np.unique(pos):
+            est, _ = fitted._at_reference(traj, z, int(p))
+            per_point[p] = _raw_directions(traj, est, int(p), direction, cv, random_state)
+        w_layer = np.stack([per_point[p] for p in pos], axis=1)  # (n, L, d)
+    meta = frame_meta(traj, fitted)
+    frames = [_component_rows(traj.components[name], name, w_layer, at, meta)
+              for name in ("attn", "mlp", "heads") if name in traj.components]
+    out = pd.concat(frames, ignore_index=True)
+    if skipped:
+        out = out.iloc[:0] if not fitted.has_word_ else out[~out["word"].isin(skipped)]
+    return out.reset_index(drop=True)
+
+
+def _raw_directions(traj: Trajectories, fitted: SensePrototypes, position: int, direction: str, cv: int,
+                    random_state: int | None) -> np.ndarray:
+    """Each example's correct-sense direction at ``position`` as a raw-space functional, (n, d)
+    float64 (NaN rows where there is none)."""
     own = fitted._score_keys(traj, None)[0]
     u_own = np.full((traj.n_examples, traj.d_model), np.nan)
     for rows, gk, u in fitted._word_directions(traj, direction, None, cv, random_state):
         local, ok = local_index(gk, own[rows])
         u_own[rows[ok]] = u[np.flatnonzero(ok), local[ok]]
-    w = fitted.normalizer_.pull_back(u_own, fitted.reference_index_).astype(np.float64)
-    meta = frame_meta(traj, fitted)
-    frames = [_component_rows(traj.components[name], name, w, meta)
-              for name in ("attn", "mlp", "heads") if name in traj.components]
-    return pd.concat(frames, ignore_index=True)
+    return fitted.normalizer_.pull_back(u_own, position).astype(np.float64)
 
 
-def _component_rows(comp: Any, name: str, w: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
+def _component_rows(comp: Any, name: str, w: np.ndarray, at: np.ndarray, meta: pd.DataFrame) -> pd.DataFrame:
     """Rows of :func:`attribution` for one component: its writes ``comp`` of shape (n, L, d), or
-    (n, L, H, d) for ``"heads"``, projected on the raw functionals ``w`` (n, d)."""
-    spec = "nlhd,nd->nlh" if name == "heads" else "nld,nd->nl"
-    a = np.asarray(compute(einsum(spec, comp, like(w, comp))), dtype=np.float64)
+    (n, L, H, d) for ``"heads"``, projected on the raw functionals ``w`` of shape (n, 1, d) (one per
+    example) or (n, L, d) (one per example and layer), found at the points ``at`` (L,)."""
+    wl = np.broadcast_to(w, (w.shape[0], comp.shape[1], w.shape[-1]))
+    spec = "nlhd,nld->nlh" if name == "heads" else "nld,nld->nl"
+    a = np.asarray(compute(einsum(spec, comp, like(np.ascontiguousarray(wl), comp))), dtype=np.float64)
     if name != "heads":
         a = a[..., None]
     n, n_layers, n_heads = a.shape
@@ -156,5 +210,6 @@ def _component_rows(comp: Any, name: str, w: np.ndarray, meta: pd.DataFrame) -> 
     rows["layer"] = np.tile(np.repeat(np.arange(1, n_layers + 1), n_heads), n)
     rows["component"] = "head" if name == "heads" else name
     rows["head"] = np.tile(np.arange(n_heads), n * n_layers) if name == "heads" else -1
+    rows["direction_point"] = np.tile(np.repeat(np.asarray(at, dtype=int), n_heads), n)
     rows["attribution"] = a.reshape(-1)
     return rows

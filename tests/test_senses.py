@@ -493,9 +493,11 @@ def test_same_reference_sees_early_separability_last_sees_the_wrong_heading():
 
 
 @pytest.mark.parametrize("normalize", [None, "standardize"])
-def test_reinforcement_projects_on_loo_prototype_directions(normalize):
+def test_deprecated_reinforcement_at_a_reference_projects_on_loo_prototype_directions(normalize):
+    """The 0.2 measure, kept for one release under reference=<point>: the mirror it had is why it went."""
     traj = random_traj(seed=5)
-    df = senses.reinforcement(traj, normalize=normalize)
+    with pytest.warns(DeprecationWarning, match="0.2 measure"):
+        df = senses.reinforcement(traj, normalize=normalize, reference="last")
     assert list(df.columns) == ["example", "point", "word", "sense", "metric", "value"]
     z = brute_normalise(traj.states, normalize, traj.n_points - 1)
     words, sens = traj.meta["word"].to_numpy(), traj.meta["sense"].to_numpy()
@@ -505,6 +507,141 @@ def test_reinforcement_projects_on_loo_prototype_directions(normalize):
     # the "v" word has two senses: the other sense's direction is minus the correct one
     v = df[df.word == "v"].pivot_table(index=["example", "point"], columns="metric", values="value")
     np.testing.assert_allclose(v["other"], -v["correct"], rtol=1e-5, atol=1e-6)
+
+
+def brute_reinforcement(traj: tg.Trajectories, normalize, groups, labels=None) -> dict:
+    """proj[(i, l, sense)] by loops: origin = mean of the other words' vectors at l; the sense's
+    prototype at l without i's group; the projection of (z_i(l) - origin) on (prototype - origin)."""
+    x = traj.states.astype(np.float64)
+    if normalize == "standardize":  # the last point's per-dimension scale, at every point
+        x = x / np.maximum(x[:, -1].std(0), 1e-6)
+    words = traj.meta["word"].to_numpy()
+    sens = traj.meta["sense"].to_numpy() if labels is None else np.asarray(labels)
+    groups = np.asarray(groups)
+    out = {}
+    for i in range(len(x)):
+        mine = words == words[i]
+        for l in range(x.shape[1]):
+            origin = x[~mine, l].mean(0)
+            for s in np.unique(sens[mine]):
+                members = mine & (sens == s) & (groups != groups[i])
+                v = x[members, l].mean(0) - origin if members.any() else np.full(x.shape[-1], np.nan)
+                out[(i, l, s)] = (x[i, l] - origin) @ v / np.linalg.norm(v)
+    return out
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_reinforcement_projections_match_brute_force(normalize):
+    traj = grouped_traj(seed=5)
+    df = senses.reinforcement(traj, normalize=normalize)
+    assert list(df.columns) == ["example", "point", "word", "sense", "to_sense", "is_correct", "metric", "value"]
+    assert (df["metric"] == "projection").all() and (df["is_correct"] == (df["sense"] == df["to_sense"])).all()
+    brute = brute_reinforcement(traj, normalize, traj.meta["group"])
+    got = {(e - 100, p, s): v for e, p, s, v in df[["example", "point", "to_sense", "value"]].itertuples(index=False)}
+    assert got.keys() == brute.keys()  # every sense of the example's word, at every point
+    np.testing.assert_allclose([got[k] for k in brute], list(brute.values()), rtol=1e-5, atol=1e-6)
+    # no mirror: with two senses (word "v") the wrong-sense projection is not minus the correct one
+    v = df[df.word == "v"].pivot_table(index=["example", "point"], columns="is_correct", values="value")
+    assert np.abs(v[True] + v[False]).max() > 0.5
+
+
+def test_reinforcement_null_is_its_statistic_under_group_permutations():
+    traj = grouped_traj(seed=6)
+    res = senses.reinforcement(traj, normalize=None, n_permutations=12, random_state=3, return_result=True)
+    summary = res.summary
+    assert list(summary.columns) == ["word", "point", "metric", "value", "n_examples", "n_mixed_groups",
+                                     "null_mean", "null_q95", "null_fwer", "p_value", "p_fwer"]
+    codes = traj.group_codes()
+    for w in ("w", "v"):
+        mine = (traj.meta["word"] == w).to_numpy()
+        y = traj.meta["sense"].to_numpy()[mine]
+        g = pd.factorize(codes[mine])[0]
+        perms = tg.stats.group_permutations(pd.factorize(y)[0], groups=g, n_permutations=12, random_state=3)
+
+        def stats(labels):  # mean correct and mean wrong projection per point, by loops
+            full = traj.meta["sense"].to_numpy().copy()
+            full[mine] = labels
+            b = brute_reinforcement(traj, None, codes, labels=full)
+            rows = np.flatnonzero(mine)
+            correct = [np.nanmean([b[(i, p, full[i])] for i in rows]) for p in range(traj.n_points)]
+            wrong = [np.nanmean([v for (i, q, s), v in b.items() if i in rows and q == p and s != full[i]])
+                     for p in range(traj.n_points)]
+            return np.array(correct), np.array(wrong)
+
+        obs_c, obs_w = stats(y)
+        null = [stats(y[perm]) for perm in perms]
+        for metric, obs, nul in (("reinforcement", obs_c - obs_c[0], [c - c[0] for c, _ in null]),
+                                 ("attenuation", obs_w[0] - obs_w, [wr[0] - wr for _, wr in null])):
+            want = tg.stats.null_table(obs, np.array(nul), points=traj.points)
+            got = summary[(summary.word == w) & (summary.metric == metric)].reset_index(drop=True)
+            pd.testing.assert_frame_equal(got[want.columns], want, check_exact=False, rtol=1e-6, atol=1e-9)
+        assert (summary.loc[summary.word == w, "n_mixed_groups"] == len(tg.stats.mixed_groups(y, g))).all()
+
+
+def suppression(mode: str = "suppress", n_per_sense: int = 20, n_points: int = 6, n_other: int = 3,
+                noise: float = 0.3, seed: int = 0) -> tg.Trajectories:
+    """Word "w" whose embedding carries both senses' features (f_A + f_B, superposed); from point 1 on
+    its examples carry their own feature with weight a(l) and the other's with b(l), plus noise.
+    ``mode``: "suppress" (b falls from 1 to 0: the wrong-sense feature is removed), "persist" (a = b = 1:
+    nothing changes), "reinforce" (a rises from 1 to 2, b stays 1: the correct feature grows, the wrong
+    one persists). Three other words (their own features) set the neutral origin."""
+    rng = np.random.default_rng(seed)
+    d = 16
+    e = np.eye(d)
+    own = np.repeat([0, 1], n_per_sense)
+    n = len(own)
+    t = np.arange(n_points) / (n_points - 1)
+    a = 1 + t if mode == "reinforce" else np.ones(n_points)
+    b = 1 - t if mode == "suppress" else np.ones(n_points)
+    x = np.stack([2 * e[2] + a[p] * e[own] + b[p] * e[1 - own] for p in range(n_points)], axis=1)
+    x[:, 1:] += noise * rng.normal(size=(n, n_points - 1, d))
+    states, meta = [x], [{"word": "w", "sense": "AB"[k]} for k in own]
+    for k in range(n_other):
+        y = 2 * e[3 + k] + 0.7 * e[8 + 2 * k + own][:, None] + noise * rng.normal(size=(n, n_points, d))
+        y[:, 0] = 2 * e[3 + k]
+        states.append(y)
+        meta += [{"word": f"o{k}", "sense": "AB"[s]} for s in own]
+    return tg.Trajectories(np.concatenate(states).astype(np.float32), pd.DataFrame(meta))
+
+
+def _claims(traj: tg.Trajectories, normalize) -> pd.DataFrame:
+    """Per metric of word "w": at how many points the claim beats the family-wise null."""
+    summary = senses.reinforcement(traj, normalize=normalize, n_permutations=200, return_result=True).summary
+    w = summary[summary.word == "w"]
+    return w.assign(hit=w["value"] > w["null_fwer"]).groupby("metric")["hit"].sum()
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_attenuation_is_found_where_the_wrong_sense_feature_is_suppressed(normalize):
+    hits = _claims(suppression("suppress"), normalize)
+    assert hits["attenuation"] >= 1 and hits["reinforcement"] == 0
+    projections = senses.reinforcement(suppression("suppress"), normalize=normalize)
+    wrong = projections[(projections.word == "w") & ~projections.is_correct].groupby("point")["value"].mean()
+    assert wrong.iloc[-1] < wrong.iloc[0] - 0.5  # the planted removal, visible in the raw numbers too
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_attenuation_is_not_found_where_the_wrong_sense_feature_grows_less_than_the_correct_one(normalize):
+    hits = _claims(suppression("reinforce"), normalize)
+    assert hits["attenuation"] == 0 and hits["reinforcement"] >= 1  # the correct feature's growth is seen
+
+
+@pytest.mark.parametrize("normalize", [None, "standardize"])
+def test_reinforcement_and_attenuation_stay_silent_where_nothing_changes(normalize):
+    """The wrong-sense feature simply persists (and so does the right one): the two senses' examples are
+    exchangeable, so either claim may be made only at the family-wise rate (5% of data sets)."""
+    called = [(_claims(suppression("persist", seed=seed), normalize) > 0) for seed in range(10)]
+    assert sum(c["attenuation"] for c in called) <= 2 and sum(c["reinforcement"] for c in called) <= 2
+
+
+def test_reinforcement_needs_two_words_and_says_so():
+    traj, _ = planted()
+    with pytest.raises(ValueError, match="neutral origin, the mean of the other words' vectors.*one word"):
+        senses.reinforcement(traj)
+    with pytest.raises(ValueError, match="no word column"):
+        senses.reinforcement(tg.Trajectories(traj.states, traj.meta.drop(columns="word")))
+    with pytest.raises(ValueError, match="n_permutations"):
+        senses.reinforcement(random_traj(), n_permutations=-1)
 
 
 @pytest.mark.parametrize("method", ["lda", "probe"])
@@ -607,9 +744,12 @@ def test_grouped_cross_fitting_removes_the_duplicate_sentence_leak(method):
     traj = duplicated_sentences()
     last = traj.points[-1]  # the reference point: where the directions were learned
 
-    def mean_correct(groups):
-        df = senses.reinforcement(traj, direction=method, normalize=None, groups=groups)
-        return df.loc[(df.metric == "correct") & (df.point == last), "value"].mean()
+    def mean_correct(groups):  # mean projection at the reference on each example's own-sense direction
+        fitted = senses.SensePrototypes(normalize=None, groups=groups).fit(traj)
+        u = fitted.directions(traj, method=method)
+        own = fitted._score_keys(traj, None)[0]
+        x = traj.states[:, traj.points == last][:, 0].astype(np.float64)
+        return np.einsum("nd,nd->n", x, u[np.arange(traj.n_examples), own]).mean()
 
     # ungrouped folds let a direction learn the scored example from its duplicates: noise labels
     # look "resolved"; grouped folds see no signal, as there is none
@@ -617,8 +757,7 @@ def test_grouped_cross_fitting_removes_the_duplicate_sentence_leak(method):
     assert leaky > 0.4
     assert abs(grouped) < 0.25 and leaky - grouped > 0.3
     # the default reads the group column
-    default = senses.reinforcement(traj, direction=method, normalize=None)
-    assert default.loc[(default.metric == "correct") & (default.point == last), "value"].mean() == grouped
+    assert mean_correct("group") == grouped
 
 
 def test_grouped_cross_fitting_errors_name_the_problem():
@@ -628,9 +767,9 @@ def test_grouped_cross_fitting_errors_name_the_problem():
     meta = traj.meta.assign(group=np.where(traj.meta["sense"] == "a", 0, traj.meta["group"]))
     one_group = tg.Trajectories(traj.states, meta)
     with pytest.raises(ValueError, match="sense 'a' has 1 group"):
-        senses.reinforcement(one_group, direction="lda")
+        senses.prototypes(one_group, normalize=None).directions(one_group, method="lda")
     with pytest.raises(KeyError, match="sentence"):
-        senses.reinforcement(traj, direction="lda", groups="sentence")
+        senses.SensePrototypes(groups="sentence").fit(traj)
 
 
 @pytest.fixture(scope="module")
@@ -793,7 +932,7 @@ def test_old_keyword_and_positional_forms_warn_and_give_the_same_results():
         old = senses.commitment(traj, 0.05, "sense", "last", None)
     pd.testing.assert_frame_equal(old, senses.commitment(traj, threshold=0.05, normalize=None))
     with pytest.warns(DeprecationWarning):
-        old = senses.reinforcement(traj, "sense", "last", None, "prototype", "word")
+        old = senses.reinforcement(traj, "sense", "same", None, "prototype", "word")
     pd.testing.assert_frame_equal(old, senses.reinforcement(traj, normalize=None))
     with pytest.warns(DeprecationWarning):
         old = senses.prototypes(traj, "sense", None, "word", "last").sums_
@@ -850,8 +989,10 @@ def test_bad_input_gives_clear_errors(tiny_components):
         senses.attribution(tiny_components, direction_point="last")
     with pytest.raises(ValueError, match="point 0"):
         senses.superposition(traj.select_points([1, 2, 3]))
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(ValueError, match="direction 'pca'"):
         senses.reinforcement(traj, direction="pca")
+    with pytest.raises(ValueError, match="direction"), pytest.warns(DeprecationWarning):
+        senses.reinforcement(traj, direction="pca", reference="last")
     meta = traj.meta.copy()
     meta.loc[3, "sense"] = None
     with pytest.raises(ValueError, match="missing for examples \\[103\\]"):
@@ -880,10 +1021,10 @@ def test_lazy_store_gives_the_same_numbers_as_memory(tmp_path, normalize, refere
     for fn in (senses.curves, senses.commitment):
         a, b = fn(traj, normalize=normalize, reference=reference), fn(lazy, normalize=normalize, reference=reference)
         pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
-    if reference != "same":
-        a = senses.reinforcement(traj, normalize=normalize, reference=reference)
-        b = senses.reinforcement(lazy, normalize=normalize, reference=reference)
-        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    a = senses.reinforcement(traj, normalize=normalize, n_permutations=5, return_result=True)
+    b = senses.reinforcement(lazy, normalize=normalize, n_permutations=5, return_result=True)
+    for x, y in ((a.projections, b.projections), (a.summary, b.summary)):
+        pd.testing.assert_frame_equal(x, y, check_exact=False, rtol=1e-5, atol=1e-6)
 
 
 def test_lazy_attribution_and_distributed_cluster_match_memory(tmp_path, tiny_components):

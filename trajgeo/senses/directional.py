@@ -1,8 +1,11 @@
-"""Along the sense directions: reinforcement (each point's projection on the example's correct-sense
-direction and on the others') and attribution (which layer and head writes pushed it there)."""
+"""Along the sense directions: reinforcement (each point's projection on every sense direction of the
+example's word, measured from a neutral origin) and attribution (which layer and head writes pushed
+the example toward its sense)."""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,11 +14,40 @@ import pandas as pd
 from trajgeo._api import changed_signature
 from trajgeo._arrays import compute, einsum, is_lazy, like
 from trajgeo.normalization import DEFAULT_NORMALIZE
-from trajgeo.senses._common import fixed_reference, frame_meta, local_index, warn_one_sense
-from trajgeo.senses.estimator import SensePrototypes
+from trajgeo.senses._common import fixed_reference, frame_meta, keys, local_index, warn_one_sense
+from trajgeo.normalization import PointNormalizer
+from trajgeo.senses.estimator import SensePrototypes, _group_sums, _rows_in_memory
+from trajgeo.stats import group_permutations, mixed_groups, null_table
 from trajgeo.trajectories import Trajectories, as_trajectories
 
-__all__ = ["reinforcement", "attribution"]
+__all__ = ["reinforcement", "ReinforcementResult", "attribution"]
+
+# permutations scored together: their one-hot labels form one (n_examples, batch * n_senses) matrix
+_PERMUTATION_BATCH = 256
+
+
+@dataclass
+class ReinforcementResult:
+    """What ``reinforcement(..., return_result=True)`` returns.
+
+    Attributes
+    ----------
+    projections : DataFrame
+        Per example, point and sense direction (what :func:`reinforcement` returns).
+    summary : DataFrame
+        Per word and point: ``word, point, metric, value, n_examples, n_mixed_groups`` (+ the null
+        columns ``null_mean, null_q95, null_fwer, p_value, p_fwer`` with ``n_permutations > 0``).
+        ``metric`` ``"reinforcement"``: the mean over the word's examples of (correct-sense
+        projection at the point minus at the baseline point); ``"attenuation"``: the mean over
+        examples and wrong senses of (wrong-sense projection at the baseline minus at the point).
+        Both are 0 at the baseline point, and positive where the claim holds; the null is the same
+        statistic under group-respecting sense permutations (the directions recomputed for each),
+        so a general drift of every projection with depth is not read as either. ``n_mixed_groups``
+        counts the word's groups that hold several senses (unresolvable: they move as a whole).
+    """
+
+    projections: pd.DataFrame
+    summary: pd.DataFrame
 
 
 @changed_signature(
@@ -28,13 +60,179 @@ def reinforcement(
     labels: Any = "sense",
     word: Any = "word",
     groups: Any = "group",
+    normalize: str | None = DEFAULT_NORMALIZE,
+    n_permutations: int = 0,
+    random_state: int | None = 0,
+    return_result: bool = False,
+    reference: int | str = "same",
+    direction: str = "prototype",
+    cv: int = 5,
+) -> pd.DataFrame | ReinforcementResult:
+    """Projection of each point on every sense direction of the example's word, from a neutral origin.
+
+    At each point l and for each word w, the neutral origin ``o_w(l)`` is the mean of the *other*
+    words' vectors at l (the word's own mean would make two senses' directions mirror images: with
+    prototype differences "other" is exactly minus "correct"). Each sense s of w has the direction
+    ``u_s(l) = prototype_s(l) - o_w(l)``, the prototype built without the scored example's group
+    (cross-fitted on held-out groups, as everywhere in :mod:`trajgeo.senses`). The projection of
+    example i on it is ``(z_i(l) - o_w(l)) . u_s(l) / |u_s(l)|``: one number for the correct sense
+    and one for each wrong sense, so that a wrong-sense feature present at the embedding and
+    suppressed with depth ("incoherent components attenuate") can be seen, and so can its absence.
+
+    Each projection is tracked against its value at the baseline point (the first point, point 0:
+    the context-free embedding, where every sense's direction is the same vector) and, with
+    ``n_permutations > 0``, against the group-respecting sense-permutation null (see
+    :class:`ReinforcementResult`).
+
+    Parameters
+    ----------
+    traj : Trajectories or array-like of shape (n_examples, n_points, d_model)
+        At least two words (the origin of one word is the others' mean; words with one sense
+        count there, and are otherwise skipped).
+    labels, word
+        As in :func:`~trajgeo.senses.curves`.
+    groups : str, array-like of shape (n_examples,) or None
+        Prototypes leave out the scored example's whole group; permutations move whole groups
+        (default: the ``group`` column, with identical prefixes joined for causal models).
+    normalize : {None, "center", "standardize", "whiten"}
+        Scaling before the projections, with the statistics of the *last* point applied at every
+        point (per-point scales would make a projection at one point incomparable with its value
+        at point 0); centring changes nothing (the origin removes any shift), so ``None`` and
+        ``"center"`` are the raw residual space.
+    n_permutations : int
+        Size of the null (0: none, fast).
+    random_state : int or None
+        Seeds the permutations.
+    return_result : bool
+        Return a :class:`ReinforcementResult` (projections and the per-word summary) instead of
+        the projections alone.
+    reference, direction, cv
+        Deprecated (0.2): ``reference=<point>`` gives the old measure, projections on discriminative
+        directions (prototype differences, LDA or probe) at one reference point, as columns
+        ``metric`` "correct" / "other"; with two senses "other" is minus "correct" by construction.
+
+    Returns
+    -------
+    DataFrame or ReinforcementResult
+        ``projections``: columns ``example, point, word, sense, to_sense, is_correct, metric,
+        value``, one row per example, point and sense direction of its word (``to_sense``, and
+        ``is_correct``: whether it is the example's own sense), ``metric`` "projection" (the word
+        column only when there is one... always here: two words are needed). NaN where a sense has
+        no example outside the scored example's group.
+
+    Raises
+    ------
+    ValueError
+        With fewer than two words: there is no neutral origin.
+    """
+    if not (isinstance(reference, str) and reference == "same"):
+        warnings.warn(
+            "reinforcement(reference=...) is the 0.2 measure (projections on discriminative directions at one "
+            "reference point; with two senses 'other' is minus 'correct'), deprecated since 0.3; the default now "
+            "projects on per-sense directions from a neutral origin, cross-fitted at each point",
+            DeprecationWarning, stacklevel=3)
+        return _at_reference(traj, labels=labels, word=word, groups=groups, reference=reference, normalize=normalize,
+                             random_state=random_state, direction=direction, cv=cv)
+    if direction != "prototype":
+        raise ValueError(f"direction {direction!r}: reinforcement's per-sense directions are prototypes from a "
+                         "neutral origin (a learned direction is discriminative: one sense against the others); "
+                         "pass reference=<point> for the deprecated projection on learned directions")
+    if isinstance(n_permutations, (bool, np.bool_)) or not isinstance(n_permutations, (int, np.integer)) \
+            or n_permutations < 0:
+        raise ValueError(f"n_permutations must be a non-negative int, got {n_permutations!r}")
+    traj = as_trajectories(traj)
+    words, senses, has_word = keys(traj, labels, word)
+    word_uniq = pd.unique(words)
+    if not has_word or len(word_uniq) < 2:
+        raise ValueError(
+            "reinforcement measures each sense's direction from a neutral origin, the mean of the other words' "
+            f"vectors at each point; these trajectories hold {'one word' if has_word else 'no word column'} "
+            f"({', '.join(map(repr, word_uniq[:3]))}): add examples of other words (any words: they only set the "
+            "origin)")
+    skipped = set(warn_one_sense(traj, labels, word, "reinforcement"))
+    # one set of statistics for every point (the last one's): projections at different points, and their
+    # change from point 0, are in the same units; a shift is irrelevant (the origin takes it out)
+    z = PointNormalizer(normalize, shared_at=traj.n_points - 1).fit(traj.states).transform(traj.states)
+    codes = traj.group_codes(groups)
+    word_code = pd.Index(word_uniq).get_indexer(words)
+    sums = _group_sums(z, word_code, len(word_uniq), None)[0]  # (n_words, P, d), float64
+    total, counts = sums.sum(0), np.bincount(word_code, minlength=len(word_uniq))
+    parts, summaries = [], []
+    for k, w in enumerate(word_uniq):
+        if w in skipped:
+            continue
+        rows = np.flatnonzero(word_code == k)
+        origin = (total - sums[k]) / (traj.n_examples - counts[k])  # (P, d): the other words' mean
+        g = np.arange(len(rows)) if codes is None else pd.factorize(codes[rows])[0]
+        part, summary = _word_reinforcement(traj, z, w, rows, senses[rows], g, origin, n_permutations, random_state)
+        parts.append(part)
+        summaries.append(summary.assign(word=w))
+    if not parts:
+        raise ValueError("reinforcement: no word has two senses")
+    projections = pd.concat(parts, ignore_index=True)
+    if not return_result:
+        return projections
+    summary = pd.concat(summaries, ignore_index=True)
+    first = ["word", "point", "metric", "value", "n_examples", "n_mixed_groups"]
+    return ReinforcementResult(projections, summary[first + [c for c in summary.columns if c not in first]])
+
+
+def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, senses: np.ndarray, g: np.ndarray,
+                        origin: np.ndarray, n_permutations: int, random_state: int | None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Projections (rows of :func:`reinforcement`) and the summary of word ``w`` (its examples at
+    positions ``rows``, their senses, group codes 0..G-1 and the origin (P, d) at every point)."""
+    y, names = pd.factorize(senses)
+    n, K, P = len(rows), len(names), traj.n_points
+    geom = _Groups(g)
+    zw = _rows_in_memory(z, rows)  # (n, P, d)
+    perms = None if not n_permutations else group_permutations(
+        y, groups=g, n_permutations=int(n_permutations), random_state=random_state)
+    proj = np.empty((n, P, K))
+    null = np.empty((2, 0 if perms is None else len(perms), P))  # mean correct, mean wrong per permutation
+    for p in range(P):
+        X = zw[:, p].astype(np.float64) - origin[p]
+        proj[:, p] = geom.projections(X, _onehot(y[None], K))[:, 0]
+        if perms is not None:
+            for b in range(0, len(perms), _PERMUTATION_BATCH):
+                yb = y[perms[b : b + _PERMUTATION_BATCH]]  # (B, n)
+                null[:, b : b + len(yb), p] = _means(geom.projections(X, _onehot(yb, K)), yb)
+    observed = _means(proj, np.broadcast_to(y, (P, n)))  # (2, P): the points as labellings of one
+    ex = traj.meta["example"].to_numpy()[rows]
+    part = pd.DataFrame({
+        "example": np.repeat(ex, P * K),
+        "point": np.tile(np.repeat(traj.points, K), n),
+        "word": w,
+        "sense": np.repeat(senses, P * K),
+        "to_sense": np.tile(np.asarray(names, dtype=object), n * P),
+        "is_correct": (np.arange(K)[None, None] == y[:, None, None]).repeat(P, 1).reshape(-1),
+        "metric": "projection",
+        "value": proj.reshape(-1),
+    })
+    stats = {"reinforcement": (observed[0] - observed[0][0], null[0] - null[0][:, :1]),
+             "attenuation": (observed[1][0] - observed[1], null[1][:, :1] - null[1])}
+    frames = []
+    for metric, (value, nul) in stats.items():
+        if perms is None:
+            frame = pd.DataFrame({"point": traj.points, "value": value})
+        else:
+            frame = null_table(value, nul, points=traj.points)
+        frames.append(frame.assign(metric=metric, n_examples=n, n_mixed_groups=len(mixed_groups(y, g))))
+    return part, pd.concat(frames, ignore_index=True)
+def _at_reference(
+    traj: Any,
+    *,
+    labels: Any = "sense",
+    word: Any = "word",
+    groups: Any = "group",
     reference: int | str = "last",
     normalize: str | None = DEFAULT_NORMALIZE,
     random_state: int | None = 0,
     direction: str = "prototype",
     cv: int = 5,
 ) -> pd.DataFrame:
-    """Projection of each point on the example's correct-sense direction and on the others'.
+    """The deprecated (0.2) reinforcement: projection of each point on the example's correct-sense
+    direction and on the others', found at one reference point.
 
     Parameters
     ----------
@@ -213,3 +411,75 @@ def _component_rows(comp: Any, name: str, w: np.ndarray, at: np.ndarray, meta: p
     rows["direction_point"] = np.tile(np.repeat(np.asarray(at, dtype=int), n_heads), n)
     rows["attribution"] = a.reshape(-1)
     return rows
+
+
+class _Groups:
+    """The group structure of one word's examples, for projections on leave-group-out prototypes.
+
+    ``projections(X, Y)``: for displacements ``X`` (n, d) and labellings ``Y`` (n, B, K) one-hot,
+    the projection of each ``X_i`` on the sum of ``X_j`` over the examples of sense k outside i's
+    group (its direction is that of the prototype minus the origin), for every labelling b:
+    shape (n, B, K), NaN where that sum has no example (or no length). Everything comes from
+    ``S = X^T Y`` and the dot products within groups, so a batch of labellings costs two
+    (n, d) x (d, B K) products.
+    """
+
+    def __init__(self, g: np.ndarray) -> None:
+        from scipy.sparse import csr_matrix
+
+        n = len(g)
+        self.n = n
+        self.H = csr_matrix((np.ones(n), (np.arange(n), g)), shape=(n, int(g.max(initial=-1)) + 1))
+        order = np.argsort(g, kind="stable")
+        starts = np.searchsorted(g[order], np.arange(self.H.shape[1] + 1))
+        pi, pj = [], []
+        for a, b in zip(starts[:-1], starts[1:]):  # every ordered pair within a group, itself included
+            members = order[a:b]
+            pi.append(np.repeat(members, len(members)))
+            pj.append(np.tile(members, len(members)))
+        self.pi, self.pj = np.concatenate(pi), np.concatenate(pj)
+
+    def _within(self, V: np.ndarray) -> np.ndarray:
+        """Sum of ``V`` over each row's group: ``W V`` with W the same-group indicator."""
+        return np.asarray(self.H @ (self.H.T @ V))
+
+    def projections(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        from scipy.sparse import csr_matrix
+
+        n, B, K = Y.shape
+        Yf = Y.reshape(n, B * K)
+        S = X.T @ Yf  # (d, BK): each labelling's sense sums
+        A = X @ S  # (n, BK): X_i . S
+        M_w = csr_matrix((np.einsum("nd,nd->n", X[self.pi], X[self.pj]), (self.pi, self.pj)), shape=(n, n))
+        Bw = np.asarray(M_w @ Yf)  # X_i . (sum over i's group in the sense)
+        T = np.einsum("dc,dc->c", S, S)  # |S|^2
+        E = self._within(A * Yf)  # sum over i's group in the sense of X_j . S
+        F = self._within(Bw * Yf)  # |sum over i's group in the sense|^2
+        count = Yf.sum(0)[None] - self._within(Yf)
+        sq = T[None] - 2 * E + F
+        scale = max(float(T.max(initial=0.0)), np.finfo(float).tiny)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = (A - Bw) / np.sqrt(sq)
+        out[(count <= 0) | (sq <= 1e-12 * scale)] = np.nan
+        return out.reshape(n, B, K)
+
+
+def _onehot(y: np.ndarray, K: int) -> np.ndarray:
+    """Labellings ``y`` of shape (B, n) as one-hot (n, B, K) float64."""
+    B, n = y.shape
+    out = np.zeros((n, B, K))
+    out[np.arange(n)[:, None], np.arange(B)[None], y.T] = 1.0
+    return out
+
+
+def _means(proj: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean correct-sense and mean wrong-sense projection of each labelling: ``proj`` (n, B, K) under
+    labellings ``y`` (B, n); returns (2, B)."""
+    n, B, K = proj.shape
+    mine = np.zeros((n, B, K), dtype=bool)
+    mine[np.arange(n)[:, None], np.arange(B)[None], y.T] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a labelling where every projection is NaN
+        correct = np.nanmean(np.where(mine, proj, np.nan), axis=(0, 2))
+        wrong = np.nanmean(np.where(mine, np.nan, proj), axis=(0, 2))
+    return np.stack([correct, wrong])

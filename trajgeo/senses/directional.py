@@ -35,15 +35,31 @@ class ReinforcementResult:
     projections : DataFrame
         Per example, point and sense direction (what :func:`reinforcement` returns).
     summary : DataFrame
-        Per word and point: ``word, point, metric, value, n_examples, n_mixed_groups`` (+ the null
-        columns ``null_mean, null_q95, null_fwer, p_value, p_fwer`` with ``n_permutations > 0``).
-        ``metric`` ``"reinforcement"``: the mean over the word's examples of (correct-sense
-        projection at the point minus at the baseline point); ``"attenuation"``: the mean over
-        examples and wrong senses of (wrong-sense projection at the baseline minus at the point).
-        Both are 0 at the baseline point, and positive where the claim holds; the null is the same
-        statistic under group-respecting sense permutations (the directions recomputed for each),
-        so a general drift of every projection with depth is not read as either. ``n_mixed_groups``
-        counts the word's groups that hold several senses (unresolvable: they move as a whole).
+        Per word, point and metric: ``word, point, metric, value, n_examples, n_mixed_groups`` (with
+        ``n_permutations > 0`` also ``null, null_mean, null_q95, null_fwer, p_value, p_fwer``; ``null``
+        names the null of the row). Metrics:
+
+        * ``"reinforcement"``: the mean over the word's examples of (correct-sense projection at the
+          point minus at the baseline point), read against its value at the baseline: the null
+          (``"sign_flip"``) flips the sign of each group's change (no change: symmetric about 0);
+        * ``"attenuation"``: the mean over examples of (mean wrong-sense projection at the baseline
+          minus at the point), against the same kind of null;
+        * ``"separation"``: the mean of (correct-sense minus mean wrong-sense projection), against
+          the group-respecting label-permutation null (``"label_permutation"``: the senses moved
+          among groups, the directions recomputed for each permutation).
+
+        "Incoherent components attenuate" at a point is the conjunction of ``attenuation`` and
+        ``separation`` above their family-wise thresholds (``null_fwer``): the wrong-sense projection
+        falls below its value at the embedding, and the senses' projections differ beyond chance, so
+        neither a general shrinking of the word nor noise labels make the claim; "coherent
+        components are reinforced" is likewise ``reinforcement`` and ``separation`` (a shift common
+        to every projection, e.g. of the origin, moves both senses alike). (A label
+        permutation is not a null for attenuation itself: a permuted "wrong" sense holds half the
+        example's own sense, whose growth would read as attenuation of the true wrong one.)
+        The column ``claimed`` (with a null) says where a row's claim holds: its value is above its
+        ``null_fwer`` and, for reinforcement and attenuation, so is separation at that point.
+        ``n_mixed_groups`` counts the word's groups that hold several senses (unresolvable: they
+        move as a whole).
     """
 
     projections: pd.DataFrame
@@ -72,17 +88,24 @@ def reinforcement(
 
     At each point l and for each word w, the neutral origin ``o_w(l)`` is the mean of the *other*
     words' vectors at l (the word's own mean would make two senses' directions mirror images: with
-    prototype differences "other" is exactly minus "correct"). Each sense s of w has the direction
-    ``u_s(l) = prototype_s(l) - o_w(l)``, the prototype built without the scored example's group
-    (cross-fitted on held-out groups, as everywhere in :mod:`trajgeo.senses`). The projection of
-    example i on it is ``(z_i(l) - o_w(l)) . u_s(l) / |u_s(l)|``: one number for the correct sense
-    and one for each wrong sense, so that a wrong-sense feature present at the embedding and
-    suppressed with depth ("incoherent components attenuate") can be seen, and so can its absence.
+    prototype differences "other" is exactly minus "correct"). Each sense s of w is represented by
+    its prototype's displacement ``p_s(l) - o_w(l)``, the prototype built without the scored
+    example's group (cross-fitted on held-out groups, as everywhere in :mod:`trajgeo.senses`). The
+    projection of example i on sense s is
 
-    Each projection is tracked against its value at the baseline point (the first point, point 0:
-    the context-free embedding, where every sense's direction is the same vector) and, with
-    ``n_permutations > 0``, against the group-respecting sense-permutation null (see
-    :class:`ReinforcementResult`).
+    ``(z_i(l) - o_w(l)) . (p_s(l) - o_w(l)) / |p_w(b) - o_w(b)|``,
+
+    a dot product in one fixed unit per word: the distance of the word's mean from the origin at
+    the baseline point b (the first point, point 0: the embedding, where every sense's prototype is
+    the same vector, so every projection starts at the same value). The unit is the same at every
+    point on purpose: a per-direction normalisation would make a wrong-sense projection fall
+    whenever the wrong sense's prototype gains features the example lacks (e.g. the cue of the
+    other sense), with the wrong-sense feature untouched. One number for the correct sense and one
+    for each wrong sense, so that a wrong-sense feature present at the embedding and suppressed
+    with depth ("incoherent components attenuate") can be seen, and so can its absence.
+
+    Each projection is tracked against its baseline value and, with ``n_permutations > 0``,
+    against a null (see :class:`ReinforcementResult`).
 
     Parameters
     ----------
@@ -100,9 +123,10 @@ def reinforcement(
         at point 0); centring changes nothing (the origin removes any shift), so ``None`` and
         ``"center"`` are the raw residual space.
     n_permutations : int
-        Size of the null (0: none, fast).
+        Size of each null (0: none, fast): sign flips of the groups' changes, and group-respecting
+        label permutations.
     random_state : int or None
-        Seeds the permutations.
+        Seeds both nulls.
     return_result : bool
         Return a :class:`ReinforcementResult` (projections and the per-word summary) instead of
         the projections alone.
@@ -115,10 +139,9 @@ def reinforcement(
     -------
     DataFrame or ReinforcementResult
         ``projections``: columns ``example, point, word, sense, to_sense, is_correct, metric,
-        value``, one row per example, point and sense direction of its word (``to_sense``, and
-        ``is_correct``: whether it is the example's own sense), ``metric`` "projection" (the word
-        column only when there is one... always here: two words are needed). NaN where a sense has
-        no example outside the scored example's group.
+        value``, one row per example, point and sense of its word (``to_sense``, and ``is_correct``:
+        whether it is the example's own sense), ``metric`` "projection". NaN where a sense has no
+        example outside the scored example's group.
 
     Raises
     ------
@@ -173,7 +196,7 @@ def reinforcement(
     if not return_result:
         return projections
     summary = pd.concat(summaries, ignore_index=True)
-    first = ["word", "point", "metric", "value", "n_examples", "n_mixed_groups"]
+    first = ["word", "point", "metric", "value", "n_examples", "n_mixed_groups"] + (["null"] if n_permutations else [])
     return ReinforcementResult(projections, summary[first + [c for c in summary.columns if c not in first]])
 
 
@@ -186,18 +209,20 @@ def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, se
     n, K, P = len(rows), len(names), traj.n_points
     geom = _Groups(g)
     zw = _rows_in_memory(z, rows)  # (n, P, d)
+    # the unit: the distance of the word's mean from the origin at the baseline point (the embedding)
+    unit = float(np.linalg.norm(zw[:, 0].astype(np.float64).mean(0) - origin[0]))
+    unit = unit if unit > 0 else 1.0
     perms = None if not n_permutations else group_permutations(
         y, groups=g, n_permutations=int(n_permutations), random_state=random_state)
     proj = np.empty((n, P, K))
-    null = np.empty((2, 0 if perms is None else len(perms), P))  # mean correct, mean wrong per permutation
+    null_sep = np.empty((0 if perms is None else len(perms), P))
     for p in range(P):
         X = zw[:, p].astype(np.float64) - origin[p]
-        proj[:, p] = geom.projections(X, _onehot(y[None], K))[:, 0]
+        proj[:, p] = geom.projections(X, _onehot(y[None], K))[:, 0] / unit
         if perms is not None:
             for b in range(0, len(perms), _PERMUTATION_BATCH):
                 yb = y[perms[b : b + _PERMUTATION_BATCH]]  # (B, n)
-                null[:, b : b + len(yb), p] = _means(geom.projections(X, _onehot(yb, K)), yb)
-    observed = _means(proj, np.broadcast_to(y, (P, n)))  # (2, P): the points as labellings of one
+                null_sep[b : b + len(yb), p] = _separation(geom.projections(X, _onehot(yb, K)) / unit, yb)
     ex = traj.meta["example"].to_numpy()[rows]
     part = pd.DataFrame({
         "example": np.repeat(ex, P * K),
@@ -209,16 +234,38 @@ def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, se
         "metric": "projection",
         "value": proj.reshape(-1),
     })
-    stats = {"reinforcement": (observed[0] - observed[0][0], null[0] - null[0][:, :1]),
-             "attenuation": (observed[1][0] - observed[1], null[1][:, :1] - null[1])}
+    mine = np.arange(K)[None] == y[:, None]  # (n, K)
+    correct = proj[np.arange(n), :, y]  # (n, P)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an example whose wrong senses are all NaN
+        wrong = np.nanmean(np.where(mine[:, None, :], np.nan, proj), axis=-1)  # (n, P): mean over wrong senses
+    changes = {"reinforcement": correct - correct[:, :1], "attenuation": wrong[:, :1] - wrong}
+    sign_rng = np.random.default_rng(random_state)
+    signs = None if perms is None else sign_rng.choice([-1.0, 1.0], size=(len(perms), int(g.max()) + 1))
     frames = []
-    for metric, (value, nul) in stats.items():
-        if perms is None:
+    for metric, change in changes.items():
+        value = np.nanmean(change, axis=0)
+        if signs is None:
             frame = pd.DataFrame({"point": traj.points, "value": value})
-        else:
-            frame = null_table(value, nul, points=traj.points)
-        frames.append(frame.assign(metric=metric, n_examples=n, n_mixed_groups=len(mixed_groups(y, g))))
-    return part, pd.concat(frames, ignore_index=True)
+        else:  # against the point-0 value: each group's change is symmetric about 0 under no change
+            per_group = np.zeros((signs.shape[1], P))
+            np.add.at(per_group, g, np.nan_to_num(change))
+            frame = null_table(value, signs @ per_group / np.isfinite(change).sum(0).clip(min=1), points=traj.points)
+            frame["null"] = "sign_flip"
+        frames.append(frame.assign(metric=metric))
+    sep = _separation(proj, np.broadcast_to(y, (P, n)))
+    if perms is None:
+        frames.append(pd.DataFrame({"point": traj.points, "value": sep, "metric": "separation"}))
+    else:
+        frames.append(null_table(sep, null_sep, points=traj.points).assign(metric="separation", null="label_permutation"))
+    out = pd.concat(frames, ignore_index=True).assign(n_examples=n, n_mixed_groups=len(mixed_groups(y, g)))
+    if perms is not None:  # a claim: beyond its own null, and the senses' projections differ beyond chance
+        beyond = (out["value"] > out["null_fwer"]).to_numpy()
+        separated = beyond[out["metric"].to_numpy() == "separation"]
+        out["claimed"] = beyond & np.tile(separated, len(frames))
+    return part, out
+
+
 def _at_reference(
     traj: Any,
     *,
@@ -416,11 +463,10 @@ def _component_rows(comp: Any, name: str, w: np.ndarray, at: np.ndarray, meta: p
 class _Groups:
     """The group structure of one word's examples, for projections on leave-group-out prototypes.
 
-    ``projections(X, Y)``: for displacements ``X`` (n, d) and labellings ``Y`` (n, B, K) one-hot,
-    the projection of each ``X_i`` on the sum of ``X_j`` over the examples of sense k outside i's
-    group (its direction is that of the prototype minus the origin), for every labelling b:
-    shape (n, B, K), NaN where that sum has no example (or no length). Everything comes from
-    ``S = X^T Y`` and the dot products within groups, so a batch of labellings costs two
+    ``projections(X, Y)``: for displacements ``X`` (n, d) and labellings ``Y`` (n, B, K) one-hot, the
+    dot product of each ``X_i`` with the mean of ``X_j`` over the examples of sense k outside i's
+    group, for every labelling b: shape (n, B, K), NaN where no such example exists. It comes from
+    ``X (X^T Y)`` and the dot products within groups, so a batch of labellings costs two
     (n, d) x (d, B K) products.
     """
 
@@ -448,19 +494,13 @@ class _Groups:
 
         n, B, K = Y.shape
         Yf = Y.reshape(n, B * K)
-        S = X.T @ Yf  # (d, BK): each labelling's sense sums
-        A = X @ S  # (n, BK): X_i . S
+        A = X @ (X.T @ Yf)  # (n, BK): X_i . (sum of X_j over the sense), for each labelling
         M_w = csr_matrix((np.einsum("nd,nd->n", X[self.pi], X[self.pj]), (self.pi, self.pj)), shape=(n, n))
-        Bw = np.asarray(M_w @ Yf)  # X_i . (sum over i's group in the sense)
-        T = np.einsum("dc,dc->c", S, S)  # |S|^2
-        E = self._within(A * Yf)  # sum over i's group in the sense of X_j . S
-        F = self._within(Bw * Yf)  # |sum over i's group in the sense|^2
+        inside = np.asarray(M_w @ Yf)  # X_i . (sum over i's own group in the sense)
         count = Yf.sum(0)[None] - self._within(Yf)
-        sq = T[None] - 2 * E + F
-        scale = max(float(T.max(initial=0.0)), np.finfo(float).tiny)
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = (A - Bw) / np.sqrt(sq)
-        out[(count <= 0) | (sq <= 1e-12 * scale)] = np.nan
+            out = (A - inside) / count
+        out[count <= 0] = np.nan
         return out.reshape(n, B, K)
 
 
@@ -472,14 +512,14 @@ def _onehot(y: np.ndarray, K: int) -> np.ndarray:
     return out
 
 
-def _means(proj: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mean correct-sense and mean wrong-sense projection of each labelling: ``proj`` (n, B, K) under
-    labellings ``y`` (B, n); returns (2, B)."""
+def _separation(proj: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean over examples of (correct-sense projection - mean wrong-sense projection), per labelling:
+    ``proj`` (n, B, K) under labellings ``y`` (B, n); returns (B,)."""
     n, B, K = proj.shape
     mine = np.zeros((n, B, K), dtype=bool)
     mine[np.arange(n)[:, None], np.arange(B)[None], y.T] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a labelling where every projection is NaN
-        correct = np.nanmean(np.where(mine, proj, np.nan), axis=(0, 2))
-        wrong = np.nanmean(np.where(mine, np.nan, proj), axis=(0, 2))
-    return np.stack([correct, wrong])
+        correct = np.nansum(np.where(mine, proj, 0.0), axis=2)
+        wrong = np.nanmean(np.where(mine, np.nan, proj), axis=2)
+        return np.nanmean(correct - wrong, axis=0)

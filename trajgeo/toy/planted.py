@@ -91,9 +91,9 @@ def suppression_model(
     emb = np.zeros((len(tokens), d))
     value = np.zeros((d, d))  # value[out, in]: what the value map writes (after the output map, the identity)
     vocab = {t: i for i, t in enumerate(tokens)}
-    # RMSNorm scales a one-hot token to sqrt(d); over a prefix of ~3 tokens each layer then removes
+    # RMSNorm scales a one-hot token to sqrt(d); over a prefix of 3 to 6 tokens (4.5 on average) each layer removes
     # about 1 / n_layers of a unit feature
-    step = 3.0 / (n_layers * np.sqrt(d))
+    step = 4.5 / (n_layers * np.sqrt(d))
     for word, senses in SUPPRESSION_WORDS.items():
         emb[vocab[word], dims[word]] = 1.0
         for sense, _ in senses:

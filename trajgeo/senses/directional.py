@@ -214,15 +214,19 @@ def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, se
     unit = unit if unit > 0 else 1.0
     perms = None if not n_permutations else group_permutations(
         y, groups=g, n_permutations=int(n_permutations), random_state=random_state)
+    # the true labelling first, then the permutations: scored by the same products, so that a permutation
+    # equal to the truth gives bit-identical numbers (a tie with the observed value stays a tie)
+    labellings = y[None] if perms is None else np.concatenate([y[None], y[perms]])
     proj = np.empty((n, P, K))
-    null_sep = np.empty((0 if perms is None else len(perms), P))
+    seps = np.empty((len(labellings), P))
     for p in range(P):
         X = zw[:, p].astype(np.float64) - origin[p]
-        proj[:, p] = geom.projections(X, _onehot(y[None], K))[:, 0] / unit
-        if perms is not None:
-            for b in range(0, len(perms), _PERMUTATION_BATCH):
-                yb = y[perms[b : b + _PERMUTATION_BATCH]]  # (B, n)
-                null_sep[b : b + len(yb), p] = _separation(geom.projections(X, _onehot(yb, K)) / unit, yb)
+        for b in range(0, len(labellings), _PERMUTATION_BATCH):
+            yb = labellings[b : b + _PERMUTATION_BATCH]  # (B, n)
+            pr = geom.projections(X, _onehot(yb, K)) / unit
+            seps[b : b + len(yb), p] = _separation(pr, yb)
+            if b == 0:
+                proj[:, p] = pr[:, 0]
     ex = traj.meta["example"].to_numpy()[rows]
     part = pd.DataFrame({
         "example": np.repeat(ex, P * K),
@@ -244,20 +248,22 @@ def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, se
     signs = None if perms is None else sign_rng.choice([-1.0, 1.0], size=(len(perms), int(g.max()) + 1))
     frames = []
     for metric, change in changes.items():
-        value = np.nanmean(change, axis=0)
         if signs is None:
-            frame = pd.DataFrame({"point": traj.points, "value": value})
+            frame = pd.DataFrame({"point": traj.points, "value": np.nanmean(change, axis=0)})
         else:  # against the point-0 value: each group's change is symmetric about 0 under no change
             per_group = np.zeros((signs.shape[1], P))
             np.add.at(per_group, g, np.nan_to_num(change))
-            frame = null_table(value, signs @ per_group / np.isfinite(change).sum(0).clip(min=1), points=traj.points)
+            # the observed mean as the all-plus row of the same product (ties with it stay ties)
+            flipped = np.concatenate([np.ones((1, signs.shape[1])), signs]) @ per_group
+            flipped /= np.isfinite(change).sum(0).clip(min=1)
+            frame = null_table(flipped[0], flipped[1:], points=traj.points)
             frame["null"] = "sign_flip"
         frames.append(frame.assign(metric=metric))
-    sep = _separation(proj, np.broadcast_to(y, (P, n)))
     if perms is None:
-        frames.append(pd.DataFrame({"point": traj.points, "value": sep, "metric": "separation"}))
+        frames.append(pd.DataFrame({"point": traj.points, "value": seps[0], "metric": "separation"}))
     else:
-        frames.append(null_table(sep, null_sep, points=traj.points).assign(metric="separation", null="label_permutation"))
+        frames.append(null_table(seps[0], seps[1:], points=traj.points).assign(metric="separation",
+                                                                               null="label_permutation"))
     out = pd.concat(frames, ignore_index=True).assign(n_examples=n, n_mixed_groups=len(mixed_groups(y, g)))
     if perms is not None:  # a claim: beyond its own null, and the senses' projections differ beyond chance
         beyond = (out["value"] > out["null_fwer"]).to_numpy()

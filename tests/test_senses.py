@@ -294,6 +294,7 @@ def test_one_sense_words_are_skipped_with_one_warning_naming_them():
         "curves": lambda: senses.curves(one), "commitment": lambda: senses.commitment(one),
         "reference_matrix": lambda: senses.reference_matrix(one),
         "nearest_centroid_accuracy": lambda: senses.nearest_centroid_accuracy(one),
+        "superposition": lambda: senses.superposition(one), "reinforcement": lambda: senses.reinforcement(one),
     }
     for name, call in calls.items():
         with pytest.warns(UserWarning, match=rf"{name}: 1 word\(s\) have a single sense \('v'\)") as rec:

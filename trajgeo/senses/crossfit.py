@@ -117,7 +117,7 @@ class SenseDirections:
             c = self._cells(fit_rows[mine], gk)
             if c is not None:  # examples whose group holds others: every sense without the whole group
                 G = np.zeros((len(c.cell_k), s_ref.shape[-1]))
-                np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))
+                np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))  # exact: (cells, d)
                 rows, k = c.m[c.pair_row], c.pair_k
                 protos[rows, k] = (s_ref[gk[k]] - G[c.pair_cell]) / (self.counts_[gk[k]] - c.cell_count[c.pair_cell])[:, None]
         return protos - (protos.sum(1, keepdims=True) - protos) / (len(gk) - 1)

@@ -221,9 +221,10 @@ def _word_reinforcement(traj: Trajectories, z: Any, w: Any, rows: np.ndarray, se
     seps = np.empty((len(labellings), P))
     for p in range(P):
         X = zw[:, p].astype(np.float64) - origin[p]
+        gram = X @ X.T if n <= X.shape[1] else None
         for b in range(0, len(labellings), _PERMUTATION_BATCH):
             yb = labellings[b : b + _PERMUTATION_BATCH]  # (B, n)
-            pr = geom.projections(X, _onehot(yb, K)) / unit
+            pr = geom.projections(X, _onehot(yb, K), gram) / unit
             seps[b : b + len(yb), p] = _separation(pr, yb)
             if b == 0:
                 proj[:, p] = pr[:, 0]
@@ -495,13 +496,16 @@ class _Groups:
         """Sum of ``V`` over each row's group: ``W V`` with W the same-group indicator."""
         return np.asarray(self.H @ (self.H.T @ V))
 
-    def projections(self, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    def projections(self, X: np.ndarray, Y: np.ndarray, gram: np.ndarray | None = None) -> np.ndarray:
         from scipy.sparse import csr_matrix
 
         n, B, K = Y.shape
         Yf = Y.reshape(n, B * K)
-        A = X @ (X.T @ Yf)  # (n, BK): X_i . (sum of X_j over the sense), for each labelling
-        M_w = csr_matrix((np.einsum("nd,nd->n", X[self.pi], X[self.pj]), (self.pi, self.pj)), shape=(n, n))
+        # (n, BK): X_i . (sum of X_j over the sense), for each labelling; through the Gram matrix X X^T
+        # when it is given (fewer examples than dimensions: it is small, and shared by every batch)
+        A = X @ (X.T @ Yf) if gram is None else gram @ Yf
+        within = np.einsum("nd,nd->n", X[self.pi], X[self.pj]) if gram is None else gram[self.pi, self.pj]
+        M_w = csr_matrix((within, (self.pi, self.pj)), shape=(n, n))
         inside = np.asarray(M_w @ Yf)  # X_i . (sum over i's own group in the sense)
         count = Yf.sum(0)[None] - self._within(Yf)
         with np.errstate(invalid="ignore", divide="ignore"):

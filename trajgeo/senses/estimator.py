@@ -401,15 +401,16 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         cnt = np.zeros((n_m, K))
         cnt[c.pair_row, c.pair_k] = c.cell_count[c.pair_cell]
         zm = _rows_in_memory(zb, c.m)
+        # float32 products, as the dot products of _block_dots (their sums are cast to float32 too)
         r = self.reference_index_
         if r is not None:  # the group's vectors at the reference were kept at fit
-            G = np.zeros((len(c.cell_k), zm.shape[-1]))
-            np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))
+            G = _cell_sums(self.ref_states_[c.members], c.member_cell, len(c.cell_k))  # (n_cells, d)
             Gi = np.zeros((n_m, K, zm.shape[-1]), np.float32)
             Gi[c.pair_row, c.pair_k] = G[c.pair_cell]
-            D = np.einsum("npd,nkd->npk", zm, Gi, dtype=np.float64)
+            D = np.matmul(zm, Gi.transpose(0, 2, 1)).astype(np.float64)  # (n_m, P, K)
             C, Q = np.zeros((n_m, 1, K)), np.zeros((n_m, 1, K))
-            C[c.pair_row, 0, c.pair_k] = np.einsum("cd,cd->c", G, self.sums_[gk[c.cell_k], r])[c.pair_cell]
+            s_ref = self.sums_[gk[c.cell_k], r].astype(np.float32)
+            C[c.pair_row, 0, c.pair_k] = np.einsum("cd,cd->c", G, s_ref)[c.pair_cell]
             Q[c.pair_row, 0, c.pair_k] = np.einsum("cd,cd->c", G, G)[c.pair_cell]
             return c.m, cnt, D, C, Q
         # prototypes of the same point: the group's vectors at every point, from the scored block
@@ -419,11 +420,14 @@ class SensePrototypes(SenseDirections, BaseEstimator):
                 "leave-group-out scoring with reference='same' needs every fitted example of a scored "
                 f"example's group among the scored examples; fitted examples {self.fit_examples_[c.members[pos < 0]][:5].tolist()} "
                 "are missing (score the trajectories the prototypes were fitted on, or pass groups=None)")
-        G = np.zeros((len(c.cell_k), P, zm.shape[-1]))
-        np.add.at(G, c.member_cell, _rows_in_memory(zb, pos).astype(np.float64))
+        G = _cell_sums(_rows_in_memory(zb, pos), c.member_cell, len(c.cell_k))  # (n_cells, P, d)
         D, C, Q = (np.zeros((n_m, P, K)) for _ in range(3))
-        D[c.pair_row, :, c.pair_k] = np.einsum("npd,npd->np", zm[c.pair_row], G[c.pair_cell], dtype=np.float64)
-        C[c.pair_row, :, c.pair_k] = np.einsum("cpd,cpd->cp", G, self.sums_[gk[c.cell_k]])[c.pair_cell]
+        D[c.pair_row, :, c.pair_k] = np.einsum("npd,npd->np", zm[c.pair_row], G[c.pair_cell])
+        cellC = np.empty((len(c.cell_k), P))
+        for k in np.unique(c.cell_k):  # per sense: no (cells, P, d) copy of the sums
+            at = np.flatnonzero(c.cell_k == k)
+            cellC[at] = np.einsum("cpd,pd->cp", G[at], self.sums_[gk[k]].astype(np.float32))
+        C[c.pair_row, :, c.pair_k] = cellC[c.pair_cell]
         Q[c.pair_row, :, c.pair_k] = np.einsum("cpd,cpd->cp", G, G)[c.pair_cell]
         return c.m, cnt, D, C, Q
 
@@ -496,6 +500,15 @@ def _rows_in_memory(z: Any, pos: np.ndarray) -> np.ndarray:
     uniq, inv = np.unique(pos, return_inverse=True)
     block = np.asarray(compute(z[uniq]) if is_lazy(z) else np.take(z, uniq, axis=0))
     return block[inv.ravel()]
+
+
+def _cell_sums(x: np.ndarray, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """Sums of the rows of ``x`` (n, ...) per ``cell`` (n,): (n_cells, ...) float32, one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(cell), np.float32), (cell, np.arange(len(cell)))), shape=(n_cells, len(cell)))
+    flat = np.asarray(x, dtype=np.float32).reshape(len(cell), -1)
+    return np.asarray(onehot @ flat, dtype=np.float32).reshape((n_cells,) + x.shape[1:])
 
 
 def _tie_points(states: Any, word_code: np.ndarray, n_words: int) -> np.ndarray:

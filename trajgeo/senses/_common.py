@@ -153,6 +153,7 @@ def warn_one_sense(traj: Trajectories, labels: Any, word: Any, what: str) -> lis
     skipped = one_sense_words(words, senses)
     if skipped:
         names = ", ".join(repr(w) for w in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
-        subject = f"{len(skipped)} word(s) have a single sense ({names})" if has_word else "the data have a single sense"
+        subject = (f"{len(skipped)} word(s) have a single sense ({names})" if has_word
+                   else "the data have a single sense")
         warnings.warn(f"{what}: {subject}: nothing to compare, skipped", UserWarning, stacklevel=4)
     return skipped

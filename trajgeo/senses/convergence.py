@@ -342,7 +342,8 @@ def _other_words_null(traj: Trajectories, fitted: SensePrototypes, z0: Any, out:
     x = np.asarray(compute(z0), dtype=np.float64)  # (n, d): one point, in memory
     protos = fitted.sums_[:, r] / fitted.counts_[:, None]  # (K, d); no example of another word is in them
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (protos / np.linalg.norm(protos, axis=1, keepdims=True)).T
+        unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+        cos = unit(x) @ unit(protos).T
     at_zero = np.linalg.norm(x, axis=1) <= 1e-6 * max(float(np.linalg.norm(x, axis=1).max(initial=0.0)), 1e-300)
     cos[at_zero] = 0.0  # a vector at the origin has no preference (as in the scoring)
     # mean cosine of each word's examples (rows) to each prototype (columns)

@@ -119,7 +119,8 @@ class SenseDirections:
                 G = np.zeros((len(c.cell_k), s_ref.shape[-1]))
                 np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))  # exact: (cells, d)
                 rows, k = c.m[c.pair_row], c.pair_k
-                protos[rows, k] = (s_ref[gk[k]] - G[c.pair_cell]) / (self.counts_[gk[k]] - c.cell_count[c.pair_cell])[:, None]
+                left = self.counts_[gk[k]] - c.cell_count[c.pair_cell]
+                protos[rows, k] = (s_ref[gk[k]] - G[c.pair_cell]) / left[:, None]
         return protos - (protos.sum(1, keepdims=True) - protos) / (len(gk) - 1)
 
     def _learned_directions(

@@ -418,8 +418,9 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         if (pos < 0).any():
             raise ValueError(
                 "leave-group-out scoring with reference='same' needs every fitted example of a scored "
-                f"example's group among the scored examples; fitted examples {self.fit_examples_[c.members[pos < 0]][:5].tolist()} "
-                "are missing (score the trajectories the prototypes were fitted on, or pass groups=None)")
+                "example's group among the scored examples; fitted examples "
+                f"{self.fit_examples_[c.members[pos < 0]][:5].tolist()} are missing (score the trajectories "
+                "the prototypes were fitted on, or pass groups=None)")
         G = _cell_sums(_rows_in_memory(zb, pos), c.member_cell, len(c.cell_k))  # (n_cells, P, d)
         D, C, Q = (np.zeros((n_m, P, K)) for _ in range(3))
         D[c.pair_row, :, c.pair_k] = np.einsum("npd,npd->np", zm[c.pair_row], G[c.pair_cell])

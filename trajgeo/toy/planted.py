@@ -22,7 +22,8 @@ from trajgeo.toy.language import word_tokenizer
 __all__ = ["suppression_model", "SUPPRESSION_WORDS"]
 
 # word -> (sense, cue) pairs; each word's two senses have one feature dimension each
-SUPPRESSION_WORDS = {"bank": (("river", "shore"), ("money", "loan")), "crane": (("bird", "marsh"), ("machine", "steel"))}
+SUPPRESSION_WORDS = {"bank": (("river", "shore"), ("money", "loan")),
+                     "crane": (("bird", "marsh"), ("machine", "steel"))}
 _N_FILLERS = 8
 
 

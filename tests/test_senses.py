@@ -495,9 +495,9 @@ def test_same_reference_sees_early_separability_last_sees_the_wrong_heading():
 
 @pytest.mark.parametrize("normalize", [None, "standardize"])
 def test_deprecated_reinforcement_at_a_reference_projects_on_loo_prototype_directions(normalize):
-    """The 0.2 measure, kept for one release under reference=<point>: the mirror it had is why it went."""
+    """The 0.1 measure, kept for one release under reference=<point>: the mirror it had is why it went."""
     traj = random_traj(seed=5)
-    with pytest.warns(DeprecationWarning, match="0.2 measure"):
+    with pytest.warns(DeprecationWarning, match="0.1 measure"):
         df = senses.reinforcement(traj, normalize=normalize, reference="last")
     assert list(df.columns) == ["example", "point", "word", "sense", "metric", "value"]
     z = brute_normalise(traj.states, normalize, traj.n_points - 1)

@@ -131,7 +131,7 @@ def reinforcement(
         Return a :class:`ReinforcementResult` (projections and the per-word summary) instead of
         the projections alone.
     reference, direction, cv
-        Deprecated (0.2): ``reference=<point>`` gives the old measure, projections on discriminative
+        Deprecated since 0.2: ``reference=<point>`` gives the 0.1 measure, projections on discriminative
         directions (prototype differences, LDA or probe) at one reference point, as columns
         ``metric`` "correct" / "other"; with two senses "other" is minus "correct" by construction.
 
@@ -150,8 +150,8 @@ def reinforcement(
     """
     if not (isinstance(reference, str) and reference == "same"):
         warnings.warn(
-            "reinforcement(reference=...) is the 0.2 measure (projections on discriminative directions at one "
-            "reference point; with two senses 'other' is minus 'correct'), deprecated since 0.3; the default now "
+            "reinforcement(reference=...) is the 0.1 measure (projections on discriminative directions at one "
+            "reference point; with two senses 'other' is minus 'correct'), deprecated since 0.2; the default now "
             "projects on per-sense directions from a neutral origin, cross-fitted at each point",
             DeprecationWarning, stacklevel=3)
         return _at_reference(traj, labels=labels, word=word, groups=groups, reference=reference, normalize=normalize,

@@ -146,6 +146,53 @@ def test_group_codes_refuse_missing_values_and_wrong_lengths(traj):
         traj.group_codes([0, 1, 2])
 
 
+
+def _prefixed(causal: bool = True) -> tg.Trajectories:
+    """Six examples; 0, 1 and 3 read "the bank" up to the end of the target (the model sees the same
+    input there), 4 and 5 share a sentence (two targets), 2 is alone."""
+    texts = ["the bank was steep", "the bank paid well", "a bank of fog", "the bank of the river",
+             "we sat on the bank by the bank", "we sat on the bank by the bank"]
+    ends = [8, 8, 6, 8, 18, 30]
+    meta = pd.DataFrame({"text": texts, "char_end": ends, "word": "bank",
+                         "sense": ["river", "money", "fog", "river", "river", "river"],
+                         "group": texts})
+    return tg.Trajectories(np.zeros((6, 2, 3), np.float32), meta, model_info={"causal": causal})
+
+
+def test_causal_groups_merge_identical_prefixes_with_the_given_groups():
+    traj = _prefixed()
+    codes = traj.group_codes()
+    prefixes = [t[:e] for t, e in zip(traj.meta["text"], traj.meta["char_end"])]
+    groups = traj.meta["group"].tolist()
+    # brute force: the transitive closure of "same prefix or same group"
+    linked = np.array([[a == b or p == q for a, p in zip(groups, prefixes)] for b, q in zip(groups, prefixes)])
+    for _ in range(len(groups)):
+        linked = (linked.astype(int) @ linked.astype(int)) > 0
+    np.testing.assert_array_equal(codes[:, None] == codes[None], linked)
+    assert codes.tolist() == [0, 0, 1, 0, 2, 2]
+    # a chain: 4 and 5 share a text, 5's prefix is also 6's: all three are one group
+    chain = tg.concat([traj, tg.Trajectories(np.zeros((1, 2, 3), np.float32), pd.DataFrame(
+        {"example": [6], "text": ["we sat on the bank by the bank"[:30] + " again"], "char_end": [30],
+         "word": "bank", "sense": "river", "group": ["other"]}))])
+    chain.model_info = {"causal": True}
+    assert chain.group_codes().tolist() == [0, 0, 1, 0, 2, 2, 2]
+
+
+def test_prefix_groups_apply_only_to_causal_models_and_can_be_turned_off():
+    causal, encoder = _prefixed(), _prefixed(causal=False)
+    by_text = [0, 1, 2, 3, 4, 4]
+    assert encoder.group_codes().tolist() == by_text  # an encoder sees what follows: texts differ
+    assert causal.group_codes(prefix=False).tolist() == by_text
+    assert encoder.group_codes(prefix=True).tolist() == [0, 0, 1, 0, 2, 2]
+    assert causal.group_codes(None) is None  # explicitly ungrouped
+    assert causal.group_codes(None, prefix=True).tolist() == [0, 0, 1, 0, 2, 3]  # prefixes alone
+    no_group = tg.Trajectories(causal.states, causal.meta.drop(columns="group"), model_info={"causal": True})
+    assert no_group.group_codes().tolist() == [0, 0, 1, 0, 2, 3]
+    no_text = tg.Trajectories(causal.states, causal.meta.drop(columns="text"), model_info={"causal": True})
+    assert no_text.group_codes().tolist() == by_text  # nothing to compare prefixes by: the given groups
+    with pytest.raises(KeyError, match="'text' and 'char_end'"):
+        no_text.group_codes(prefix=True)
+
 # ============================================================== subsetting
 @pytest.mark.parametrize("key", [np.array([True, False, True, False, False, True]), [0, 2, 5], np.array([0, 2, 5])])
 def test_subsetting_keeps_ids_meta_and_every_array(traj, key):

@@ -155,24 +155,59 @@ class Trajectories:
             raise ValueError(f"got {len(arr)} labels for {self.n_examples} examples")
         return arr
 
-    def group_codes(self, groups: str | Sequence[Any] | np.ndarray | None = "group") -> np.ndarray | None:
+    def group_codes(
+        self,
+        groups: str | Sequence[Any] | np.ndarray | None = "group",
+        *,
+        prefix: bool | None = None,
+    ) -> np.ndarray | None:
         """Integer cross-validation group of each example, shape (n_examples,), or None if ungrouped.
 
         Examples that share a group must never be split across folds, nor score each other.
+
+        For a causal model (``model_info["causal"]``) two examples whose texts agree up to the end of
+        the target (``text[:char_end]``) hand the model the same input at the target, so they have the
+        same states there whatever follows: by default such identical prefixes are one group. The
+        given groups and the prefix groups are merged as connected components (two examples share a
+        code when a chain of shared groups or shared prefixes links them), so a prefix shared across
+        two sentences joins them, and two targets of one sentence stay together.
 
         Parameters
         ----------
         groups : str, array-like of shape (n_examples,) or None
             A ``meta`` column name or the groups themselves. Without a ``"group"`` column the
-            default means ungrouped (None); any other missing column is a KeyError.
+            default means ungrouped (None, or the prefix groups of a causal model); any other missing
+            column is a KeyError. ``None`` means ungrouped, unless ``prefix=True``.
+        prefix : bool or None
+            Merge in the groups of identical input prefixes. ``None`` (default): when the
+            trajectories come from a causal model and ``meta`` has ``text`` and ``char_end`` (and
+            ``groups`` is not None). ``False``: never (the given groups as they are). ``True``:
+            always (a KeyError without ``text``/``char_end``).
 
         Raises
         ------
         KeyError
-            For a missing column other than the default.
+            For a missing column other than the default, or ``prefix=True`` without the columns.
         ValueError
             For missing values or a length that is not n_examples.
         """
+        given = self._given_groups(groups)
+        if prefix is None:
+            prefix = (groups is not None and bool(self.model_info.get("causal"))
+                      and {"text", "char_end"} <= set(self.meta.columns))
+        if not prefix:
+            return given
+        missing = [c for c in ("text", "char_end") if c not in self.meta.columns]
+        if missing:
+            raise KeyError(f"prefix groups need the meta columns 'text' and 'char_end'; missing {missing}, "
+                           f"columns are {list(self.meta.columns)}")
+        texts = self.meta["text"].astype(str).tolist()
+        prefixes = pd.factorize(np.array([t[: int(e)] for t, e in zip(texts, self.meta["char_end"])],
+                                         dtype=object))[0]
+        return prefixes if given is None else _merged_groups(given, prefixes)
+
+    def _given_groups(self, groups: Any) -> np.ndarray | None:
+        """The groups as given (column or array), factorised; None when ungrouped."""
         if groups is None:
             return None
         if isinstance(groups, str):
@@ -332,6 +367,20 @@ class Trajectories:
         for i, (start, stop) in enumerate(writer.chunk_bounds()):
             writer.write_chunk(i, {k: np.asarray(v[start:stop]) for k, v in arrays.items()})
         return writer.finalize()
+
+
+def _merged_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of two groupings of the same examples (codes 0..k-1 in order of first
+    appearance): examples share a code iff a chain of shared ``a`` or shared ``b`` codes links them."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_a = int(a.max(initial=-1)) + 1
+    n_nodes = n_a + int(b.max(initial=-1)) + 1
+    # one node per group of either kind; each example joins its a-group to its b-group
+    graph = coo_matrix((np.ones(len(a)), (a, n_a + b)), shape=(n_nodes, n_nodes))
+    labels = connected_components(graph, directed=False)[1]
+    return pd.factorize(labels[a])[0]
 
 
 def as_trajectories(obj: Any) -> Trajectories:

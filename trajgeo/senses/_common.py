@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -12,6 +14,11 @@ from trajgeo.normalization import PointNormalizer
 from trajgeo.trajectories import Trajectories
 
 DIRECTIONS = ("prototype", "lda", "probe")
+
+# A word's vectors at a point are a tie when their within-word variance (trace of the covariance) is at
+# most this share of their mean squared norm: the same vector up to ~1e-4 of its length (point 0 is an
+# exact tie: every context of a word shares the context-free embedding).
+TIE_RTOL = 1e-8
 
 
 def reference_position(traj: Trajectories, reference: int | str) -> int | None:
@@ -131,3 +138,22 @@ def meta_cols(traj: Trajectories, idx: np.ndarray, fitted: Any, y: Any = None) -
 def frame_meta(traj: Trajectories, fitted: Any) -> pd.DataFrame:
     """:func:`meta_cols` of every example, as a frame."""
     return pd.DataFrame(meta_cols(traj, np.arange(traj.n_examples), fitted))
+
+
+def one_sense_words(words: np.ndarray, senses: np.ndarray) -> list[Any]:
+    """The words (in order of first appearance) whose examples carry a single sense."""
+    n = pd.DataFrame({"w": words, "s": senses}).groupby("w", sort=False)["s"].nunique()
+    return n.index[n.to_numpy() < 2].tolist()
+
+
+def warn_one_sense(traj: Trajectories, labels: Any, word: Any, what: str) -> list[Any]:
+    """Warn once, naming them, about the words with one sense (nothing to compare: ``what`` skips
+    them); return them."""
+    words, senses, has_word = keys(traj, labels, word)
+    skipped = one_sense_words(words, senses)
+    if skipped:
+        names = ", ".join(repr(w) for w in skipped[:20]) + (" ..." if len(skipped) > 20 else "")
+        subject = (f"{len(skipped)} word(s) have a single sense ({names})" if has_word
+                   else "the data have a single sense")
+        warnings.warn(f"{what}: {subject}: nothing to compare, skipped", UserWarning, stacklevel=4)
+    return skipped

@@ -58,7 +58,8 @@ class SenseDirections:
         Returns
         -------
         ndarray of shape (n_examples, n_groups, d_model)
-            Unit vectors; NaN rows for groups of other words and for one-sense words.
+            Unit vectors; NaN rows for groups of other words, for one-sense words, and for words whose
+            vectors at the reference point are a tie (``ties_``: e.g. point 0).
         """
         traj = as_trajectories(traj)
         out = np.full((traj.n_examples, len(self.groups_), self.n_features_in_), np.nan)
@@ -89,6 +90,9 @@ class SenseDirections:
             mine = np.flatnonzero(score_words == w)
             if len(gk) < 2 or not len(mine):
                 continue
+            if self.ties_[w, self.reference_index_]:  # every vector the same: no direction tells senses apart
+                yield mine, gk, np.full((len(mine), len(gk), self.n_features_in_), np.nan)
+                continue
             if method == "prototype":
                 u = self._prototype_directions(gk, mine, fit_rows, loo)
             else:
@@ -99,17 +103,24 @@ class SenseDirections:
     def _prototype_directions(
         self, gk: np.ndarray, mine: np.ndarray, fit_rows: np.ndarray, loo: np.ndarray
     ) -> np.ndarray:
-        """Each group's leave-one-out prototype minus the mean of the word's other prototypes, at the
-        reference point, for the scored examples ``mine``: shape (len(mine), len(gk), d_model)."""
+        """Each group's leave-group-out prototype minus the mean of the word's other prototypes, at
+        the reference point, for the scored examples ``mine``: shape (len(mine), len(gk), d_model)."""
         s_ref = self.sums_[:, self.reference_index_]
         protos = np.repeat((s_ref[gk] / self.counts_[gk, None])[None], len(mine), axis=0)
         # fitted examples (in one of this word's groups): their own sense without them
         i = np.flatnonzero(np.isin(loo[mine], gk))
-        local = np.searchsorted(gk, loo[mine][i])
+        local = pd.Index(gk).get_indexer(loo[mine][i])
         with np.errstate(invalid="ignore", divide="ignore"):
             protos[i, local] = (s_ref[gk[local]] - self.ref_states_[fit_rows[mine][i]]) / (
                 self.counts_[gk[local]] - 1
             )[:, None]
+            c = self._cells(fit_rows[mine], gk)
+            if c is not None:  # examples whose group holds others: every sense without the whole group
+                G = np.zeros((len(c.cell_k), s_ref.shape[-1]))
+                np.add.at(G, c.member_cell, self.ref_states_[c.members].astype(np.float64))  # exact: (cells, d)
+                rows, k = c.m[c.pair_row], c.pair_k
+                left = self.counts_[gk[k]] - c.cell_count[c.pair_cell]
+                protos[rows, k] = (s_ref[gk[k]] - G[c.pair_cell]) / left[:, None]
         return protos - (protos.sum(1, keepdims=True) - protos) / (len(gk) - 1)
 
     def _learned_directions(

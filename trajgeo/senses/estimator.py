@@ -4,6 +4,7 @@ cosines, computed from a few dot products per example (the Gram trick), a few wo
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -11,9 +12,9 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from trajgeo._api import changed_signature
-from trajgeo._arrays import einsum, is_lazy, like, row_step
+from trajgeo._arrays import RunningMoments, compute, einsum, is_lazy, iter_blocks, like, row_step
 from trajgeo.normalization import DEFAULT_NORMALIZE
-from trajgeo.senses._common import keys, margin_of, normalizer_for, reference_position
+from trajgeo.senses._common import TIE_RTOL, keys, warn_one_sense, margin_of, normalizer_for, reference_position
 from trajgeo.senses.crossfit import SenseDirections
 from trajgeo.trajectories import Trajectories, as_trajectories
 
@@ -38,10 +39,13 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         compete only within a word. If ``"word"`` is absent from ``meta`` (or ``word=None``), all
         examples are one word. (Formerly ``by=``.)
     groups : str, array-like of shape (n_examples,) or None
-        Cross-fitting groups for learned directions (:meth:`directions`): examples sharing a group
-        (a ``meta`` column, default ``"group"``, the sentence) always fall in the same fold
-        (``StratifiedGroupKFold`` via :func:`trajgeo.probes.make_splits`). Without that column, or
-        with ``None``, folds are plain stratified.
+        What must not score itself (a ``meta`` column, default ``"group"``, the sentence; read by
+        :meth:`Trajectories.group_codes`, which for a causal model also joins examples whose input
+        up to the target is identical). A fitted example is scored against prototypes built
+        without its whole group (leave-group-out; with singleton groups, leave-one-out), and
+        learned directions (:meth:`directions`) are cross-fitted over folds that keep a group
+        together (``StratifiedGroupKFold`` via :func:`trajgeo.probes.make_splits`). Without that
+        column, or with ``None``, each example is its own group.
     reference : {"last", "same"} or int
         Whose prototypes an example is scored against at point l: those of the last point (the
         resolved meaning, default), of a fixed original point index, or of the same point l
@@ -55,7 +59,8 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         one whitening at the reference point and applies it everywhere. Statistics use every fitted
         example (they use no labels, so this leaks nothing about senses).
     leave_one_out : bool
-        Score each fitted example against its own sense's prototype without itself.
+        Score each fitted example against prototypes without itself and its group (``False``:
+        against the prototypes of every fitted example).
 
     Attributes
     ----------
@@ -83,6 +88,13 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         exactly what was added to the sums, so leave-one-out never re-reads the store.
     has_word_ : bool
         Whether a word column was used.
+    ties_ : ndarray of bool, shape (n_words, n_points)
+        Per fitted word (in order of first appearance in ``groups_``) and point: whether the word's
+        raw vectors there are a tie, i.e. their within-word variance (the trace of the covariance)
+        is at most ``TIE_RTOL`` (1e-8) times their mean squared norm. Point 0 is one: every example
+        of a word has the same context-free embedding. A decision there (a margin, a nearest
+        prototype) would be chance, so margins are NaN where the scored point or the reference
+        point is a tie, and no accuracy, commitment or stable point counts it.
 
     Examples
     --------
@@ -151,6 +163,8 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         self.fit_examples_ = ids
         self.fit_group_ = group
         self.fit_split_group_ = traj.group_codes(self.groups)
+        word_uniq = pd.unique(self.groups_["word"])
+        self.ties_ = _tie_points(traj.states, pd.Index(word_uniq).get_indexer(words), len(word_uniq))
         self.n_features_in_ = traj.d_model
         return z
 
@@ -169,6 +183,26 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         same = copy.copy(self)
         same.reference, same.reference_index_, same.ref_states_ = "same", None, None
         return same, z
+
+    def _at_reference(self, traj: Trajectories, z: Any, position: int) -> tuple["SensePrototypes", Any]:
+        """This fit as one with the fixed reference at ``position`` (along axis 1), and the
+        normalised states to score with (the converse of :meth:`_same_point`).
+
+        The sums are the same for every reference; a whitening is shared at the reference point, so
+        it is refitted there.
+        """
+        point = int(self.points_[position])
+        if self.normalize == "whiten":
+            ref = copy.copy(self)
+            ref.reference = point
+            return ref, ref._fit(traj)
+        ref = copy.copy(self)
+        ref.reference, ref.reference_index_ = point, position
+        fit_pos = pd.Index(traj.meta["example"].to_numpy()).get_indexer(self.fit_examples_)
+        if (fit_pos < 0).any():
+            raise ValueError("a reference point needs the trajectories the prototypes were fitted on")
+        ref.ref_states_ = np.asarray(compute(z[:, position]), dtype=np.float32)[fit_pos]
+        return ref, z
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "sums_"):
@@ -224,7 +258,22 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         correct = np.zeros((traj.n_examples, traj.n_points), dtype=bool)
         for rows, _, cos_b, own_b, same_b in self._score_blocks(traj, y, z):
             margin[rows], correct[rows] = margin_of(cos_b, own_b, same_b)
+        tied = self._tied(traj, y)
+        margin[tied], correct[tied] = np.nan, False
         return margin, correct
+
+    def _tied(self, traj: Trajectories, y: Any = None) -> np.ndarray:
+        """Where a decision is undefined, shape (n_examples, n_points): the example's word is a tie
+        (``ties_``) at the scored point or at the reference point."""
+        self._check_fitted()
+        words = keys(traj, self.labels if y is None else y, self.word if self.has_word_ else None)[0]
+        ex_word = pd.Index(pd.unique(self.groups_["word"])).get_indexer(words)
+        pos = pd.Index(self.points_).get_indexer(traj.points)  # scored points among the fitted ones
+        ties = np.concatenate([self.ties_, np.zeros((1, self.ties_.shape[1]), bool)])[ex_word]  # unseen: -1
+        tied = np.where(pos[None] >= 0, ties[:, np.maximum(pos, 0)], False)
+        if self.reference_index_ is not None:
+            tied |= ties[:, [self.reference_index_]]
+        return tied
 
     def _score_blocks(self, traj: Trajectories, y: Any, z: Any = None) -> Iterator[tuple[np.ndarray, ...]]:
         """Leave-one-out cosines, a few words at a time.
@@ -285,6 +334,14 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         count = self.counts_[gk][None, None, :] - e
         dot = zS - e * zx[..., None]
         sq = SS - 2 * e * xS + e * xx[..., None]
+        out = self._group_out(zb, fit_rows[rows], gk, zS)
+        if out is not None:  # examples whose group holds other fitted examples: without the whole group
+            m, cnt, D, C, Q = out
+            shape = zS.shape
+            count, sq = np.broadcast_to(count, shape).copy(), np.broadcast_to(sq, shape).copy()
+            count[m] = self.counts_[gk][None, None, :] - cnt[:, None, :]
+            dot[m] = zS[m] - D
+            sq[m] = np.broadcast_to(SS, shape)[m] - 2 * C + Q
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = dot / np.sqrt(zz[..., None] * np.maximum(sq, 0.0))
         # A vector at the population mean (point 0 of one word, centred: every context shares it) has no
@@ -294,6 +351,86 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         cos = np.where(at_mean[..., None], 0.0, cos)
         cos = np.where((count > 0) & same[:, None, :], cos, np.nan)
         return rows, gk, cos, pd.Index(gk).get_indexer(own[rows]), same
+
+    def _cells(self, fr: np.ndarray, gk: np.ndarray) -> "_Cells | None":
+        """Which fitted examples each scored example must not see, where that is more than itself.
+
+        ``fr`` (n_s,) is the fit row of each scored example (-1 if it was not fitted) and ``gk`` the
+        groups (senses) it is compared with. A cell is one (cross-fitting group, sense) among the
+        fitted examples of these senses; a scored example is left out of every cell of its group.
+        Returns None when every scored example's group holds only itself (leave-one-out suffices).
+        """
+        if not self.leave_one_out or self.fit_split_group_ is None:
+            return None
+        sg = self.fit_split_group_
+        cand = np.flatnonzero(np.isin(self.fit_group_, gk))  # fitted examples of these senses
+        size = np.bincount(sg[cand], minlength=int(sg.max(initial=-1)) + 1)
+        grp = np.where(fr >= 0, sg[np.maximum(fr, 0)], -1)
+        m = np.flatnonzero((fr >= 0) & (size[np.maximum(grp, 0)] > 1))
+        if not len(m):
+            return None
+        members = cand[np.isin(sg[cand], grp[m])]
+        member_k = pd.Index(gk).get_indexer(self.fit_group_[members])
+        member_cell, cells = pd.factorize(pd.MultiIndex.from_arrays([sg[members], member_k]))
+        cell_group, cell_k = cells.get_level_values(0).to_numpy(), cells.get_level_values(1).to_numpy()
+        pairs = pd.DataFrame({"row": np.arange(len(m)), "group": grp[m]}).merge(
+            pd.DataFrame({"cell": np.arange(len(cells)), "group": cell_group}), on="group")
+        cell = pairs["cell"].to_numpy()
+        return _Cells(m, pairs["row"].to_numpy(), cell_k[cell], cell, cell_k, members, member_cell,
+                      np.bincount(member_cell, minlength=len(cells)))
+
+    def _group_out(self, zb: Any, fr: np.ndarray, gk: np.ndarray, zS: np.ndarray
+                   ) -> tuple[np.ndarray, ...] | None:
+        """The leave-group-out terms of the scored examples whose group holds other fitted examples.
+
+        For such an example i and sense k, with ``G`` the sum of the (normalised) vectors of i's
+        group in sense k at the prototypes' point: the prototype is ``(S_k - G) / (n_k - c)``, so
+        the cosine needs ``z_i . G`` (``D``), ``S_k . G`` (``C``) and ``|G|^2`` (``Q``) besides the
+        dot products of :meth:`_block_dots`.
+
+        Returns
+        -------
+        None, or ``(m, cnt, D, C, Q)``: positions of those examples in the block (n_m,), the number
+        left out per sense (n_m, K_b), and ``D``, ``C``, ``Q`` of shape (n_m, n_points, K_b) (``C``
+        and ``Q`` (n_m, 1, K_b) for a fixed reference).
+        """
+        c = self._cells(fr, gk)
+        if c is None:
+            return None
+        n_m, K, P = len(c.m), len(gk), zS.shape[1]
+        cnt = np.zeros((n_m, K))
+        cnt[c.pair_row, c.pair_k] = c.cell_count[c.pair_cell]
+        zm = _rows_in_memory(zb, c.m)
+        # float32 products, as the dot products of _block_dots (their sums are cast to float32 too)
+        r = self.reference_index_
+        if r is not None:  # the group's vectors at the reference were kept at fit
+            G = _cell_sums(self.ref_states_[c.members], c.member_cell, len(c.cell_k))  # (n_cells, d)
+            Gi = np.zeros((n_m, K, zm.shape[-1]), np.float32)
+            Gi[c.pair_row, c.pair_k] = G[c.pair_cell]
+            D = np.matmul(zm, Gi.transpose(0, 2, 1)).astype(np.float64)  # (n_m, P, K)
+            C, Q = np.zeros((n_m, 1, K)), np.zeros((n_m, 1, K))
+            s_ref = self.sums_[gk[c.cell_k], r].astype(np.float32)
+            C[c.pair_row, 0, c.pair_k] = np.einsum("cd,cd->c", G, s_ref)[c.pair_cell]
+            Q[c.pair_row, 0, c.pair_k] = np.einsum("cd,cd->c", G, G)[c.pair_cell]
+            return c.m, cnt, D, C, Q
+        # prototypes of the same point: the group's vectors at every point, from the scored block
+        pos = pd.Index(fr).get_indexer(c.members)
+        if (pos < 0).any():
+            raise ValueError(
+                "leave-group-out scoring with reference='same' needs every fitted example of a scored "
+                "example's group among the scored examples; fitted examples "
+                f"{self.fit_examples_[c.members[pos < 0]][:5].tolist()} are missing (score the trajectories "
+                "the prototypes were fitted on, or pass groups=None)")
+        G = _cell_sums(_rows_in_memory(zb, pos), c.member_cell, len(c.cell_k))  # (n_cells, P, d)
+        D, C, Q = (np.zeros((n_m, P, K)) for _ in range(3))
+        D[c.pair_row, :, c.pair_k] = np.einsum("npd,npd->np", zm[c.pair_row], G[c.pair_cell])
+        cellC = np.empty((len(c.cell_k), P))
+        for k in np.unique(c.cell_k):  # per sense: no (cells, P, d) copy of the sums
+            at = np.flatnonzero(c.cell_k == k)
+            cellC[at] = np.einsum("cpd,pd->cp", G[at], self.sums_[gk[k]].astype(np.float32))
+        C[c.pair_row, :, c.pair_k] = cellC[c.pair_cell]
+        Q[c.pair_row, :, c.pair_k] = np.einsum("cpd,cpd->cp", G, G)[c.pair_cell]
+        return c.m, cnt, D, C, Q
 
     def _block_dots(self, z: Any, gk: np.ndarray, rows_fit: np.ndarray) -> tuple[np.ndarray, ...]:
         """The dot products behind the leave-one-out cosines of one block, as float64.
@@ -340,6 +477,55 @@ class SensePrototypes(SenseDirections, BaseEstimator):
         ndarray of bool, shape (n_examples, n_points). A tie is not right (chance, not credit).
         """
         return self._margins(as_trajectories(traj), y)[1]
+
+
+@dataclass
+class _Cells:
+    """Leave-group-out bookkeeping of :meth:`SensePrototypes._cells`: ``m`` (n_m,) positions of the
+    scored examples concerned; pairs (``pair_row`` into ``m``, ``pair_k`` a sense position in the
+    compared groups, ``pair_cell``): every cell of each example's group; per cell its sense
+    position ``cell_k`` and size ``cell_count``; ``members`` (fit rows) and their ``member_cell``."""
+
+    m: np.ndarray
+    pair_row: np.ndarray
+    pair_k: np.ndarray
+    pair_cell: np.ndarray
+    cell_k: np.ndarray
+    members: np.ndarray
+    member_cell: np.ndarray
+    cell_count: np.ndarray
+
+
+def _rows_in_memory(z: Any, pos: np.ndarray) -> np.ndarray:
+    """``z[pos]`` as a NumPy array (any order, repeats allowed; a dask array reads its rows once)."""
+    uniq, inv = np.unique(pos, return_inverse=True)
+    block = np.asarray(compute(z[uniq]) if is_lazy(z) else np.take(z, uniq, axis=0))
+    return block[inv.ravel()]
+
+
+def _cell_sums(x: np.ndarray, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """Sums of the rows of ``x`` (n, ...) per ``cell`` (n,): (n_cells, ...) float32, one sparse product."""
+    from scipy.sparse import csr_matrix
+
+    onehot = csr_matrix((np.ones(len(cell), np.float32), (cell, np.arange(len(cell)))), shape=(n_cells, len(cell)))
+    flat = np.asarray(x, dtype=np.float32).reshape(len(cell), -1)
+    return np.asarray(onehot @ flat, dtype=np.float32).reshape((n_cells,) + x.shape[1:])
+
+
+def _tie_points(states: Any, word_code: np.ndarray, n_words: int) -> np.ndarray:
+    """Per word and point, whether the word's raw vectors are a tie: the trace of their covariance is at
+    most ``TIE_RTOL`` times their mean squared norm. One streamed pass; (n_words, n_points) bool."""
+    moments = [RunningMoments() for _ in range(n_words)]
+    for start, stop, x in iter_blocks(states):
+        codes = word_code[start:stop]
+        for w in np.unique(codes[codes >= 0]):
+            moments[w].add(x[codes == w])
+    ties = np.zeros((n_words, states.shape[1]), dtype=bool)
+    for w, mom in enumerate(moments):
+        if mom.n_:
+            spread = mom.var_.sum(-1)  # (n_points,)
+            ties[w] = spread <= TIE_RTOL * (spread + (mom.mean_**2).sum(-1))
+    return ties
 
 
 def _group_sums(z: Any, group: np.ndarray, n_groups: int, r: int | None) -> tuple[np.ndarray, Any]:
@@ -428,14 +614,15 @@ def nearest_centroid_accuracy(
     *,
     labels: Any = "sense",
     word: Any = "word",
+    groups: Any = "group",
     normalize: str | None = DEFAULT_NORMALIZE,
 ) -> pd.DataFrame:
-    """Leave-one-out nearest-centroid accuracy per word and point.
+    """Leave-group-out nearest-centroid accuracy per word and point.
 
     At every point, each example is assigned the sense of its word whose centroid *at that point*,
-    built without the example, is nearest by cosine; the accuracy is the share of examples assigned
-    their own sense. These are the leave-one-out prototypes of :class:`SensePrototypes` with
-    ``reference="same"``: a separability curve, how decodable the sense is at each point.
+    built without the example's group, is nearest by cosine; the accuracy is the share of examples
+    assigned their own sense. These are the leave-group-out prototypes of :class:`SensePrototypes`
+    with ``reference="same"``: a separability curve, how decodable the sense is at each point.
 
     Each word is normalised with its own examples' statistics (as if it were analysed alone), so a
     word's accuracy does not depend on which other words the trajectories hold; with ``"center"``
@@ -447,6 +634,10 @@ def nearest_centroid_accuracy(
     labels, word
         ``meta`` column names or per-example arrays (see :class:`SensePrototypes`); senses compete
         only within a word.
+    groups : str, array-like of shape (n_examples,) or None
+        An example's centroids are built without its whole group (default the ``group`` column,
+        which for a causal model also joins identical input prefixes: see
+        :meth:`trajgeo.Trajectories.group_codes`); ``None``: without the example only.
     normalize : {None, "center", "standardize", "whiten"}
         Normalisation before the cosines, fitted per word (whitening per point, as ``"same"`` does).
 
@@ -454,22 +645,28 @@ def nearest_centroid_accuracy(
     -------
     DataFrame
         One row per word and point: ``word, point, n_examples, accuracy`` (``word`` only when the
-        trajectories have a word column). A tie between the best senses (cosines within 1e-6, e.g.
-        every context sharing the context-free embedding) is no answer: it counts as wrong (chance,
-        not credit). ``accuracy`` is NaN for a word with one sense (nothing to choose from).
+        trajectories have a word column). A tie between the best senses (cosines within 1e-6) is
+        no answer: it counts as wrong (chance, not credit). Where the word's vectors themselves are
+        a tie (within-word variance at most 1e-8 of their mean squared norm, e.g. point 0, where
+        every context shares the context-free embedding) no answer is possible and ``accuracy`` is
+        NaN. Words with one sense are left out (one warning names them).
     """
     traj = as_trajectories(traj)
     words, senses, has_word = keys(traj, labels, word)
+    skipped = set(warn_one_sense(traj, labels, word, "nearest_centroid_accuracy"))
+    codes = traj.group_codes(groups)
     frames = []
     for w, idx in pd.Series(np.arange(traj.n_examples)).groupby(words, sort=False):
+        if w in skipped:
+            continue
         rows = idx.to_numpy()
-        acc = np.full(traj.n_points, np.nan)
-        if pd.unique(senses[rows]).size > 1:
-            sub = traj[rows]
-            fitted = SensePrototypes(labels=senses[rows], word=None, reference="same", normalize=normalize)
-            margin = fitted._margins(sub, None, fitted._fit(sub))[0]
-            with np.errstate(invalid="ignore"):
-                acc = (margin > _TIE).mean(0)
+        sub = traj[rows]
+        fitted = SensePrototypes(labels=senses[rows], word=None, groups=None if codes is None else codes[rows],
+                                 reference="same", normalize=normalize)
+        margin = fitted._margins(sub, None, fitted._fit(sub))[0]
+        with np.errstate(invalid="ignore"):
+            acc = np.where(fitted.ties_[0], np.nan, (margin > _TIE).mean(0))
         frames.append(pd.DataFrame({"word": w, "point": traj.points, "n_examples": len(rows), "accuracy": acc}))
-    out = pd.concat(frames, ignore_index=True)
+    cols = ["word", "point", "n_examples", "accuracy"]
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     return out if has_word else out.drop(columns="word")

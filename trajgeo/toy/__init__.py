@@ -7,8 +7,11 @@ that depends on that sense, so that next-token prediction forces the model to re
 :func:`train` fits a small ``GPT2LMHeadModel`` on it (deterministically, cached on disk), after which
 :func:`trajgeo.extract` and every analysis run on it unchanged.
 
-Modules: :mod:`~trajgeo.toy.language` (:class:`ToyLanguage`, :func:`word_tokenizer`) and
-:mod:`~trajgeo.toy.training` (:func:`train`, :func:`continuation_accuracy`).
+Modules: :mod:`~trajgeo.toy.language` (:class:`ToyLanguage`, :func:`word_tokenizer`),
+:mod:`~trajgeo.toy.training` (:func:`train`, :func:`continuation_accuracy`) and
+:mod:`~trajgeo.toy.planted` (:func:`suppression_model`: a hand-wired model that removes, or keeps, a
+wrong-sense feature, the planted truth behind the attenuation test of
+:func:`trajgeo.senses.reinforcement`).
 
 The language
 ------------
@@ -46,6 +49,8 @@ before" is never another segment's token.
 """
 
 from trajgeo.toy.language import SIDES, ToyLanguage, word_tokenizer
+from trajgeo.toy.planted import SUPPRESSION_WORDS, suppression_model
 from trajgeo.toy.training import continuation_accuracy, train
 
-__all__ = ["ToyLanguage", "train", "continuation_accuracy", "word_tokenizer", "SIDES"]
+__all__ = ["ToyLanguage", "train", "continuation_accuracy", "word_tokenizer", "SIDES", "suppression_model",
+           "SUPPRESSION_WORDS"]

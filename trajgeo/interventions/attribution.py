@@ -18,7 +18,7 @@ import pandas as pd
 
 from trajgeo.engine import Engine, Site
 from trajgeo.interventions._pairs import PairInputs, prepare_pairs
-from trajgeo.interventions.patching import _ROLES, PatchResult, _Plan, _tidy
+from trajgeo.interventions.patching import _ROLES, PatchResult, _effects_frame, _Plan, _ratio, _tidy
 from trajgeo.interventions.readouts import as_readout
 
 __all__ = ["attribution_patch", "agreement"]
@@ -123,34 +123,26 @@ def attribution_patch(
                 r_src = r_src.cpu().numpy().astype(np.float64)
                 diff = r_src - r_base
                 flat = np.abs(diff) <= plan.rtol * np.maximum(np.abs(r_src), np.abs(r_base))
+                cells = [(r, c) for r, it in enumerate(chunk) for c in it.columns(plan.positions)]
+                rows = torch.as_tensor([r for r, _ in cells], dtype=torch.long)
+                cols = torch.as_tensor([c for _, c in cells], dtype=torch.long)
+                local = rows.numpy()
+                pair_rows = np.asarray([chunk[r].index for r in local], dtype=np.int64)
+                roles = [chunk[r].role(c) for r, c in cells]
+                for unit in plan.units:
+                    if plan.site == "resid":
+                        e = est[Site.resid(unit)][rows, cols]
+                    elif plan.site == "head":
+                        e = est[Site.z(unit[0])][rows, cols, unit[1]]
+                    else:
+                        e = est[Site(plan.site, unit)][rows, cols]
+                    e = e.cpu().numpy().astype(np.float64)
+                    parts.append(_effects_frame(df, plan, direction, [unit] * len(cells), pair_rows, cols.numpy(),
+                                                roles, e, _ratio(e, diff[local], flat[local])))
                 for r, it in enumerate(chunk):
-                    cols = it.columns(plan.positions)
-                    row = df.iloc[it.index]
-                    for unit in plan.units:
-                        if plan.site == "resid":
-                            e = est[Site.resid(unit)][r, cols]
-                        elif plan.site == "head":
-                            e = est[Site.z(unit[0])][r, cols, unit[1]]
-                        else:
-                            e = est[Site(plan.site, unit)][r, cols]
-                        e = e.cpu().numpy().astype(np.float64)
-                        part = {"pair": row["pair"]}
-                        if plan.site == "resid":
-                            part["point"] = unit
-                        else:
-                            part["layer"] = plan.layer(unit)
-                            if plan.site == "head":
-                                part["head"] = unit[1]
-                        part.update({"position": np.asarray(cols, dtype=np.int64), "site": plan.site, "effect": e,
-                                     "normalized_effect": np.nan if flat[r] else e / diff[r],
-                                     "direction": direction})
-                        if "kind" in df.columns:
-                            part["kind"] = row["kind"]
-                        part["word"] = row["word"]
-                        part["role"] = [it.role(c) for c in cols]
-                        parts.append(pd.DataFrame(part))
-                    reads.append({"pair": row["pair"], "direction": direction, "base": r_base[r], "source": r_src[r],
-                                  "difference": diff[r], "n_visible_cues": sum(c < it.n for c in it.cue)})
+                    reads.append({"pair": df["pair"].iloc[it.index], "direction": direction, "base": r_base[r],
+                                  "source": r_src[r], "difference": diff[r],
+                                  "n_visible_cues": sum(c < it.n for c in it.cue)})
                 bar.update(1)
     bar.close()
     effects, rd = _tidy(pd.concat(parts, ignore_index=True), pd.DataFrame(reads), df, plan)  # patch()'s row order

@@ -150,6 +150,30 @@ def _cache(engine: Engine, items: list[PairInputs], role: str, sites: list[Site]
     return out
 
 
+def _effects_frame(pairs: pd.DataFrame, plan: _Plan, direction: str, units: list, pair_rows: np.ndarray,
+                   cols: np.ndarray, roles: list, effect: np.ndarray, norm: np.ndarray) -> pd.DataFrame:
+    """The tidy rows of a set of cells: one per (unit, pair row, column)."""
+    part: dict[str, Any] = {"pair": pairs["pair"].to_numpy()[pair_rows]}
+    if plan.site == "resid":
+        part["point"] = np.asarray(units, dtype=np.int64)
+    else:
+        part["layer"] = np.asarray([plan.layer(u) for u in units], dtype=np.int64)
+        if plan.site == "head":
+            part["head"] = np.asarray([u[1] for u in units], dtype=np.int64)
+    part.update({"position": np.asarray(cols, dtype=np.int64), "site": plan.site, "effect": effect,
+                 "normalized_effect": norm, "direction": direction})
+    if "kind" in pairs.columns:
+        part["kind"] = pairs["kind"].to_numpy()[pair_rows]
+    part["word"] = pairs["word"].to_numpy()[pair_rows]
+    part["role"] = roles
+    return pd.DataFrame(part)
+
+
+def _ratio(effect: np.ndarray, diff: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flat, np.nan, effect / diff)
+
+
 class _Sweep:
     """The exact patches of one chunk of pairs."""
 
@@ -222,6 +246,7 @@ class _Sweep:
 
         plan, items = self.plan, self.items
         cells = self.cells()
+        roles = [items[i].role(c) for i, c in cells]
         parts, reads = [], []
         for direction in plan.directions:
             base, source = _ROLES[direction]
@@ -239,22 +264,9 @@ class _Sweep:
                 it = np.asarray([items[i].index for i, _ in cells], dtype=np.int64)
                 local = np.asarray([i for i, _ in cells], dtype=np.int64)
                 effect = v - r_base[local]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    norm = np.where(flat[local], np.nan, effect / diff[local])
-                part = {"pair": pairs["pair"].to_numpy()[it]}
-                if plan.site == "resid":
-                    part["point"] = np.full(len(cells), unit)
-                else:
-                    part["layer"] = np.full(len(cells), plan.layer(unit))
-                    if plan.site == "head":
-                        part["head"] = np.full(len(cells), unit[1])
-                part.update({"position": np.asarray([c for _, c in cells], dtype=np.int64), "site": plan.site,
-                             "effect": effect, "normalized_effect": norm, "direction": direction})
-                if "kind" in pairs.columns:
-                    part["kind"] = pairs["kind"].to_numpy()[it]
-                part["word"] = pairs["word"].to_numpy()[it]
-                part["role"] = [items[i].role(c) for i, c in cells]
-                parts.append(pd.DataFrame(part))
+                parts.append(_effects_frame(pairs, plan, direction, [unit] * len(cells), it,
+                                            np.asarray([c for _, c in cells]), roles, effect,
+                                            _ratio(effect, diff[local], flat[local])))
             for k, item in enumerate(items):
                 n_vis = sum(c < item.n for c in item.cue)
                 reads.append({"pair": pairs["pair"].iloc[item.index], "direction": direction, "base": r_base[k],

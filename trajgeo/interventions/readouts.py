@@ -295,19 +295,45 @@ class LogitReadout(Readout):
         (s_idx, s_ok), (c_idx, c_ok) = padded(0), padded(1)
 
         def bound(h: Any, pair_idx: Any) -> Any:
-            logits = head(h)  # (n, vocab), float32; log P differences need no softmax normaliser
-            pair_idx = pair_idx.to(logits.device)
+            pair_idx = pair_idx.to(h.device)
 
-            def lse(idx: Any, ok: Any) -> Any:
-                x = logits.gather(1, idx[pair_idx]).masked_fill(~ok[pair_idx], float("-inf"))
+            def lse(idx: Any, ok: Any) -> Any:  # log-sum-exp of the logits of each row's tokens
+                x = _logits_at(head, h, idx[pair_idx]).masked_fill(~ok[pair_idx], float("-inf"))
                 return torch.logsumexp(x, -1)
 
-            return lse(s_idx, s_ok) - lse(c_idx, c_ok)
+            return lse(s_idx, s_ok) - lse(c_idx, c_ok)  # log P differences need no softmax normaliser
         self._ids = ids
         return bound
 
     def key(self) -> str:
         return "logit:" + hashlib.blake2b(repr(self.sense_words).encode(), digest_size=8).hexdigest()
+
+
+def _logits_at(head: Any, h: Any, idx: Any) -> Any:
+    """The logits of tokens ``idx`` (n, k) for vectors ``h`` (n, d), as the model's readout ``head`` gives them.
+
+    Only those rows of the unembedding are multiplied (the soft-capping and scaling after it act
+    element by element); a head of another shape is run whole and gathered.
+    """
+    import torch
+
+    lin = getattr(head, "head", None)
+    if not isinstance(lin, torch.nn.Linear) or not hasattr(head, "norm"):
+        return head(h).gather(1, idx)
+    x = h.to(head.device, head.dtype)
+    if head.norm is not None:
+        x = head.norm(x)
+    w = lin.weight[idx]  # (n, k, d)
+    logits = torch.einsum("nd,nkd->nk", x, w)
+    if lin.bias is not None:
+        logits = logits + lin.bias[idx]
+    if head.scale is not None:
+        logits = logits * head.scale
+    if head.divide is not None:
+        logits = logits / head.divide
+    if head.softcap is not None:
+        logits = torch.tanh(logits / head.softcap) * head.softcap
+    return logits.float()
 
 
 def as_readout(readout: Any) -> Readout:

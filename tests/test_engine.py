@@ -208,6 +208,25 @@ def test_starting_after_a_block_from_its_residual_equals_the_full_pass(lm, engin
         torch.testing.assert_close(run[final], full[final], rtol=1e-5, atol=1e-5)
 
 
+def test_the_pass_stops_after_the_last_block_needed(lm, engine):
+    ran = []  # the blocks whose forward completed
+    handles = [b.register_forward_hook(lambda m, a, o, l=l: ran.append(l)) for l, b in enumerate(lm.adapter.blocks, 1)]
+    batch = engine.batch([lm.tokenizer(_TEXTS[0])["input_ids"][:6]])
+    try:
+        for sites, expect in (([Site.resid(0)], []), ([Site.block_input(1)], []), ([Site.resid(1)], [1]),
+                              ([Site.attn(2), Site.resid(0)], [1, 2]), ([Site.block_input(3)], [1, 2])):
+            ran.clear()
+            run = engine.run(batch, read=sites)
+            assert ran == expect, sites
+            assert set(run.reads) == set(sites)
+    finally:
+        for h in handles:
+            h.remove()
+    # reading the embedding alone calls no block, and equals the embedding module's output
+    torch.testing.assert_close(engine.run(batch, read=[Site.resid(0)])[Site.resid(0)],
+                               lm.adapter.embed(batch.input_ids))
+
+
 def test_start_after_refuses_sites_in_skipped_blocks(lm, engine):
     batch = engine.batch([lm.tokenizer(_TEXTS[0])["input_ids"][:6]])
     h = torch.zeros(1, 6, lm.d_model)

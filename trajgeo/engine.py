@@ -467,9 +467,12 @@ class Engine:
         import torch
 
         read, edits = list(read), list(edits)
-        for s in read + [e.site for e in edits]:
+        sites = read + [e.site for e in edits]
+        for s in sites:
             self.check_site(s)
-        need = max([s.block for s in read + [e.site for e in edits]] + [0])
+        need = max([s.block for s in sites] + [0])
+        # the deepest site is a block's input: stop as that block starts
+        need_inside = max([s.block for s in sites if s.kind != "block_input"] + [0])
         if start_after is not None:
             start, hidden = int(start_after[0]), start_after[1]
             if not 0 <= start <= self.n_layers:
@@ -480,10 +483,12 @@ class Engine:
             if early:
                 raise ValueError(f"start_after={start} skips blocks 1..{start}; these sites lie there: {early}")
             need = max(need, start)
+            need_inside = max(need_inside, start)
         stop = need if stop_after is None else int(stop_after)
         if not need <= stop <= self.n_layers:
             raise ValueError(f"stop_after must be in {need}..{self.n_layers} (the sites need block {need}), got {stop}")
-        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad)
+        stop_at_input = stop_after is None and need > need_inside
+        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad, stop_at_input)
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx, hooks:
             if stop == 0:  # only the embedding: no block runs
@@ -503,9 +508,10 @@ class _Hooks:
     """The hooks of one run: installed on entry, removed (and skipped blocks restored) on exit."""
 
     def __init__(self, engine: Engine, batch: Batch, read: list[Site], pool: Pool | None, edits: list[Edit],
-                 start_after: tuple[int, Any] | None, stop: int, grad: bool) -> None:
+                 start_after: tuple[int, Any] | None, stop: int, grad: bool, stop_at_input: bool = False) -> None:
         self.e, self.a = engine, engine.adapter
         self.batch, self.pool, self.stop, self.grad = batch, pool, stop, grad
+        self.stop_at_input = stop_at_input  # stop as block `stop` starts (its input was the last site)
         self.read = read
         self.edits: dict[Site, list[Edit]] = {}
         for ed in edits:
@@ -638,6 +644,8 @@ class _Hooks:
             h = _edited(h, self.edits.get(site, []))
             if reads:
                 self._keep(site, h)
+            if self.stop_at_input and l == self.stop:
+                raise _StopForward
             if args:
                 return (h,) + tuple(args[1:]), kwargs
             return args, {**kwargs, "hidden_states": h}
@@ -651,7 +659,7 @@ class _Hooks:
             h = output[0] if is_tuple else output
             h2 = _edited(h, self.edits.get(site, []))
             self._read_resid(l, h2)
-            if l == self.stop:
+            if l == self.stop:  # (never reached when stopping at this block's input)
                 raise _StopForward
             if h2 is h:
                 return None

@@ -79,7 +79,7 @@ class _Plan:
                 raise ValueError(f"{site!r} sites are indexed by layers= (1..{L}), not points=")
             ls = tuple(range(1, L + 1)) if layers is None else tuple(sorted({int(l) for l in layers}))
             for l in ls:
-                engine.check_site(Site(site if site != "head" else "head", l))
+                engine.check_site(Site(site, l))
             if site == "head":
                 hs = tuple(range(engine.adapter.n_heads)) if heads is None else tuple(sorted({int(h) for h in heads}))
                 for h in hs:

@@ -304,3 +304,26 @@ def test_hooks_and_skipped_blocks_are_restored_after_an_exception(lm, engine):
 def test_a_batch_refuses_empty_rows():
     with pytest.raises(ValueError, match="row 1"):
         Batch.from_ids([[1, 2], []], pad_id=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2", "minilm"])
+def test_reads_equal_extract_on_the_shipped_models(name, request):
+    lm = request.getfixturevalue(name)
+    engine = Engine(lm)
+    df = tg.datasets.builtin("bank").groupby("sense").head(3).reset_index(drop=True)
+    traj = tg.extract(lm, df, components=True, progress=False)
+    ids, cols = _engine_inputs(lm, traj.meta)
+    L = lm.n_layers
+    sites = [Site.resid(p) for p in range(L + 1)] + [Site.attn(l) for l in range(1, L + 1)] \
+        + [Site.mlp(l) for l in range(1, L + 1)]
+    run = engine.run(engine.batch(ids), read=sites, pool=Pool.mean(cols))
+    got = torch.stack([run[Site.resid(p)] for p in range(L + 1)], 1).numpy()
+    # relative to each point's scale: SmolLM2's residual norms reach ~10^3
+    scale = np.abs(traj.states).max(axis=(0, 2), keepdims=True)
+    np.testing.assert_allclose(got / scale, traj.states / scale, rtol=0, atol=1e-5)
+    for kind in ("attn", "mlp"):
+        got = torch.stack([run[Site(kind, l)] for l in range(1, L + 1)], 1).numpy()
+        ref = traj.components[kind]
+        s = np.abs(ref).max(axis=(0, 2), keepdims=True)
+        np.testing.assert_allclose(got / s, ref / s, rtol=0, atol=1e-5)

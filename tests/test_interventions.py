@@ -204,7 +204,7 @@ def test_patch_agrees_with_the_same_patch_written_by_hand(lm, linear, family, pa
             return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
 
         handles = [a.blocks[L - 1].register_forward_hook(grab_final),
-                   module.register_forward_pre_hook(at_site) if site == "head" else module.register_forward_hook(at_site)]
+                   (module.register_forward_pre_hook if site == "head" else module.register_forward_hook)(at_site)]
         try:
             with torch.no_grad():
                 a.base(input_ids=torch.as_tensor([ids]))
@@ -334,7 +334,7 @@ def test_attribution_at_the_embedding_equals_a_plain_autograd_computation(lm, li
         for direction, base, source in (("denoise", "corrupt", "clean"), ("noise", "clean", "corrupt")):
             emb = a.embed(ids[base]).detach().requires_grad_(True)
             seen = {}  # the raw residual after the last block (the base model's output may be final-normed)
-            handle = a.blocks[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("h", o))
+            handle = a.blocks[-1].register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("h", o))
             try:
                 a.base(inputs_embeds=emb)
             finally:

@@ -474,12 +474,11 @@ class Engine:
         # the deepest site is a block's input: stop as that block starts
         need_inside = max([s.block for s in sites if s.kind != "block_input"] + [0])
         if start_after is not None:
-            start, hidden = int(start_after[0]), start_after[1]
+            start = int(start_after[0])
             if not 0 <= start <= self.n_layers:
                 raise ValueError(f"start_after must be in 0..{self.n_layers}, got {start}")
             # sites computed in a skipped block, or (start 0) the embedding the given input replaces
-            early = [s for s in read + [e.site for e in edits]
-                     if s.block < start or (s.block == start and (s.kind != "resid" or start == 0))]
+            early = [s for s in sites if s.block < start or (s.block == start and (s.kind != "resid" or start == 0))]
             if early:
                 raise ValueError(f"start_after={start} skips blocks 1..{start}; these sites lie there: {early}")
             need = max(need, start)
@@ -745,6 +744,7 @@ class _Hooks:
                 # pool z first (linear): the writes of the pooled rows only
                 zp = z if self.pool is None else self.pool.gather(z)
                 w_all = writes(zp)
+                store = self.run._grad_store
                 for site in reads:
                     value = w_all if site.head is None else w_all[..., site.head, :]
                     # a head's write enters the residual through the projection's output: its gradient
@@ -752,7 +752,6 @@ class _Hooks:
                     if self.grad:
                         self.run._grad_shapes[site] = tuple(z.shape[:-1]) + ((H,) if site.head is None else ()) \
                             + (output.shape[-1],)
-                        store = self.run._grad_store
 
                         def catch(g: Any, _site: Site = site) -> None:
                             store[_site] = g.unsqueeze(-2).expand(g.shape[:-1] + (H, g.shape[-1])) \

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,8 @@ def kind_contrast(
     if groups is not None:
         per_pair = frame.groupby("pair", sort=True)[groups].nunique()
         if (per_pair > 1).any():
-            raise ValueError(f"groups column {groups!r} is not constant within pairs {per_pair[per_pair > 1].index[:5].tolist()}")
+            bad = per_pair[per_pair > 1].index[:5].tolist()
+            raise ValueError(f"groups column {groups!r} is not constant within pairs {bad}")
         g = frame.groupby("pair", sort=True)[groups].first().reindex(kinds.index).to_numpy()
     perms = group_permutations(labels, groups=g, n_permutations=n_permutations, random_state=random_state)
     flips = (labels == "flip").astype(np.float64)

@@ -179,8 +179,9 @@ class SenseReadout(Readout, BaseEstimator):
             raise ValueError(f"SenseReadout was fitted on d_model={self.d_model_}, {lm.name!r} has {lm.d_model}")
         fp = self.model_info_.get("weights_fingerprint")
         if fp and fp != lm.fingerprint():
-            raise ValueError(f"SenseReadout was fitted on trajectories of another model ({self.model_info_.get('name')!r}, "
-                             f"weights {fp}) than {lm.name!r} ({lm.fingerprint()})")
+            name = self.model_info_.get("name")
+            raise ValueError(f"SenseReadout was fitted on trajectories of another model ({name!r}, weights {fp}) "
+                             f"than {lm.name!r} ({lm.fingerprint()})")
 
     def coefficients(self, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Per pair, the raw-space readout ``h @ weight[i] + bias[i]``: weight (n_pairs, d), bias (n_pairs,)."""

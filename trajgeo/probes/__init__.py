@@ -59,7 +59,11 @@ from trajgeo.probes.estimators import (
 from trajgeo.probes.codelength import VOITA_TITOV_BLOCKS, mdl
 from trajgeo.probes.presets import LOUREIRO_BERT_BASE, loureiro_1nn
 from trajgeo.probes.splits import control_labels, make_splits
-from trajgeo.probes.sweep import METRICS, ProbeSweep, expected_layer, layerwise, resolution_point, transfer
+from trajgeo.probes.surface import context_texts, surface_baseline
+from trajgeo.probes.ridge import RIDGE_ALPHAS, RidgeProbe
+from trajgeo.probes.sweep import (
+    METRICS, NULL_METRICS, ProbeSweep, expected_layer, layerwise, resolution_point, transfer, word_significance,
+)
 
 __all__ = [
     "layerwise",
@@ -67,6 +71,9 @@ __all__ = [
     "mdl",
     "expected_layer",
     "resolution_point",
+    "word_significance",
+    "surface_baseline",
+    "context_texts",
     "loureiro_1nn",
     "make_probe",
     "control_labels",
@@ -74,8 +81,11 @@ __all__ = [
     "ProbeSweep",
     "TunedLogisticRegression",
     "CosinePrototypeClassifier",
+    "RidgeProbe",
     "PROBES",
     "METRICS",
+    "NULL_METRICS",
+    "RIDGE_ALPHAS",
     "VOITA_TITOV_BLOCKS",
     "LOUREIRO_BERT_BASE",
     "DEFAULT_CS",

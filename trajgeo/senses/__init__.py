@@ -42,6 +42,7 @@ from trajgeo.senses._common import DIRECTIONS
 from trajgeo.senses.convergence import commitment, curves, superposition
 from trajgeo.senses.directional import attribution, reinforcement
 from trajgeo.senses.estimator import SensePrototypes, nearest_centroid_accuracy, prototypes
+from trajgeo.senses.separability import separability
 
 __all__ = [
     "DIRECTIONS",
@@ -53,4 +54,5 @@ __all__ = [
     "superposition",
     "reinforcement",
     "attribution",
+    "separability",
 ]

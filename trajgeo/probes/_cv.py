@@ -29,6 +29,19 @@ from trajgeo.trajectories import Trajectories
 
 __all__: list[str] = []
 
+_CONTROLLER: Any = None
+
+
+def _one_blas_thread() -> Any:
+    """A context holding BLAS to one thread (the controller, slow to make, is made once per process)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1)
+
+
 # PointNormalizer's default floor on standard deviations (constant dimensions do not explode)
 _SCALE_EPS = PointNormalizer().eps
 
@@ -125,9 +138,7 @@ def _fold_job(
     control predictions; with ``opts.transfer_all`` the accuracy matrix (P_train, P_test) instead.
     ``tick(1)`` is called after each point (in-process runs only: it moves the progress bar).
     """
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1), warnings.catch_warnings():
+    with _one_blas_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         xn = _fold_features(x, train, opts)
         P = xn.shape[1]
@@ -187,13 +198,11 @@ def _ridge_point_job(
     :class:`~trajgeo.normalization.PointNormalizer` would fit on the fold, in float64) come from
     the same sums. Otherwise each fold is normalised by a ``PointNormalizer`` fitted on its rows.
     """
-    from threadpoolctl import threadpool_limits
-
     n, d = xp.shape
     n_perm = codes.shape[1] - n_first
     out = {"pred": np.zeros((n, n_first), dtype=np.int64),
            "null_conf": np.zeros((len(splits), n_perm, n_classes, n_classes), dtype=np.int64)}
-    with threadpool_limits(limits=1):
+    with _one_blas_thread():
         shared = (normalize in (None, "center", "standardize") and min(len(tr) for tr, _ in splits) > d
                   and _partitions(splits, n))
         if shared:

@@ -111,33 +111,33 @@ def _sweeps(
 
 
 def _frame(res: _OutOfFold, units: np.ndarray, n_boot: int, ci: float, random_state: int | None) -> pd.DataFrame:
-    """The layerwise rows of one word: per fold, and the mean over folds with a bootstrap interval."""
-    P = res.pred.shape[1]
+    """The layerwise rows of one word: per fold, and the mean over folds with a bootstrap interval
+    (and the null's columns on the summary rows when the sweep has a null)."""
+    P, F = res.pred.shape[1], res.n_folds
     per_fold = _metric_arrays(res, _fold_weights(res))  # (n_folds, P)
     boot = _metric_arrays(res, bootstrap_weights(units, n_boot, random_state)) if n_boot else None
-    rows = []
+    # the statistic under each permutation, computed as the value is: per fold, then the mean over folds
+    null = None if res.null_conf is None else {m: v.mean(0) for m, v in _confusion_scores(res.null_conf).items()}
+    point = np.tile(np.r_[np.tile(res.points, F), res.points], len(METRICS))
+    fold = np.tile(np.r_[np.repeat(np.arange(F), P), np.full(P, -1)], len(METRICS))
+    cols: dict[str, list[np.ndarray]] = {"value": [], "ci_low": [], "ci_high": []}
+    if null is not None:
+        cols.update({c: [] for c in NULL_COLUMNS})
+    blank = np.full(F * P, np.nan)
     for m in METRICS:
         v = per_fold[m]
-        rows.append(pd.DataFrame({
-            "point": np.tile(res.points, res.n_folds), "fold": np.repeat(np.arange(res.n_folds), P),
-            "metric": m, "value": v.reshape(-1), "ci_low": np.nan, "ci_high": np.nan,
-        }))
         # all-NaN columns (no log-loss) stay NaN; n_boot=0: no interval
-        lo, hi = percentile_interval(boot[m], ci) if boot is not None else (np.nan, np.nan)
-        summary = pd.DataFrame({
-            "point": res.points, "fold": -1, "metric": m, "value": v.mean(0), "ci_low": lo, "ci_high": hi,
-        })
-        if res.null_conf is not None:
+        lo, hi = percentile_interval(boot[m], ci) if boot is not None else (np.full(P, np.nan),) * 2
+        cols["value"] += [v.reshape(-1), v.mean(0)]
+        cols["ci_low"] += [blank, lo]
+        cols["ci_high"] += [blank, hi]
+        if null is not None:
+            table = null_table(v.mean(0), null[m], points=res.points) if m in NULL_METRICS else None
             for c in NULL_COLUMNS:
-                summary[c] = np.nan
-            if m in NULL_METRICS:
-                # the statistic under each permutation, computed as the value is: per fold, then the mean
-                null = _confusion_scores(res.null_conf)[m].mean(0)
-                table = null_table(summary["value"].to_numpy(), null, points=res.points)
-                summary[list(NULL_COLUMNS)] = table[list(NULL_COLUMNS)].to_numpy()
-        rows.append(summary)
-    df = pd.concat(rows, ignore_index=True)
-    df["fold"] = df["fold"].astype(int)
+                cols[c] += [blank, table[c].to_numpy() if table is not None else np.full(P, np.nan)]
+    df = pd.DataFrame({"point": point, "fold": fold, "metric": np.repeat(METRICS, (F + 1) * P)})
+    for c, parts in cols.items():
+        df[c] = np.concatenate(parts)
     return df
 
 
@@ -407,7 +407,7 @@ def resolution_point(
         ``"cohen_kappa"`` (accuracy is near its peak wherever the majority sense is predicted).
     n_boot, ci : int, float
         The interval resamples groups (or examples) of the out-of-fold predictions and finds the
-        resolution point of every replicate's curve.
+        resolution point of every replicate's curve (``n_boot=0``: no interval, NaN).
     random_state : int, optional
         Seeds the bootstrap (and the sweep, when one is run).
 
@@ -453,7 +453,8 @@ def _resolution(sweep: ProbeSweep, word: Any, fraction: float, metric: str, n_bo
     """The resolution-point row of one word (``word`` None: all rows of the sweep)."""
     rows = np.arange(len(sweep.units)) if word is None else np.flatnonzero(sweep.word == word)
     points = np.asarray(sweep.points)
-    boot = bootstrap_weights(sweep.units[rows], n_boot, random_state)
+    # n_boot=0: no interval (a zero-row weighting gives no replicate)
+    boot = bootstrap_weights(sweep.units[rows], n_boot, random_state) if n_boot else np.zeros((0, len(rows)))
     if metric == "accuracy":
         correct = np.asarray(sweep.correct[rows], dtype=np.float64)
         curve = correct.mean(0)
@@ -476,7 +477,7 @@ def _resolution(sweep: ProbeSweep, word: Any, fraction: float, metric: str, n_bo
         out[~reached.any(axis=-1)] = np.nan
         return out
 
-    lo, hi = percentile_interval(first(curves)[:, None], ci)
+    lo, hi = percentile_interval(first(curves)[:, None], ci) if n_boot else ([np.nan], [np.nan])
     point = first(curve)[0]
     row = {"metric": [metric], "fraction": [fraction], "max_value": [curve.max()],
            "threshold": [fraction * curve.max()],

@@ -793,3 +793,68 @@ def test_no_signal_words_are_resolved_at_most_at_the_family_wise_rate():
     # probe their shared sense and the same sets look resolved (measured: 17 of 30)
     leaky = sum(_resolved(_no_signal(seed), groups=None) for seed in range(20))
     assert leaky >= 6, leaky
+
+
+# ---------------------------------------------------------------- the surface-cue baseline
+def cue_texts(n: int = 200, where: str = "before", shuffle: bool = False, seed: int = 0,
+              causal: bool | None = True) -> tg.Trajectories:
+    """Sentences about "bank" whose sense is given away by one cue word (river / money) placed
+    before or after the target, in sentences of two examples; states carry nothing."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(rng.integers(0, 2, n // 2), 2)
+    fill = np.array(["the", "a", "old", "new", "big", "small", "red", "blue", "my", "his", "that"])
+    cue = np.where(y == 1, "river", "money")
+    texts = []
+    for c in cue:
+        a, b = " ".join(rng.choice(fill, 3)), " ".join(rng.choice(fill, 3))
+        texts.append(f"{a} {c} {b} bank was there" if where == "before" else f"{a} {b} bank was there {c}")
+    texts = np.array(texts, dtype=object)
+    if shuffle:
+        texts = rng.permutation(texts)
+    start = np.array([t.index("bank") for t in texts])
+    meta = pd.DataFrame({"text": texts, "char_start": start, "char_end": start + 4, "word": "bank",
+                         "sense": np.where(y == 1, "river", "finance"), "group": np.arange(n) // 2})
+    info = {} if causal is None else {"causal": causal}
+    return tg.Trajectories(np.zeros((n, 2, 3), dtype=np.float32), meta, model_info=info)
+
+
+def _baseline(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.Series:
+    return df[(df.fold == -1) & (df.metric == metric)].iloc[0]
+
+
+def test_surface_baseline_finds_a_planted_cue_word_and_is_at_chance_without_one():
+    kw = dict(n_permutations=200, n_boot=200, progress=False)
+    cue = probes.surface_baseline(cue_texts(), **kw)
+    assert list(cue.columns) == ["word", "fold", "metric", "value", "ci_low", "ci_high", *tg.stats.NULL_COLUMNS]
+    assert list(pd.unique(cue.metric)) == [*probes.NULL_METRICS, "majority_baseline"]
+    row = _baseline(cue)
+    assert row["value"] > 0.9 and row["value"] > row["null_fwer"] and row["p_value"] < 0.01
+    # texts shuffled against the senses: the words give nothing away
+    row = _baseline(probes.surface_baseline(cue_texts(shuffle=True), **kw))
+    assert abs(row["value"] - 0.5) < 0.1 and row["value"] <= row["null_fwer"]
+    # a cue after the target: a causal model cannot see it, an encoder can (the text without the target)
+    after = _baseline(probes.surface_baseline(cue_texts(where="after"), **kw))
+    assert after["value"] <= after["null_fwer"]
+    enc = _baseline(probes.surface_baseline(cue_texts(where="after", causal=False), **kw))
+    assert enc["value"] > 0.9
+    forced = _baseline(probes.surface_baseline(cue_texts(where="after"), context="around", **kw))
+    assert forced["value"] == enc["value"]
+
+
+def test_surface_baseline_uses_the_folds_of_the_probe_sweep_and_reads_the_visible_context():
+    traj = cue_texts(n=60)
+    base = probes.surface_baseline(traj, cv=3, n_boot=5, progress=False)
+    sweep = probes.layerwise(traj, cv=3, probe="prototype", n_boot=5, progress=False)
+    want = sweep[(sweep.metric == "majority_baseline") & (sweep.point == 0)].drop(columns="point")
+    got = base[base.metric == "majority_baseline"]
+    np.testing.assert_array_equal(got[["fold", "value"]].to_numpy(), want[["fold", "value"]].to_numpy())
+    t = traj.meta.text[0]
+    assert probes.context_texts(traj)[0] == t[: t.index("bank")]
+    assert probes.context_texts(traj, context="around")[0] == t[: t.index("bank")] + " " + t[t.index("bank") + 4:]
+    with pytest.raises(ValueError, match="lack; pass context='before'"):
+        probes.surface_baseline(cue_texts(causal=None), progress=False)
+    with pytest.raises(ValueError, match=r"missing \['char_end'\]"):
+        probes.surface_baseline(tg.Trajectories(traj.states, traj.meta.drop(columns="char_end"),
+                                                model_info={"causal": True}), progress=False)
+    with pytest.raises(ValueError, match="context must be one of"):
+        probes.context_texts(traj, context="left")

@@ -279,15 +279,19 @@ def test_svm_and_mlp_probes_run_and_have_no_log_loss_without_probabilities():
 
 def test_transfer_diagonal_equals_per_point_accuracy():
     traj, _ = planted(n=120, n_points=6)
-    tr = probes.transfer(traj, progress=False)
+    tr = probes.transfer(traj, probe="logistic", progress=False)
     assert list(tr.columns) == ["word", "train_point", "test_point", "accuracy"]
     assert len(tr) == 36
     diag = tr[tr.train_point == tr.test_point].sort_values("train_point")["accuracy"].to_numpy()
-    lw = probes.layerwise(traj, control=False, n_boot=5, progress=False)
+    lw = probes.layerwise(traj, probe="logistic", control=False, n_boot=5, progress=False)
     assert np.allclose(diag, summary(lw, "accuracy"))
     # a probe trained on one signal point works on the others, and not off them
     m = tr.pivot(index="train_point", columns="test_point", values="accuracy").to_numpy()
     assert m[3, 5] > 0.8 and m[3, 0] < 0.65
+    # the default (ridge) probe: its diagonal is the sweep's accuracy too
+    ridge = probes.transfer(traj, progress=False)
+    diag = ridge[ridge.train_point == ridge.test_point].sort_values("train_point")["accuracy"].to_numpy()
+    assert np.allclose(diag, summary(probes.layerwise(traj, n_boot=5, progress=False), "accuracy"))
 
 
 def test_control_labels_are_fixed_per_type_with_the_task_distribution():
@@ -610,7 +614,7 @@ def test_ridge_probe_gcv_penalty_matches_an_explicit_hat_matrix(n, d, n_classes)
     grid = probes.RIDGE_ALPHAS
     rng = np.random.default_rng(2)
     many = np.column_stack([codes] + [rng.permutation(codes) for _ in range(5)])
-    shared = shared_predictions(probes.RidgeProbe(prior="fitted"), X, Xt, many, n_classes)
+    shared = shared_predictions(probes.RidgeProbe(alpha=grid, prior="fitted"), X, Xt, many, n_classes)
     chosen = set()
     for j in range(many.shape[1]):
         Y = (2.0 * (many[:, j, None] == np.arange(n_classes)) - 1)[:, 1:] if n_classes == 2 else \
@@ -619,7 +623,7 @@ def test_ridge_probe_gcv_penalty_matches_an_explicit_hat_matrix(n, d, n_classes)
         chosen.add(a)
         np.testing.assert_array_equal(shared[:, j], RidgeClassifier(alpha=a).fit(X, many[:, j]).predict(Xt))
         if j == 0:
-            assert probes.RidgeProbe().fit(X, many[:, 0]).alpha_ == a
+            assert probes.RidgeProbe(alpha=grid).fit(X, many[:, 0]).alpha_ == a
     assert len(chosen) > 1
 
 
@@ -689,7 +693,8 @@ def test_shared_ridge_null_equals_sklearn_refitted_for_every_permutation():
         np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), atol=1e-10, err_msg=c)
 
 
-@pytest.mark.parametrize("probe", ["ridge", "prototype"])
+@pytest.mark.parametrize("probe", ["ridge", probes.RidgeProbe(alpha=probes.RIDGE_ALPHAS), "prototype"],
+                         ids=["ridge", "ridge_gcv", "prototype"])
 def test_null_of_every_metric_equals_the_sweep_rerun_on_each_permutation(probe):
     # three senses, sentences of two: the batched null (ridge: one solve; prototype: the slow path)
     # equals running the sweep once per permuted labelling with the same folds

@@ -60,7 +60,7 @@ from trajgeo.probes.codelength import VOITA_TITOV_BLOCKS, mdl
 from trajgeo.probes.presets import LOUREIRO_BERT_BASE, loureiro_1nn
 from trajgeo.probes.splits import control_labels, make_splits
 from trajgeo.probes.surface import context_texts, surface_baseline
-from trajgeo.probes.ridge import RIDGE_ALPHAS, RidgeProbe
+from trajgeo.probes.ridge import RIDGE_ALPHA, RIDGE_ALPHAS, RidgeProbe
 from trajgeo.probes.sweep import (
     METRICS, NULL_METRICS, ProbeSweep, expected_layer, layerwise, resolution_point, transfer, word_significance,
 )
@@ -85,6 +85,7 @@ __all__ = [
     "PROBES",
     "METRICS",
     "NULL_METRICS",
+    "RIDGE_ALPHA",
     "RIDGE_ALPHAS",
     "VOITA_TITOV_BLOCKS",
     "LOUREIRO_BERT_BASE",

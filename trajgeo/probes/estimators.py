@@ -185,8 +185,8 @@ def make_probe(probe: str | BaseEstimator = "logistic", random_state: int | None
     ----------
     probe : {"logistic", "ridge", "svm", "mlp", "prototype", "1nn"} or scikit-learn classifier
         ``"logistic"``: :class:`TunedLogisticRegression` (C by grouped inner CV);
-        ``"ridge"``: :class:`~trajgeo.probes.ridge.RidgeProbe` (closed form, penalty chosen by
-        generalised cross-validation, equal-prior decision; one solve serves every labelling);
+        ``"ridge"``: :class:`~trajgeo.probes.ridge.RidgeProbe` (closed form, a fixed penalty for
+        standardised features, equal-prior decision; one solve serves every labelling);
         ``"svm"``: :class:`~sklearn.svm.LinearSVC` (C=1, no probabilities, so no log-loss);
         ``"mlp"``: one hidden layer of 256 ReLU units with early stopping;
         ``"prototype"``: :class:`CosinePrototypeClassifier`;

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.normalization import DEFAULT_NORMALIZE
-from trajgeo.probes.ridge import RidgeProbe
 from trajgeo.probes.sweep import layerwise
 from trajgeo.stats import NULL_COLUMNS
 from trajgeo.trajectories import Trajectories
@@ -39,8 +38,8 @@ def separability(
 ) -> pd.DataFrame:
     """Cross-fitted separability of the senses at every point, with no reference point.
 
-    At each point, the closed-form ridge probe (:class:`~trajgeo.probes.RidgeProbe`: penalty by
-    generalised cross-validation, equal-prior decision) is fitted on the training folds' vectors
+    At each point, the closed-form ridge probe (:class:`~trajgeo.probes.RidgeProbe`: a fixed
+    penalty for standardised features, equal-prior decision) is fitted on the training folds' vectors
     of that point, normalised with the training folds' statistics, and scored on the held-out
     groups; the value is its balanced accuracy (the mean recall over senses: chance is 1/K
     however unbalanced the senses), averaged over folds. The same sweep as
@@ -84,7 +83,7 @@ def separability(
         When a sense has fewer examples or groups than folds (naming the sense and the word).
     """
     scores = layerwise(traj, labels=labels, word=word, groups=groups, normalize=normalize,
-                       random_state=random_state, probe=RidgeProbe(), cv=cv, n_boot=0,
+                       random_state=random_state, probe="ridge", cv=cv, n_boot=0,
                        n_permutations=n_permutations, progress=progress)
     rows = scores[(scores["fold"] == -1) & (scores["metric"] == "balanced_accuracy")]
     keep = [c for c in ("word", "point", "metric", "value") if c in rows.columns]

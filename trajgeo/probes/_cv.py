@@ -214,12 +214,15 @@ def _ridge_point_job(
             if shared:
                 m = len(tr)
                 mean = (total[1] - blocks[f][1]) / m
-                gram = total[0] - blocks[f][0] - m * np.outer(mean, mean)  # the training rows' centred scatter
+                gram = total[0] - blocks[f][0]
+                root = np.sqrt(m) * mean
+                gram -= np.outer(root, root)  # the training rows' centred scatter
                 scale: np.ndarray | float = 1.0
                 if normalize == "standardize":
                     scale = np.maximum(np.sqrt(np.maximum(np.diag(gram) / m, 0.0)), _SCALE_EPS)
-                    gram /= scale[:, None]
-                    gram /= scale[None, :]
+                    inv = 1.0 / scale
+                    gram *= inv[:, None]
+                    gram *= inv[None, :]
                 solver = _RidgeSolver.from_scatter(gram, z, tr, mean, scale, alphas, probe.criterion)
                 pred = shared_predictions(probe, solver, (z[te] - mean) / scale, codes[tr], n_classes)
             else:

@@ -90,7 +90,8 @@ class _RidgeSolver:
                      scale: np.ndarray | float, alphas: np.ndarray, criterion: str = "gcv") -> "_RidgeSolver":
         """The solver of the training rows ``(rows[train] - shift) / scale`` given their centred scatter.
 
-        gram : (d, d), the scatter of those rows about their mean (more rows than features);
+        gram : (d, d), the scatter of those rows about their mean (more rows than features;
+        the solver takes it over and may overwrite it);
         rows : (N, d) float64, all examples (training and test); ``shift`` is the training rows'
         mean, so the normalised training rows are centred.
         """
@@ -108,7 +109,8 @@ class _RidgeSolver:
     def _factor(self, gram: np.ndarray, alphas: np.ndarray, criterion: str) -> None:
         self.alphas, self.criterion = alphas, criterion
         if len(alphas) == 1:
-            self.chol = linalg.cho_factor(gram + alphas[0] * np.eye(len(gram)), lower=True, check_finite=False)
+            gram.flat[:: len(gram) + 1] += alphas[0]  # the solver owns its Gram matrix: no copy
+            self.chol = linalg.cho_factor(gram, lower=True, overwrite_a=True, check_finite=False)
             return
         s, vecs = linalg.eigh(gram, check_finite=False, driver="evd")
         keep = s > max(s.max(), 0.0) * max(self.n, self.d) * np.finfo(np.float64).eps
@@ -160,9 +162,11 @@ class _RidgeSolver:
         nt, m = len(F), L * c
         # with many labellings, make the map from training targets to test decisions once,
         # (n_test, n_train): each labelling then costs one product with it; with few, solve for each
-        per_column = n * self.d + self.d**2 + nt * self.d
-        mapped = len(self.alphas) == 1 and (
-            self.dual or nt * self.d * (self.d + n) + m * nt * n < m * per_column)
+        if self.dual:  # the map costs one solve per test row; directly, one solve per column
+            mapped = len(self.alphas) == 1 and m > nt
+        else:
+            per_column = n * self.d + self.d**2 + nt * self.d
+            mapped = len(self.alphas) == 1 and nt * self.d * (self.d + n) + m * nt * n < m * per_column
         if mapped:
             M = linalg.cho_solve(self.chol, F.T, check_finite=False).T
             if not self.dual:
@@ -179,7 +183,7 @@ class _RidgeSolver:
                 out[:, block] = (M @ Yc).reshape(nt, -1, c) + ybar
                 continue
             if len(self.alphas) == 1:
-                W = linalg.cho_solve(self.chol, self._xty(Yc), check_finite=False)
+                W = linalg.cho_solve(self.chol, Yc if self.dual else self._xty(Yc), check_finite=False)
                 out[:, block] = (F @ W).reshape(nt, -1, c) + ybar
                 continue
             # Z: the targets in the fitted-value basis U (r x m); Zp: what the test projection multiplies

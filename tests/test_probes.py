@@ -868,3 +868,17 @@ def test_surface_baseline_uses_the_folds_of_the_probe_sweep_and_reads_the_visibl
                                                 model_info={"causal": True}), progress=False)
     with pytest.raises(ValueError, match="context must be one of"):
         probes.context_texts(traj, context="left")
+
+
+@pytest.mark.parametrize("normalize", [None, "center", "standardize", "whiten"])
+@pytest.mark.parametrize("d", [6, 200])
+def test_ridge_sweep_equals_the_probe_fitted_fold_by_fold(normalize, d):
+    # the point-major ridge sweep (scatter blocks shared across folds when n_train > d, each fold's
+    # standardisation from the same sums) predicts what the estimator fitted on each fold's
+    # normalised states predicts (a Pipeline is not a RidgeProbe: it takes the generic path)
+    traj, _ = planted(n=150, n_points=3, d=d, strength=0.8)
+    traj.states[:] += 50.0  # a large offset: the scatter must not cancel it away
+    kw = dict(normalize=normalize, n_boot=0, progress=False, return_result=True)
+    fast = probes.layerwise(traj, probe="ridge", **kw)
+    slow = probes.layerwise(traj, probe=make_pipeline(probes.RidgeProbe()), **kw)
+    np.testing.assert_array_equal(fast.pred, slow.pred)

@@ -1,6 +1,8 @@
-"""Probes: planted signal, control task, MDL, leakage through duplicated sentences, split errors,
-determinism, brute-force references for 1-NN / prototype / metrics, transfer, one sweep per word,
-the ProbeSweep result, old call forms, and SmolLM2 on bank."""
+"""Probes: planted signal, the control task (pooled words only, refused elsewhere), MDL, leakage
+through duplicated sentences, split errors, determinism, brute-force references for 1-NN / prototype /
+metrics, transfer, one sweep per word, the ProbeSweep result, old call forms, SmolLM2 on bank; the
+ridge probe against scikit-learn; the permutation null against refitting per permutation, the
+family-wise resolution point, Holm across words and the no-signal rate; the surface-cue baseline."""
 
 from __future__ import annotations
 

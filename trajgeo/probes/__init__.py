@@ -79,11 +79,12 @@ point, warm-starting from the previous point.
 Measured with ``benchmarks/probes.py`` on the development machine (2 cores shared with other jobs,
 load 8-10, so seconds are noisy; ratios come from alternating runs, best of 3), 2,000 examples x
 31 points x 576 dims, 5 folds, ``n_jobs=1``: the plain loop ``cross_val_score(LogisticRegression())``
-per point at one BLAS thread 10.1 s; :func:`layerwise` with the ridge probe, grouped splits,
-standardisation and 1,000 bootstrap replicates 13.2 s (1.3x the loop; the grouped stratified
-splits alone take about 1 s); with the tuned logistic probe 81 s (8.1x). The null, 1,000
-permutations, costs (sweep with the null / sweep) 2.6x at 600 examples x 31 points, 8.9x at
-3,000 and 7.4x at 9,000 (on 3 points: both costs are linear in points): per point and fold each
+per point at one BLAS thread 10.1 s and 4.0 s in two runs; :func:`layerwise` with the ridge
+probe, grouped splits, standardisation and 1,000 bootstrap replicates 13.2 s and 6.0 s (1.3x and
+1.5x the loop; of that, the grouped stratified splits take 0.4 s and the bootstrap 0.2 s, which
+the loop does not do); with the tuned logistic probe 81 s (8.1x). The null, 1,000 permutations,
+costs (sweep with the null / sweep) 2.6x at 600 examples x 31 points (both runs), 8.9x and 9.8x
+at 3,000, 7.4x and 7.6x at 9,000 (on 3 points: both costs are linear in points): per point and fold each
 labelling costs a product with the n_test x n_train map, so the ratio grows with the word's size;
 for large words a few hundred permutations keep the null within a few sweeps. Any other probe
 runs one full sweep per permutation.

@@ -16,7 +16,7 @@ from sklearn.svm import LinearSVC
 
 __all__ = ["CosinePrototypeClassifier", "TunedLogisticRegression", "make_probe", "PROBES", "DEFAULT_CS"]
 
-PROBES = ("logistic", "svm", "mlp", "prototype", "1nn")
+PROBES = ("logistic", "ridge", "svm", "mlp", "prototype", "1nn")
 #: The C grid of :class:`TunedLogisticRegression` (features are standardised first).
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 # Probabilities are floored before the log so that a confident error costs a finite amount.
@@ -183,8 +183,10 @@ def make_probe(probe: str | BaseEstimator = "logistic", random_state: int | None
 
     Parameters
     ----------
-    probe : {"logistic", "svm", "mlp", "prototype", "1nn"} or scikit-learn classifier
+    probe : {"logistic", "ridge", "svm", "mlp", "prototype", "1nn"} or scikit-learn classifier
         ``"logistic"``: :class:`TunedLogisticRegression` (C by grouped inner CV);
+        ``"ridge"``: :class:`~trajgeo.probes.ridge.RidgeProbe` (closed form, a fixed penalty for
+        standardised features, equal-prior decision; one solve serves every labelling);
         ``"svm"``: :class:`~sklearn.svm.LinearSVC` (C=1, no probabilities, so no log-loss);
         ``"mlp"``: one hidden layer of 256 ReLU units with early stopping;
         ``"prototype"``: :class:`CosinePrototypeClassifier`;
@@ -196,6 +198,10 @@ def make_probe(probe: str | BaseEstimator = "logistic", random_state: int | None
     if isinstance(probe, str):
         if probe == "logistic":
             return TunedLogisticRegression(random_state=random_state)
+        if probe == "ridge":
+            from trajgeo.probes.ridge import RidgeProbe  # ridge imports nothing from here
+
+            return RidgeProbe()
         if probe == "svm":
             return LinearSVC(C=1.0, max_iter=5000, random_state=random_state)
         if probe == "mlp":

@@ -89,13 +89,13 @@ def control_labels(
         The task labels whose label set and distribution the control task copies.
     control_by : "auto", meta column name, or array of shape (n_examples,)
         What a "type" is. Hewitt and Liang give each *word type* its own control label, so a
-        probe can only solve the control task by memorising word identities. With one target
-        word per data set (the usual case here) every example would share one type and one
-        label, so ``"auto"`` uses the type (target word, the word just before it), both
-        lower-cased and read from ``text``/``char_start``: a surface property that recurs across
-        sentences, is visible in the target's residual stream, and has to be memorised to be
-        predicted. Without text in ``meta``, ``"auto"`` falls back to ``word`` when the data hold
-        several words, else to one type per example (the control is then random labels).
+        probe can only solve the control task by memorising word identities. ``"auto"`` uses
+        the word (``target`` or ``word`` column, lower-cased) when the data hold several words:
+        Hewitt and Liang's type, and the only case :func:`layerwise` accepts. With one word,
+        ``"auto"`` falls back to (target word, the word just before it) read from
+        ``text``/``char_start`` (a previous-word task: on CoarseWSD-20 and the built-in set one
+        rule, "the previous word is *the*", reproduces most of its labels), else to one type per
+        example (random labels).
     random_state : int, optional
 
     Returns
@@ -127,12 +127,12 @@ def _control_types(meta: pd.DataFrame, control_by: str | Sequence[Any] | np.ndar
     """The control task's type of every example, shape (n,); see :func:`control_labels`."""
     if isinstance(control_by, str) and control_by == "auto":
         word_col = next((c for c in ("target", "word") if c in meta.columns), None)
+        if word_col and meta[word_col].astype(str).str.lower().nunique() > 1:
+            return meta[word_col].astype(str).str.lower().to_numpy()  # Hewitt and Liang's word type
         if {"text", "char_start"} <= set(meta.columns):
             word = meta[word_col].astype(str).str.lower() if word_col else pd.Series([""] * len(meta))
             prev = [_previous_word(t, s) for t, s in zip(meta["text"], meta["char_start"])]
             return (word + "|" + pd.Series(prev, index=meta.index)).to_numpy()
-        if word_col and meta[word_col].nunique() > 1:
-            return meta[word_col].astype(str).str.lower().to_numpy()
         return np.arange(len(meta))
     if isinstance(control_by, str):
         if control_by not in meta.columns:
@@ -142,3 +142,38 @@ def _control_types(meta: pd.DataFrame, control_by: str | Sequence[Any] | np.ndar
     if len(types) != n:
         raise ValueError(f"got {len(types)} control types for {n} examples")
     return types
+
+
+_CONTROL_INSTEAD = ("read the probe against its permutation null instead (layerwise(..., n_permutations=1000): "
+                    "group-respecting label permutations with a family-wise threshold over points), and against "
+                    "the surface-cue baseline (tg.probes.surface_baseline: what the words around the target give away)")
+
+
+def _check_control(meta: pd.DataFrame, control_by: str | Sequence[Any] | np.ndarray, rows: np.ndarray,
+                   splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Refuse the Hewitt and Liang control task where it measures nothing.
+
+    It needs several words pooled in one sweep (``word=None``): with one word per sweep its types
+    are surface properties such as the previous word, and the "control" is a previous-word probe.
+    And each control type must recur in every fold: a type seen only in the test fold cannot be
+    memorised, so the control would be scored on labels no probe could learn.
+    ``rows`` are the examples the sweep uses (positions in ``meta``), ``splits`` its folds over them.
+    """
+    word_col = next((c for c in ("word", "target") if c in meta.columns), None)
+    n_words = meta[word_col].astype(str).str.lower().nunique() if word_col else 1
+    if n_words < 2:
+        raise ValueError(
+            "control=True: the control task of Hewitt and Liang (2019) gives each word type a random label; it "
+            "needs several words pooled in one sweep (word=None over data with a word column), and this sweep "
+            "holds one word, where its types would be surface cues such as the previous word (a previous-word "
+            f"probe, not a control); {_CONTROL_INSTEAD}")
+    types = pd.factorize(_control_types(meta, control_by, len(meta))[rows])[0]
+    missing = [t for t in range(types.max() + 1)
+               if any(not (types[te] == t).any() for _, te in splits)]
+    if missing:
+        names = pd.unique(np.asarray(_control_types(meta, control_by, len(meta))[rows]))
+        shown = [str(names[t]) for t in missing[:5]]
+        raise ValueError(
+            f"control=True: {len(missing)} of {types.max() + 1} control types do not recur in every fold "
+            f"(e.g. {shown}); a type missing from a training fold cannot be memorised, so its control labels "
+            f"measure nothing; pool words with examples in every fold, or {_CONTROL_INSTEAD}")

@@ -18,17 +18,23 @@ from sklearn.base import BaseEstimator
 from trajgeo._api import changed_signature
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.probes._common import _by_word, _labels, _naming_word, _with_word, _WordPart
-from trajgeo.probes._cv import _fold_weights, _metric_arrays, _Options, _OutOfFold, _run_cv
-from trajgeo.stats import bootstrap_weights, percentile_interval
+from trajgeo.probes._cv import (
+    _confusion_scores, _fold_weights, _metric_arrays, _Options, _OutOfFold, _run_cv, _weighted_scores,
+)
+from trajgeo.stats import NULL_COLUMNS, bootstrap_weights, holm, null_table, percentile_interval
 from trajgeo.trajectories import Trajectories, as_trajectories
 
-__all__ = ["ProbeSweep", "layerwise", "transfer", "expected_layer", "resolution_point", "METRICS"]
+__all__ = ["ProbeSweep", "layerwise", "transfer", "expected_layer", "resolution_point", "word_significance",
+           "METRICS", "NULL_METRICS"]
 
 #: Metric names of :func:`layerwise`, in the order they appear (macro F1 first: senses are unbalanced).
 METRICS = (
-    "macro_f1", "accuracy", "balanced_accuracy", "log_loss",
+    "macro_f1", "accuracy", "balanced_accuracy", "cohen_kappa", "log_loss",
     "control_accuracy", "selectivity", "majority_baseline",
 )
+#: The metrics that get a permutation null with ``n_permutations > 0`` (all four come from the same
+#: permuted predictions; balanced accuracy and kappa are the chance-corrected ones).
+NULL_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "cohen_kappa")
 
 _Labels = str | Sequence[Any] | np.ndarray
 
@@ -56,6 +62,12 @@ class ProbeSweep:
         Example ids of the rows.
     word : ndarray of shape (n_examples,) or None
         The word of each row; None when the sweep pooled all examples.
+    y, pred : ndarray of int, shapes (n_examples,) and (n_examples, n_points)
+        True and predicted (out-of-fold) class codes, numbered within each word.
+    null : dict or None
+        With ``n_permutations > 0``: per word (None when pooled) a dict from each of
+        :data:`NULL_METRICS` to the null of the *pooled* out-of-fold metric, shape
+        (n_permutations, n_points) (what :func:`resolution_point` reads its curve against).
     """
 
     scores: pd.DataFrame
@@ -64,6 +76,9 @@ class ProbeSweep:
     points: np.ndarray
     example: np.ndarray
     word: np.ndarray | None = None
+    y: np.ndarray | None = None
+    pred: np.ndarray | None = None
+    null: dict[Any, dict[str, np.ndarray]] | None = None
 
 
 def _sweeps(
@@ -96,23 +111,33 @@ def _sweeps(
 
 
 def _frame(res: _OutOfFold, units: np.ndarray, n_boot: int, ci: float, random_state: int | None) -> pd.DataFrame:
-    """The layerwise rows of one word: per fold, and the mean over folds with a bootstrap interval."""
-    P = res.pred.shape[1]
+    """The layerwise rows of one word: per fold, and the mean over folds with a bootstrap interval
+    (and the null's columns on the summary rows when the sweep has a null)."""
+    P, F = res.pred.shape[1], res.n_folds
     per_fold = _metric_arrays(res, _fold_weights(res))  # (n_folds, P)
-    boot = _metric_arrays(res, bootstrap_weights(units, n_boot, random_state))
-    rows = []
+    boot = _metric_arrays(res, bootstrap_weights(units, n_boot, random_state)) if n_boot else None
+    # the statistic under each permutation, computed as the value is: per fold, then the mean over folds
+    null = None if res.null_conf is None else {m: v.mean(0) for m, v in _confusion_scores(res.null_conf).items()}
+    point = np.tile(np.r_[np.tile(res.points, F), res.points], len(METRICS))
+    fold = np.tile(np.r_[np.repeat(np.arange(F), P), np.full(P, -1)], len(METRICS))
+    cols: dict[str, list[np.ndarray]] = {"value": [], "ci_low": [], "ci_high": []}
+    if null is not None:
+        cols.update({c: [] for c in NULL_COLUMNS})
+    blank = np.full(F * P, np.nan)
     for m in METRICS:
         v = per_fold[m]
-        rows.append(pd.DataFrame({
-            "point": np.tile(res.points, res.n_folds), "fold": np.repeat(np.arange(res.n_folds), P),
-            "metric": m, "value": v.reshape(-1), "ci_low": np.nan, "ci_high": np.nan,
-        }))
-        lo, hi = percentile_interval(boot[m], ci)  # all-NaN columns (no log-loss) stay NaN
-        rows.append(pd.DataFrame({
-            "point": res.points, "fold": -1, "metric": m, "value": v.mean(0), "ci_low": lo, "ci_high": hi,
-        }))
-    df = pd.concat(rows, ignore_index=True)
-    df["fold"] = df["fold"].astype(int)
+        # all-NaN columns (no log-loss) stay NaN; n_boot=0: no interval
+        lo, hi = percentile_interval(boot[m], ci) if boot is not None else (np.full(P, np.nan),) * 2
+        cols["value"] += [v.reshape(-1), v.mean(0)]
+        cols["ci_low"] += [blank, lo]
+        cols["ci_high"] += [blank, hi]
+        if null is not None:
+            table = null_table(v.mean(0), null[m], points=res.points) if m in NULL_METRICS else None
+            for c in NULL_COLUMNS:
+                cols[c] += [blank, table[c].to_numpy() if table is not None else np.full(P, np.nan)]
+    df = pd.DataFrame({"point": point, "fold": fold, "metric": np.repeat(METRICS, (F + 1) * P)})
+    for c, parts in cols.items():
+        df[c] = np.concatenate(parts)
     return df
 
 
@@ -126,18 +151,20 @@ def layerwise(
     groups: _Labels | None = "group",
     normalize: str | None = DEFAULT_NORMALIZE,
     random_state: int | None = 0,
-    probe: str | BaseEstimator = "logistic",
+    probe: str | BaseEstimator = "ridge",
     cv: int | Any = 5,
-    control: bool = True,
+    control: bool = False,
     control_by: _Labels = "auto",
     balance: bool = False,
     n_boot: int = 1000,
     ci: float = 0.95,
+    n_permutations: int = 0,
     n_jobs: int | None = 1,
     progress: bool = True,
     return_result: bool = False,
 ) -> pd.DataFrame | ProbeSweep:
-    """Cross-validated probe accuracy at every point, with control task and majority baseline.
+    """Cross-validated probe scores at every point, with the majority baseline and, on request, a
+    permutation null and the control task.
 
     Parameters
     ----------
@@ -155,17 +182,33 @@ def layerwise(
         (a ``StandardScaler`` in a ``Pipeline`` before the probe, for all points of a fold in one pass).
     random_state : int, optional
         Seeds the splits, the control labels, the subsample, the probes and the bootstrap.
-    probe : {"logistic", "svm", "mlp", "prototype", "1nn"} or scikit-learn classifier
-        See :func:`make_probe`. A user estimator is cloned for every point and fold.
+    probe : {"ridge", "logistic", "svm", "mlp", "prototype", "1nn"} or scikit-learn classifier
+        See :func:`make_probe`. A user estimator is cloned for every point and fold. The default,
+        ``"ridge"`` (:class:`RidgeProbe`: closed form, a fixed penalty for standardised features,
+        equal-prior decision), reads CoarseWSD-20 senses as well as the tuned logistic probe
+        (``"logistic"``, the default before 0.3) at about a tenth of its cost, and its permutation
+        null shares its solves (see ``benchmarks/probes.py``); it has no probabilities (log-loss NaN).
     cv : int or scikit-learn splitter
         Folds; see :func:`make_splits`. The same splits serve every point, the control task and
         the majority baseline, so their differences are paired.
     control, control_by : bool; "auto", str or array
-        Also fit the control task (:func:`control_labels` with these types) and report selectivity.
+        Also fit the control task of Hewitt and Liang (:func:`control_labels` with these types)
+        and report selectivity. Only for several words pooled in one sweep (``word=None``) whose
+        types recur in every fold; otherwise a ValueError says why. With one word per sweep the
+        control types are surface cues (the previous word) and the "control" is a previous-word
+        probe: read the probe against ``n_permutations`` and :func:`surface_baseline` instead.
     balance : bool
         Subsample every class to the size of the smallest (seeded by ``random_state``) first.
     n_boot, ci : int, float
-        Bootstrap replicates and coverage of the summary rows' intervals.
+        Bootstrap replicates and coverage of the summary rows' intervals (``n_boot=0``: none, NaN).
+    n_permutations : int
+        With ``n > 0``, the labels are permuted ``n`` times among groups of each word
+        (:func:`trajgeo.stats.group_permutations`: a sentence's label vector moves as a whole,
+        seeded by ``random_state``), each labelling is cross-validated with the same splits and
+        probe, and the summary rows of :data:`NULL_METRICS` get the null's columns (see Returns).
+        The ridge probe solves all labellings with the true ones (one solve per point and fold;
+        1,000 permutations cost about 1-2 sweeps, see ``benchmarks/probes.py``); any other probe
+        runs one full sweep per permutation (``n`` times the cost: use a few hundred at most).
     n_jobs : int, optional
         Folds run in parallel (joblib); results do not depend on ``n_jobs``.
     progress : bool
@@ -177,19 +220,28 @@ def layerwise(
     -------
     DataFrame with columns ``[word,] point, fold, metric, value, ci_low, ci_high``
         (``word`` when the data have words). ``metric`` is one of :data:`METRICS`: ``macro_f1``,
-        ``accuracy``, ``balanced_accuracy``, ``log_loss`` (natural log per example; NaN for
-        probes without probabilities), ``control_accuracy``, ``selectivity`` (accuracy minus
-        control accuracy) and ``majority_baseline`` (the training fold's majority class). Rows with
-        ``fold >= 0`` are per fold (NaN interval); ``fold == -1`` rows hold the mean over folds and
-        a percentile interval from a cluster bootstrap over groups (or examples) of the pooled
-        out-of-fold predictions. With ``return_result=True``, a :class:`ProbeSweep`.
+        ``accuracy``, ``balanced_accuracy`` (mean recall over senses: 0.5 at chance for two
+        senses however unbalanced), ``cohen_kappa`` (0 at chance), ``log_loss`` (natural log per
+        example; NaN for probes without probabilities, e.g. ridge), ``control_accuracy``,
+        ``selectivity`` (accuracy minus control accuracy; both NaN without ``control``) and
+        ``majority_baseline`` (the training fold's majority class). Rows with ``fold >= 0`` are per
+        fold (NaN interval); ``fold == -1`` rows hold the mean over folds and a percentile interval
+        from a cluster bootstrap over groups (or examples) of the pooled out-of-fold predictions.
+        With ``n_permutations > 0`` the frame has the columns ``null_mean, null_q95, null_fwer,
+        p_value, p_fwer`` (:func:`trajgeo.stats.null_table` of each word's summary curve; filled
+        on the summary rows of :data:`NULL_METRICS`, NaN elsewhere): ``null_fwer`` is the 95%
+        quantile of the permuted curves' maximum over points, so a point above it is above chance
+        at a 5% family-wise error rate over all points of the word; :func:`word_significance`
+        reads each word's best point and adjusts across words (Holm). With ``return_result=True``,
+        a :class:`ProbeSweep`.
 
     Raises
     ------
     ValueError
         When a class has fewer examples or groups than folds (naming the class, and the word).
     """
-    opts = _Options(probe=probe, normalize=normalize, random_state=random_state)
+    _check_permutations(n_permutations)
+    opts = _Options(probe=probe, normalize=normalize, random_state=random_state, n_permutations=int(n_permutations))
     frames, parts = [], []
     for part, res in _sweeps(traj, labels, word, groups, opts, control_by=control_by, cv=cv, control=control,
                              balance=balance, n_jobs=n_jobs, progress=progress, desc="layerwise"):
@@ -200,8 +252,15 @@ def layerwise(
     return _probe_sweep(scores, parts) if return_result else scores
 
 
+def _check_permutations(n_permutations: Any) -> None:
+    if isinstance(n_permutations, (bool, np.bool_)) or not isinstance(n_permutations, (int, np.integer)) \
+            or n_permutations < 0:
+        raise ValueError(f"n_permutations must be a non-negative int, got {n_permutations!r}")
+
+
 def _probe_sweep(scores: pd.DataFrame, parts: list[tuple[_WordPart, _OutOfFold, np.ndarray]]) -> ProbeSweep:
     """The :class:`ProbeSweep` of the per-word sweeps ``(part, result, units)``, word after word."""
+    has_null = parts[0][1].null_conf is not None
     return ProbeSweep(
         scores=scores,
         correct=np.concatenate([res.pred == res.y[:, None] for _, res, _ in parts]),
@@ -210,6 +269,11 @@ def _probe_sweep(scores: pd.DataFrame, parts: list[tuple[_WordPart, _OutOfFold, 
         example=np.concatenate([part.traj.meta["example"].to_numpy()[res.rows] for part, res, _ in parts]),
         word=None if parts[0][0].word is None else np.concatenate(
             [np.full(len(res.rows), part.word, dtype=object) for part, res, _ in parts]),
+        y=np.concatenate([res.y for _, res, _ in parts]),
+        pred=np.concatenate([res.pred for _, res, _ in parts]),
+        # the pooled out-of-fold statistic under each permutation: the folds' confusions summed
+        null={part.word: {m: v for m, v in _confusion_scores(res.null_conf.sum(0)).items() if m in NULL_METRICS}
+              for part, res, _ in parts} if has_null else None,
     )
 
 
@@ -223,7 +287,7 @@ def transfer(
     groups: _Labels | None = "group",
     normalize: str | None = DEFAULT_NORMALIZE,
     random_state: int | None = 0,
-    probe: str | BaseEstimator = "logistic",
+    probe: str | BaseEstimator = "ridge",
     cv: int | Any = 5,
     balance: bool = False,
     n_jobs: int | None = 1,
@@ -264,7 +328,7 @@ def expected_layer(
     groups: _Labels | None = "group",
     normalize: str | None = DEFAULT_NORMALIZE,
     random_state: int | None = 0,
-    probe: str | BaseEstimator = "logistic",
+    probe: str | BaseEstimator = "ridge",
     metric: str = "macro_f1",
     mix: str = "concat",
     cv: int | Any = 5,
@@ -325,39 +389,52 @@ def resolution_point(
     traj_or_sweep: Trajectories | np.ndarray | ProbeSweep,
     *,
     fraction: float = 0.95,
+    metric: str = "accuracy",
     n_boot: int = 1000,
     ci: float = 0.95,
     random_state: int | None = 0,
     **sweep_options: Any,
 ) -> pd.DataFrame:
-    """The first point where probe accuracy reaches ``fraction`` of its maximum, with an interval.
+    """The first point where the probe's score reaches ``fraction`` of its maximum, with an interval;
+    read against the family-wise threshold of the null when the sweep has one.
 
     Parameters
     ----------
     traj_or_sweep : Trajectories, ndarray or ProbeSweep
         A :class:`ProbeSweep` (``layerwise(..., return_result=True)``) is read as it is; for
         trajectories a sweep is run first with ``sweep_options`` (the options of
-        :func:`layerwise`: ``labels``, ``word``, ``groups``, ``probe``, ... ; ``control`` defaults
-        to False here, as the control task does not enter the resolution point).
+        :func:`layerwise`: ``labels``, ``word``, ``groups``, ``probe``, ``n_permutations``, ...).
     fraction : float in (0, 1]
+    metric : {"accuracy", "balanced_accuracy", "macro_f1", "cohen_kappa"}
+        The score of the pooled out-of-fold predictions (all folds' test examples together).
+        On unbalanced words prefer a chance-corrected one: ``"balanced_accuracy"`` or
+        ``"cohen_kappa"`` (accuracy is near its peak wherever the majority sense is predicted).
     n_boot, ci : int, float
         The interval resamples groups (or examples) of the out-of-fold predictions and finds the
-        resolution point of every replicate's accuracy curve.
+        resolution point of every replicate's curve (``n_boot=0``: no interval, NaN).
     random_state : int, optional
         Seeds the bootstrap (and the sweep, when one is run).
 
     Returns
     -------
-    DataFrame with one row per word: ``[word,] metric`` ("accuracy"), ``fraction``, ``max_value``,
-    ``threshold``, ``resolution_point``, ``ci_low``, ``ci_high`` (original point indices).
+    DataFrame with one row per word: ``[word,] metric``, ``fraction``, ``max_value``,
+    ``threshold`` (``fraction * max_value``), ``resolution_point``, ``ci_low``, ``ci_high``
+    (original point indices). When the sweep has a null (``n_permutations > 0``), also
+    ``null_fwer`` (the 95% quantile over permutations of the pooled curve's maximum over points)
+    and ``resolved``: a word whose peak does not exceed ``null_fwer`` is not resolved (its
+    ``resolution_point`` is NaN); otherwise the resolution point is the first point that reaches
+    the threshold *and* exceeds ``null_fwer``. Replicates that never exceed it are left out of the
+    interval (NaN when all are).
 
     Raises
     ------
     ValueError
-        For a DataFrame (scores alone carry no out-of-fold predictions to resample).
+        For a DataFrame (scores alone carry no out-of-fold predictions to resample), or an unknown metric.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if metric not in NULL_METRICS:
+        raise ValueError(f"metric must be one of {NULL_METRICS}, got {metric!r}")
     if isinstance(traj_or_sweep, pd.DataFrame):
         raise ValueError("this frame carries no out-of-fold predictions; pass the trajectories or the "
                          "ProbeSweep that layerwise(..., return_result=True) returns")
@@ -367,30 +444,91 @@ def resolution_point(
                             "this ProbeSweep was already run")
         sweep = traj_or_sweep
     else:
-        sweep = layerwise(traj_or_sweep, n_boot=1, random_state=random_state,
-                          control=sweep_options.pop("control", False), return_result=True, **sweep_options)
+        sweep = layerwise(traj_or_sweep, n_boot=1, random_state=random_state, return_result=True, **sweep_options)
     words = [None] if sweep.word is None else pd.unique(sweep.word)
     rows = []
     for w in words:
-        rows.append(_with_word(_resolution(sweep, w, fraction, n_boot, ci, random_state), w))
+        rows.append(_with_word(_resolution(sweep, w, fraction, metric, n_boot, ci, random_state), w))
     return pd.concat(rows, ignore_index=True)
 
 
-def _resolution(sweep: ProbeSweep, word: Any, fraction: float, n_boot: int, ci: float,
+def _resolution(sweep: ProbeSweep, word: Any, fraction: float, metric: str, n_boot: int, ci: float,
                 random_state: int | None) -> pd.DataFrame:
     """The resolution-point row of one word (``word`` None: all rows of the sweep)."""
     rows = np.arange(len(sweep.units)) if word is None else np.flatnonzero(sweep.word == word)
-    correct = np.asarray(sweep.correct[rows], dtype=np.float64)
     points = np.asarray(sweep.points)
-    curve = correct.mean(0)
-    boot = bootstrap_weights(sweep.units[rows], n_boot, random_state)
-    curves = boot @ correct / boot.sum(1, keepdims=True)  # (B, P)
+    # n_boot=0: no interval (a zero-row weighting gives no replicate)
+    boot = bootstrap_weights(sweep.units[rows], n_boot, random_state) if n_boot else np.zeros((0, len(rows)))
+    if metric == "accuracy":
+        correct = np.asarray(sweep.correct[rows], dtype=np.float64)
+        curve = correct.mean(0)
+        curves = boot @ correct / boot.sum(1, keepdims=True)  # (B, P)
+    else:
+        y, pred = sweep.y[rows], sweep.pred[rows]
+        k = int(max(y.max(), pred.max())) + 1
+        curve = _weighted_scores(y, pred, np.ones((1, len(rows))), k)[metric][0]
+        curves = _weighted_scores(y, pred, boot, k)[metric]
+    fwer = None
+    if sweep.null is not None:
+        fwer = float(null_table(curve, sweep.null[word][metric], points=points)["null_fwer"].iloc[0])
 
     def first(c: np.ndarray) -> np.ndarray:
-        reached = c >= fraction * c.max(axis=-1, keepdims=True) - 1e-12
-        return points[reached.argmax(axis=-1)]
+        c = np.atleast_2d(c)
+        reached = c >= fraction * np.nanmax(c, axis=-1, keepdims=True) - 1e-12
+        if fwer is not None:
+            reached &= c > fwer
+        out = points[reached.argmax(axis=-1)].astype(np.float64)
+        out[~reached.any(axis=-1)] = np.nan
+        return out
 
-    lo, hi = percentile_interval(first(curves)[:, None], ci)
-    return pd.DataFrame({"metric": ["accuracy"], "fraction": [fraction], "max_value": [curve.max()],
-                         "threshold": [fraction * curve.max()], "resolution_point": [int(first(curve))],
-                         "ci_low": [lo[0]], "ci_high": [hi[0]]})
+    lo, hi = percentile_interval(first(curves)[:, None], ci) if n_boot else ([np.nan], [np.nan])
+    point = first(curve)[0]
+    row = {"metric": [metric], "fraction": [fraction], "max_value": [curve.max()],
+           "threshold": [fraction * curve.max()],
+           "resolution_point": [point if fwer is not None else int(point)],
+           "ci_low": [lo[0]], "ci_high": [hi[0]]}
+    if fwer is not None:
+        row.update(null_fwer=[fwer], resolved=[bool(curve.max() > fwer)])
+    return pd.DataFrame(row)
+
+
+def word_significance(scores: pd.DataFrame, *, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """Per word: its best point read against the family-wise null, and Holm's adjustment across words.
+
+    Parameters
+    ----------
+    scores : DataFrame
+        From :func:`layerwise` (or :func:`trajgeo.senses.separability`) run with ``n_permutations > 0``.
+    metric : str
+        One of :data:`NULL_METRICS`.
+
+    Returns
+    -------
+    DataFrame with one row per word: ``[word,] metric, peak_point, peak_value, null_fwer, p_fwer,
+    p_holm, resolved``. ``p_fwer`` is the family-wise (max-over-points) permutation p-value of
+    the word's peak: the probability, with no sense information, that *some* point scores as high;
+    ``p_holm`` adjusts these across the words of the frame (Holm 1979), so "at least one point of
+    this word is above chance" holds at family-wise level ``p_holm`` over all words and points.
+    ``resolved`` is ``peak_value > null_fwer`` (5% family-wise over the word's points).
+
+    Raises
+    ------
+    ValueError
+        When the frame has no null columns (run the sweep with ``n_permutations > 0``).
+    """
+    if not set(NULL_COLUMNS) <= set(scores.columns):
+        raise ValueError("these scores have no null; run layerwise (or separability) with n_permutations > 0")
+    rows = scores[(scores["metric"] == metric) & (scores.get("fold", -1) == -1)]
+    if rows.empty or rows["null_fwer"].isna().all():
+        raise ValueError(f"no null for metric {metric!r}; metrics with a null: {NULL_METRICS}")
+    keys = ["word"] if "word" in rows.columns else []
+    out = []
+    for key, d in (rows.groupby(keys, sort=False) if keys else [(None, rows)]):
+        best = d.loc[d["value"].idxmax()]
+        out.append({**({"word": key[0] if isinstance(key, tuple) else key} if keys else {}), "metric": metric,
+                    "peak_point": int(best["point"]), "peak_value": float(best["value"]),
+                    "null_fwer": float(best["null_fwer"]), "p_fwer": float(d["p_fwer"].min())})
+    df = pd.DataFrame(out)
+    df["p_holm"] = holm(df["p_fwer"].to_numpy())
+    df["resolved"] = df["peak_value"] > df["null_fwer"]
+    return df

@@ -52,6 +52,7 @@ from trajgeo.senses._common import DIRECTIONS, TIE_RTOL
 from trajgeo.senses.convergence import commitment, curves, reference_matrix, superposition
 from trajgeo.senses.directional import ReinforcementResult, attribution, reinforcement
 from trajgeo.senses.estimator import SensePrototypes, nearest_centroid_accuracy, prototypes
+from trajgeo.senses.separability import separability
 
 __all__ = [
     "DIRECTIONS",
@@ -66,4 +67,5 @@ __all__ = [
     "reinforcement",
     "ReinforcementResult",
     "attribution",
+    "separability",
 ]

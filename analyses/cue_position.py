@@ -176,7 +176,7 @@ def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_st
         if smallest < cv:
             notes[cond] = f"probe folds {cv} -> {smallest}: sense {sentences.idxmin()!r} has {smallest} sentences"
         df = tg.probes.layerwise(sub, labels=labels, word=None, groups="group", cv=min(cv, smallest),
-                                 control=True, n_boot=n_boot, random_state=random_state)
+                                 n_boot=n_boot, random_state=random_state)
         df.insert(0, "cue_position", cond)
         out.append(df)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

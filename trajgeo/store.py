@@ -23,6 +23,7 @@ memory and lazily alike; :func:`verify` checks a whole store and lists every pro
 from __future__ import annotations
 
 import asyncio
+import glob
 import hashlib
 import io
 import json
@@ -281,7 +282,7 @@ class StoreLock:
 
     def _stale(self, holder: dict) -> None:
         warnings.warn(f"took over the lock of {self.store}: process {holder.get('pid')} of this host, which took it "
-                      f"at {holder.get('since')}, is gone", stacklevel=4)
+                      f"at {holder.get('since')}, is gone", stacklevel=5)
 
     def release(self) -> None:
         if self._fd is None:
@@ -350,8 +351,8 @@ class StoreWriter:
         self._zarr: dict[str, Any] = {}  # opened arrays (each opening reads its zarr.json)
 
     def _array(self, name: str) -> Any:
-        if name not in self._zarr:
-            self._zarr[name] = self.group[name]
+        if name not in self._zarr:  # the setting is not stored with the array: every writer sets it
+            self._zarr[name] = self.group[name].with_config({"write_empty_chunks": True})
         return self._zarr[name]
 
     @classmethod
@@ -400,8 +401,10 @@ class StoreWriter:
         partial = _partial(path)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer)):
+            raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__} {chunk_size!r}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         check_target(path)
         if store_format(path) is not None and not overwrite:
             raise FileExistsError(f"a store already exists at {path}; pass overwrite=True to replace it")
@@ -577,8 +580,12 @@ def _replace(partial: Path, path: Path) -> None:
         raise FileExistsError(f"{path} appeared during the run and is not a trajgeo store: the finished store is "
                               f"left at {partial}")
     os.replace(partial, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    # this run's old store, and any an interrupted replacement left (the caller holds the lock)
+    for p in [old] if old else []:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in path.parent.glob(f"{glob.escape(path.name)}.replaced-*"):
+        if store_format(p) is not None:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def rewrite_meta(path: str | os.PathLike, meta: pd.DataFrame) -> bool:
@@ -929,13 +936,14 @@ def verify(path: str | os.PathLike) -> StoreCheck:
             add(key, "is missing")
         elif _hash(f.read_bytes()) != want:
             add(key, "does not match its checksum")
-    listed = set()
+    listed, unlisted_chunks = set(), set()
     for i in range(int(marker.get("n_chunks", 0))):
         n_files += 1
         try:
             m = _read_manifest(path, i)
         except CorruptStoreError as exc:
             add(f"{MANIFEST}/{i}.json", str(exc).split(": ", 1)[1], chunk=i)
+            unlisted_chunks.add(i)  # its files have no checksums: this one problem says so
             continue
         for key, (want, _) in m["files"].items():
             n_files += 1
@@ -946,11 +954,12 @@ def verify(path: str | os.PathLike) -> StoreCheck:
                 add(key, "is missing", array, i)
             elif _hash(f.read_bytes()) != want:
                 add(key, "does not match its checksum (changed, truncated, or replaced by another chunk)", array, i)
-    for name in marker.get("arrays", []):
+    for name in marker.get("arrays", []):  # a chunk file no manifest lists (e.g. beyond the last chunk)
         for f in sorted((path / name / "c").rglob("*")) if (path / name / "c").is_dir() else []:
             key = str(f.relative_to(path))
-            if f.is_file() and key not in listed:
-                add(key, "is not in any chunk's manifest", name)
+            i = int(key.rsplit("/c/", 1)[1].split("/")[0]) if key.rsplit("/c/", 1)[1].split("/")[0].isdigit() else None
+            if f.is_file() and key not in listed and i not in unlisted_chunks:
+                add(key, "is not in any chunk's manifest", name, i)
     return StoreCheck(path, fmt, pd.DataFrame(rows, columns=["file", "array", "chunk", "problem"]), n_files)
 
 
@@ -1004,7 +1013,7 @@ def upgrade(path: str | os.PathLike) -> StoreCheck:
     with StoreLock(path):
         check = verify(path)
         if not check.ok:
-            raise CorruptStoreError(f"cannot upgrade {path}: {len(check.problems)} problem(s)\n{check}")
+            raise CorruptStoreError(f"cannot upgrade {check}")
         group = zarr.open_group(str(path), mode="r+")
         attrs = dict(group.attrs)
         cs = int(attrs["chunk_size"])

@@ -306,7 +306,8 @@ class Trajectories:
         return h.hexdigest()
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False, *,
+             chunk_size: int | None = None) -> Path:
         """Write the trajectories as a Zarr store (atomically: to ``<path>.partial``, then renamed).
 
         Parameters
@@ -317,6 +318,8 @@ class Trajectories:
             Storage type of the arrays; float16 halves the size (loaded back as float32).
         overwrite : bool
             Replace an existing trajgeo store at ``path`` (never a file or another folder).
+        chunk_size : int, optional
+            Examples per chunk (the unit of reading and checking); default ``min(n_examples, 1024)``.
 
         Raises
         ------
@@ -341,7 +344,7 @@ class Trajectories:
                 meta=self.meta,
                 attrs={"points": [int(p) for p in self.points], "model_info": self.model_info},
                 dtype=dtype,
-                chunk_size=max(1, min(self.n_examples, 1024)),
+                chunk_size=max(1, min(self.n_examples, 1024)) if chunk_size is None else chunk_size,
                 overwrite=overwrite,
             )
             for i, (start, stop) in enumerate(writer.chunk_bounds()):

@@ -384,8 +384,8 @@ def _finished_store(path: Path, key: str, parts: dict, legacy: Any, meta: pd.Dat
         elif rank == 0:
             _say(progress, f"{path} holds this extraction already: read back, the model is not run")
         return True
-    raise FileExistsError(f"a store already exists at {path}, holding another extraction "
-                          f"({_store._key_difference(stored['parts'], parts)}); pass overwrite=True to replace it")
+    raise FileExistsError(f"a store already exists at {path}, holding another extraction (it has "
+                          f"{_store._key_difference(stored['parts'], parts)}); pass overwrite=True to replace it")
 
 
 def _run_chunks(lm: LoadedModel, opts: _Options, aligned: Sequence[_Aligned], shapes: dict,

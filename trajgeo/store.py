@@ -305,21 +305,20 @@ class StoreLock:
 
 # ====================================================================== writing
 def _key_difference(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str:
-    """What differs between two stores' key parts, in words."""
+    """What differs between the work a store holds (``old``) and this run's (``new``), in words."""
     if not old or not new:
-        return "other model, examples or options"
+        return "another model, other examples or other options"
     out = []
     if old.get("model_fingerprint") != new.get("model_fingerprint"):
-        out.append(f"model {old.get('model')!r} (weights {old.get('model_fingerprint')}) instead of "
-                   f"{new.get('model')!r} ({new.get('model_fingerprint')})")
+        out.append(f"model {old.get('model')!r} (weights {old.get('model_fingerprint')}), this run "
+                   f"{new.get('model')!r} (weights {new.get('model_fingerprint')})")
     if old.get("examples") != new.get("examples"):
-        out.append(f"{old.get('n_examples')} other examples (texts or spans) instead of these "
-                   f"{new.get('n_examples')}")
+        n_old, n_new = old.get("n_examples"), new.get("n_examples")
+        out.append(f"{n_old} examples, this run {n_new}" if n_old != n_new else
+                   f"{n_old} examples with other texts or spans than this run's")
     oo, no = old.get("options", {}), new.get("options", {})
-    diff = [f"{k}={oo.get(k)!r} instead of {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k)]
-    if diff:
-        out.append("options " + ", ".join(diff))
-    return "; ".join(out) or "other model, examples or options"
+    out += [f"{k}={oo.get(k)!r}, this run {no.get(k)!r}" for k in sorted(set(oo) | set(no)) if oo.get(k) != no.get(k)]
+    return "; ".join(out) or "another model, other examples or other options"
 
 
 def _done_count(partial: Path) -> int:
@@ -417,8 +416,8 @@ class StoreWriter:
             done = _done_count(partial)
             if done and not overwrite:
                 raise StoreError(
-                    f"{partial} holds an unfinished extraction of something else "
-                    f"({_key_difference((old or {}).get('key_parts'), key_parts)}), {done} of "
+                    f"{partial} holds an unfinished extraction of other work (it has "
+                    f"{_key_difference((old or {}).get('key_parts'), key_parts)}), {done} of "
                     f"{(old or {}).get('n_chunks', '?')} chunks done: run that extraction again to finish it, "
                     "or pass overwrite=True to discard it")
         elif store_format(partial) is not None and _done_count(partial) == 0 and (partial / "done").exists():

@@ -379,3 +379,18 @@ def test_a_rank_of_another_job_is_refused_while_that_job_runs(tmp_path, monkeypa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_finalizing_sweeps_away_what_killed_writers_left(tmp_path):
+    traj = _traj()
+    path = tmp_path / "s.zarr"
+    with StoreLock(path):
+        writer = StoreWriter.create(path, {"states": traj.states.shape}, traj.meta, {"points": [0, 1, 2, 3]},
+                                    chunk_size=CHUNK)
+        for i, (s, e) in enumerate(writer.chunk_bounds()):
+            writer.write_chunk(i, {"states": traj.states[s:e]})
+        partial = tmp_path / "s.zarr.partial"
+        (partial / "states/c/0/0/0.3f2a.partial").write_bytes(b"half a chunk")  # zarr's temporary file
+        (partial / "manifest" / ".1.json.999.abcd.tmp").write_bytes(b"{")  # ours
+        writer.finalize()
+    assert tg.verify(path).ok and not list(path.rglob("*.partial")) and not list(path.rglob(".*.tmp"))

@@ -168,9 +168,6 @@ def check_target(path: str | os.PathLike) -> Path:
 
 
 # ====================================================================== the lock
-_HELD: set[str] = set()  # lock files this process holds
-
-
 def job_id() -> str | None:
     """The launcher's id of this multi-process job (torchrun/accelerate, a torch master, SLURM), or None."""
     env = os.environ
@@ -257,9 +254,12 @@ class StoreLock:
             if fcntl:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    kernel = True
                 except BlockingIOError:
                     os.close(fd)
                     raise self._busy(lock_holder(self.store)) from None
+                except OSError:  # a file system without kernel locks (some network mounts): judge by the record
+                    kernel = False
                 try:  # a releasing owner unlinks the file: make sure we locked the one the path names
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
                 except FileNotFoundError:
@@ -268,7 +268,8 @@ class StoreLock:
                     os.close(fd)
                     continue
                 holder = lock_holder(self.store)
-                if holder and holder.get("host") != socket.gethostname():
+                if holder and (holder.get("host") != socket.gethostname()
+                               or not kernel and _pid_alive(int(holder.get("pid", 0)))):
                     os.close(fd)
                     raise self._busy(holder)
                 if holder:
@@ -276,7 +277,6 @@ class StoreLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, _json_bytes(self._me()), 0)
             self._fd = fd
-            _HELD.add(str(self.path.resolve()))
             return self
         raise self._busy(lock_holder(self.store))
 
@@ -293,7 +293,6 @@ class StoreLock:
         except FileNotFoundError:
             pass
         os.close(self._fd)
-        _HELD.discard(str(self.path.resolve()))
         self._fd = None
 
     def __enter__(self) -> "StoreLock":
@@ -539,6 +538,7 @@ class StoreWriter:
             for key, (_, size) in m["files"].items():
                 if not (self.partial / key).is_file() or (self.partial / key).stat().st_size != size:
                     raise CorruptStoreError(f"cannot finalize {self.path}: {key} changed after it was written")
+        _sweep(self.partial, manifests, self.arrays)
         data = _parquet_bytes(meta)
         _write_atomic(self.partial / META, data)
         self.group.attrs.update({"complete": True})
@@ -548,6 +548,17 @@ class StoreWriter:
         _write_atomic(self.partial / MARKER, _json_bytes(marker))
         _replace(self.partial, self.path)
         return self.path
+
+
+def _sweep(root: Path, manifests: list[dict], arrays: list[str]) -> None:
+    """Remove what killed writers left behind: temporary files, and chunk files that no manifest lists."""
+    listed = {key for m in manifests for key in m["files"]}
+    for name in arrays:
+        for f in list((root / name / "c").rglob("*")) if (root / name / "c").is_dir() else []:
+            if f.is_file() and f.relative_to(root).as_posix() not in listed:
+                f.unlink()
+    for f in [*root.glob(".*.tmp"), *(root / MANIFEST).glob(".*.tmp")]:
+        f.unlink(missing_ok=True)
 
 
 def _metadata_hashes(root: Path) -> dict[str, str]:

@@ -237,7 +237,7 @@ class _Options:
     heads: bool
     final_norm: bool
     batch_size: int
-    max_point: int | None  # as given: recorded in the store's model info and resume key
+    max_point: int | None  # as given: recorded in the store's model info and states key
     max_length: int | None
     storage_dtype: str
     truncate: bool = True
@@ -470,17 +470,22 @@ def extract(
         family allows (not Gemma, whose post-attention norm is not linear, nor post-LN encoders).
         Heads add up to the attention write minus the output projection's bias, if any.
     store : path, optional
-        Stream the results to this Zarr store (memory bounded by a chunk); an interrupted run
-        with the same model, examples and options resumes where it stopped.
+        Stream the results to this Zarr store (memory bounded by a chunk; format in
+        :mod:`trajgeo.store`). An interrupted run with the same model, texts, spans and options
+        resumes where it stopped (and says so); a complete store of them is read back without
+        running the model. The metadata is always this call's: when only labels, words, groups or
+        ids changed, ``meta.parquet`` alone is rewritten. One run owns a store (``<store>.lock``
+        names its host, process and job); another run fails at once with
+        :class:`trajgeo.store.StoreLockedError`, and a lock whose process is gone is taken over.
     pool : {"last", "first", "mean"}, optional
         How a target split into several tokens is pooled; default "last" for causal models
         (the last subtoken has seen the whole word) and "mean" for encoders.
-    batch_size : int
+    batch_size : int >= 1
         Examples per forward pass (sorted by length within a chunk to minimise padding).
-    max_point : int, optional
+    max_point : int >= 0, optional
         Stop the forward pass after block ``max_point``; the trajectories then have points
         0..max_point.
-    max_length : int, optional
+    max_length : int >= 1, optional
         Longest input in tokens (default: the model's context). Longer texts keep a window that
         ends at the target (causal) or is centred on it (encoders); a warning counts them.
     final_norm : bool
@@ -493,10 +498,11 @@ def extract(
     truncate : bool
         Causal models only: feed each text only up to its target (default). Switching it off gives
         the same states at a higher cost; it exists to show exactly that.
-    chunk_size : int
-        Examples per store chunk: the unit of writing, resuming and sharding.
+    chunk_size : int >= 1
+        Examples per store chunk: the unit of writing, checking, resuming and sharding.
     overwrite : bool
-        Replace an existing complete store.
+        Replace an existing trajgeo store at ``store`` that holds other work, and discard another
+        extraction's unfinished chunks there; never a file or a folder that is not a trajgeo store.
     progress : bool
         Show a tqdm bar with examples per second.
     lazy : bool
@@ -505,8 +511,9 @@ def extract(
         bounded by a chunk however many examples there are.
     rank, world_size : int, optional
         Extract only this process's share of the chunks into a shared store (under
-        ``torchrun``/``accelerate launch`` they are read from the environment). Rank 0 finalises
-        the store once every chunk is done.
+        ``torchrun``/``accelerate launch`` they are read from the environment). Rank 0 holds the
+        store's lock for the job (the other ranks check that it names their job) and finalises the
+        store once every chunk is done.
 
     Returns
     -------
@@ -515,6 +522,18 @@ def extract(
         model's embedding scale; no position embedding), point l = raw residual after block l.
         In a multi-process run, rank 0 returns the finished store's trajectories and the other
         ranks return None.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an option of the wrong type or value (``batch_size=2.5``, ``"3"`` or ``-1``), before the
+        model is loaded.
+    FileExistsError
+        ``store`` holds another extraction (the message says what differs) and not ``overwrite``;
+        or it is a file or a folder that is not a trajgeo store (nothing is deleted).
+    trajgeo.store.StoreError
+        ``<store>.partial`` holds another extraction's unfinished chunks and not ``overwrite``;
+        :class:`~trajgeo.store.StoreLockedError` when another run owns the store.
     """
     batch_size = int_option("batch_size", batch_size)
     chunk_size = int_option("chunk_size", chunk_size)

@@ -822,7 +822,14 @@ def read(path: str | os.PathLike, *, lazy: bool = False) -> Contents:
     if not marker.get("complete"):
         raise StoreError(f"the store at {path} is incomplete")
     expected, bounds = _expected(path, marker)
-    meta = _read_meta(path, marker.get("files", {}).get(META))
+    try:
+        meta = _read_meta(path, marker.get("files", {}).get(META))
+    except CorruptStoreError:
+        if not StoreLock(path).path.exists():
+            raise
+        time.sleep(0.2)  # a run holding the lock may be rewriting the metadata: its marker follows the table
+        marker = _read_marker(path)
+        meta = _read_meta(path, marker.get("files", {}).get(META))
     group = zarr.open_group(_checked_store(path, expected, bounds), mode="r")
     attrs = dict(group.attrs)
     arrays = {}

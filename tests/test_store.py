@@ -394,3 +394,13 @@ def test_finalizing_sweeps_away_what_killed_writers_left(tmp_path):
         (partial / "manifest" / ".1.json.999.abcd.tmp").write_bytes(b"{")  # ours
         writer.finalize()
     assert tg.verify(path).ok and not list(path.rglob("*.partial")) and not list(path.rglob(".*.tmp"))
+
+
+def test_finalize_still_takes_the_old_fingerprint_argument_with_a_warning(tmp_path):
+    traj = _traj(n=3)
+    writer = StoreWriter.create(tmp_path / "s.zarr", {"states": traj.states.shape}, traj.meta, {"points": [0, 1, 2, 3]},
+                                chunk_size=3)
+    writer.write_chunk(0, {"states": traj.states})
+    with pytest.warns(DeprecationWarning, match=r"finalize\(fingerprint=\) is ignored"):
+        path = writer.finalize(fingerprint="abc")
+    assert tg.load(path, lazy=True).fingerprint() != "abc" and tg.verify(path).ok

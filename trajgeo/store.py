@@ -340,16 +340,16 @@ class StoreWriter:
     joined the partial store of its job (:meth:`join`).
     """
 
-    def __init__(self, path: Path, group: Any, chunk_size: int, n_examples: int, marker: dict,
+    def __init__(self, path: Path, group: Any, chunk_size: int, n_examples: int, marker: dict | None = None,
                  meta: pd.DataFrame | None = None) -> None:
         self.path = path
         self.partial = _partial(path)
         self.group = group
         self.chunk_size = chunk_size
         self.n_examples = n_examples
-        self.marker = marker
+        self.marker = marker if marker is not None else {"arrays": list(group.attrs.get("arrays", []))}
         self.meta = meta
-        self.arrays: list[str] = list(marker["arrays"])
+        self.arrays: list[str] = list(self.marker["arrays"])
         self._zarr: dict[str, Any] = {}  # opened arrays (each opening reads its zarr.json)
 
     def _array(self, name: str) -> Any:
@@ -523,14 +523,25 @@ class StoreWriter:
                 raise TimeoutError("other ranks did not finish their chunks in time")
             time.sleep(0.5)
 
-    def finalize(self, meta: pd.DataFrame | None = None) -> Path:
+    def finalize(self, meta: pd.DataFrame | None = None, **deprecated: Any) -> Path:
         """Write the metadata and checksums, then rename ``<path>.partial`` to ``<path>`` (the caller holds the lock).
+
+        Parameters
+        ----------
+        meta : DataFrame, optional
+            The metadata of the examples (default: the one given to :meth:`create`).
 
         Raises
         ------
         RuntimeError
             If a chunk is not written.
         """
+        if "fingerprint" in deprecated:
+            warnings.warn("StoreWriter.finalize(fingerprint=) is ignored and deprecated: the fingerprint is made from "
+                          "the chunks' checksums", DeprecationWarning, stacklevel=2)
+            deprecated.pop("fingerprint")
+        if deprecated:
+            raise TypeError(f"finalize() got unexpected keyword arguments {sorted(deprecated)}")
         missing = np.flatnonzero(~self.done_chunks())
         if len(missing):
             raise RuntimeError(f"cannot finalize {self.path}: chunks {missing.tolist()} are not written")

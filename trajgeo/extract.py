@@ -629,8 +629,6 @@ def _batch_inputs(items: Sequence[_Aligned], pool: str, padding_side: str, pad_i
 def _run_batch(lm: LoadedModel, capture: _Capture, opts: _Options, items: Sequence[_Aligned], out: dict,
                out_rows: list[int]) -> None:
     """One forward pass over a batch; write each target's points (and writes) into ``out`` at ``out_rows``."""
-    import torch
-
     a = lm.adapter
     device = lm.device
     tok = lm.tokenizer

@@ -950,14 +950,15 @@ def verify(path: str | os.PathLike) -> StoreCheck:
     rows: list[dict] = []
     add = lambda file, problem, array="", chunk=None: rows.append(  # noqa: E731
         {"file": file, "array": array, "chunk": chunk, "problem": problem})
+    frame = lambda: pd.DataFrame(rows, columns=["file", "array", "chunk", "problem"])  # noqa: E731
     if fmt == 1:
         n = _verify_v1(path, add)
-        return StoreCheck(path, 1, pd.DataFrame(rows, columns=["file", "array", "chunk", "problem"]), n, False)
+        return StoreCheck(path, 1, frame(), n, False)
     try:
         marker = _read_marker(path)
     except CorruptStoreError as exc:
         add(MARKER, str(exc).split(": ", 1)[-1])
-        return StoreCheck(path, fmt, pd.DataFrame(rows), 1)
+        return StoreCheck(path, fmt, frame(), 1)
     if not marker.get("complete"):
         add(MARKER, "the store is marked incomplete")
     n_files = 1
@@ -988,11 +989,12 @@ def verify(path: str | os.PathLike) -> StoreCheck:
                 add(key, "does not match its checksum (changed, truncated, or replaced by another chunk)", array, i)
     for name in marker.get("arrays", []):  # a chunk file no manifest lists (e.g. beyond the last chunk)
         for f in sorted((path / name / "c").rglob("*")) if (path / name / "c").is_dir() else []:
-            key = str(f.relative_to(path))
-            i = int(key.rsplit("/c/", 1)[1].split("/")[0]) if key.rsplit("/c/", 1)[1].split("/")[0].isdigit() else None
+            key = f.relative_to(path).as_posix()
+            first = key.rsplit("/c/", 1)[1].split("/")[0]
+            i = int(first) if first.isdigit() else None
             if f.is_file() and key not in listed and i not in unlisted_chunks:
                 add(key, "is not in any chunk's manifest", name, i)
-    return StoreCheck(path, fmt, pd.DataFrame(rows, columns=["file", "array", "chunk", "problem"]), n_files)
+    return StoreCheck(path, fmt, frame(), n_files)
 
 
 def _verify_v1(path: Path, add: Callable[..., None]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import warnings
 
@@ -291,3 +292,206 @@ def test_target_at_the_first_position_is_flagged_for_causal_models_only(wtok, ti
         warnings.simplefilter("error")  # an encoder's first word has context on both sides: no warning
         traj = tg.extract(encoder, df, progress=False)
     assert traj.meta["at_sequence_start"].tolist() == (traj.meta["token_start"] == 0).tolist()
+
+
+# ============================================================== options checked at the boundary
+@pytest.mark.parametrize("option, value, error, message", [
+    ("batch_size", -1, ValueError, "batch_size must be positive, got -1"),  # ran and stored all-zero states
+    ("batch_size", 0, ValueError, "batch_size must be positive, got 0"),
+    ("batch_size", 2.5, TypeError, "batch_size must be an int, got float 2.5"),
+    ("batch_size", 4.0, TypeError, "batch_size must be an int, got float 4.0"),
+    ("batch_size", "3", TypeError, "batch_size must be an int, got str '3'"),
+    ("batch_size", True, TypeError, "batch_size must be an int, got bool True"),
+    ("chunk_size", 0, ValueError, "chunk_size must be positive"),
+    ("chunk_size", 2.5, TypeError, "chunk_size must be an int"),
+    ("max_point", 2.5, TypeError, "max_point must be an int or None, got float 2.5"),
+    ("max_point", "3", TypeError, "max_point must be an int or None, got str '3'"),
+    ("max_point", -1, ValueError, "max_point must be >= 0, got -1"),
+    ("max_length", 0, ValueError, "max_length must be positive"),
+    ("max_length", 16.0, TypeError, "max_length must be an int or None"),
+    ("rank", "0", TypeError, "rank must be an int"),
+    ("world_size", 0, ValueError, "world_size must be positive"),
+])
+def test_numeric_options_are_checked_before_any_work(tmp_path, bank_examples, option, value, error, message):
+    path = tmp_path / "s.zarr"
+    # the model would fail to load: the option is refused before it is even tried
+    with pytest.raises(error, match=message):
+        tg.extract(tmp_path / "no-model", bank_examples, store=path, progress=False, **{option: value})
+    assert os.listdir(tmp_path) == []
+
+
+def test_numpy_integers_are_ints(wtok, bank_examples, tiny_model):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    a = tg.extract(lm, bank_examples, batch_size=np.int64(2), max_point=np.int32(2), progress=False)
+    b = tg.extract(lm, bank_examples, batch_size=2, max_point=2, progress=False)
+    np.testing.assert_array_equal(a.states, b.states)
+
+
+# ============================================================== a store knows what it holds
+@pytest.fixture
+def counting(monkeypatch):
+    """Counts the model's forward passes (batches) from here on."""
+    ex_mod = importlib.import_module("trajgeo.extract")
+    real, calls = ex_mod._run_batch, {"n": 0}
+
+    def count(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex_mod, "_run_batch", count)
+    return calls
+
+
+def _chunk_files(path):
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and "/c/" in str(p.relative_to(path)) or p.parent.name == "manifest"}
+
+
+def test_changed_labels_rewrite_only_the_metadata(tmp_path, wtok, span_frame, tiny_model, counting, capsys):
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    df = span_frame(TEXTS * 2, "bank")
+    df["sense"] = ["river", "money", "money", "river"] * 2
+    df["group"] = [f"g{i}" for i in range(8)]
+    path = tmp_path / "s.zarr"
+    first = tg.extract(lm, df, store=path, chunk_size=3, progress=False)
+    before, n_batches = _chunk_files(path), counting["n"]
+    fingerprint = tg.load(path, lazy=True).fingerprint()
+    fixed = df.assign(sense=["shore", "finance", "finance", "shore"] * 2, word="bank.n",
+                      group=[f"s{i // 2}" for i in range(8)], example=np.arange(100, 108), note="checked")
+    again = tg.extract(lm, fixed, store=path, chunk_size=3)
+    assert counting["n"] == n_batches  # the model did not run
+    assert "only the metadata changed: meta.parquet rewritten" in capsys.readouterr().err
+    for got in (again, tg.load(path), tg.load(path, lazy=True)):
+        assert got.meta["sense"].tolist() == fixed["sense"].tolist()  # the caller's, never the stored ones
+        assert got.meta["word"].tolist() == ["bank.n"] * 8 and got.meta["example"].tolist() == list(range(100, 108))
+        assert got.meta["group"].tolist() == fixed["group"].tolist() and (got.meta["note"] == "checked").all()
+        np.testing.assert_array_equal(np.asarray(got.states), first.states)
+    assert _chunk_files(path) == before  # every chunk and manifest bit for bit
+    assert tg.verify(path).ok
+    assert tg.load(path, lazy=True).fingerprint() != fingerprint  # the example ids are part of it
+    tg.extract(lm, fixed, store=path, chunk_size=3)
+    assert "holds this extraction already" in capsys.readouterr().err and counting["n"] == n_batches
+
+
+@pytest.mark.parametrize("change, message", [
+    ("texts", r"4 examples, this run 2"),
+    ("spans", r"4 examples with other texts or spans than this run's"),
+    ("model", r"model .*\(weights [0-9a-f]+\), this run .*\(weights [0-9a-f]+\)"),
+    ("options", r"max_point=None, this run 2"),
+])
+def test_a_store_of_other_work_is_refused_naming_what_differs(tmp_path, wtok, bank_examples, tiny_model, change,
+                                                              message, counting):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    path = tmp_path / "s.zarr"
+    tg.extract(lm, bank_examples, store=path, progress=False)
+    n, kw, df = counting["n"], {}, bank_examples
+    if change == "texts":
+        df = bank_examples.iloc[:2]
+    elif change == "spans":  # the same texts, another target ("the") in each
+        starts = [t.index("the") for t in TEXTS]
+        df = bank_examples.assign(char_start=starts, char_end=[s + 3 for s in starts], target="the")
+    elif change == "model":
+        lm = load_model((tiny_model("gpt2", len(wtok), seed=1), wtok))
+    else:
+        kw = {"max_point": 2}
+    with pytest.raises(FileExistsError, match=rf"a store already exists at .*s\.zarr, holding another extraction "
+                                              rf"\(it has {message}.*\); pass overwrite=True to replace it"):
+        tg.extract(lm, df, store=path, progress=False, **kw)
+    assert counting["n"] == n
+    tg.extract(lm, df, store=path, progress=False, overwrite=True, **kw)
+    assert tg.verify(path).ok and tg.load(path).n_examples == len(df)
+
+
+def _interrupt_after_first_chunk(monkeypatch, batches_per_chunk: int) -> None:
+    ex_mod = importlib.import_module("trajgeo.extract")
+    real, calls = ex_mod._run_batch, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == batches_per_chunk + 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex_mod, "_run_batch", flaky)
+
+
+def test_a_resumed_run_says_so_with_counts(tmp_path, wtok, span_frame, tiny_model, monkeypatch, capsys):
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    df = span_frame(TEXTS * 3, "bank")
+    path = tmp_path / "run.zarr"
+    _interrupt_after_first_chunk(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        tg.extract(lm, df, store=path, chunk_size=4, batch_size=2, progress=False)
+    assert not (tmp_path / "run.zarr.lock").exists()  # released on the way out
+    monkeypatch.undo()
+    capsys.readouterr()
+    tg.extract(lm, df, store=path, chunk_size=4, batch_size=2)
+    err = capsys.readouterr().err
+    assert f"resuming the unfinished extraction in {path}.partial: 1 of 3 chunks (4 of 12 examples) are done, " \
+           "2 to go" in err
+    assert tg.verify(path).ok
+
+
+def test_resuming_with_another_model_is_refused_before_any_work(tmp_path, wtok, span_frame, tiny_model, monkeypatch):
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    other = load_model((tiny_model("llama", len(wtok), seed=3), wtok))
+    df = span_frame(TEXTS * 3, "bank")
+    path = tmp_path / "run.zarr"
+    _interrupt_after_first_chunk(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        tg.extract(lm, df, store=path, chunk_size=4, batch_size=2, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(tg.store.StoreError, match=r"run\.zarr\.partial holds an unfinished extraction of other work "
+                                                  r"\(it has model .*, this run .*\), 1 of 3 chunks done: run that "
+                                                  r"extraction again to finish it, or pass overwrite=True"):
+        tg.extract(other, df, store=path, chunk_size=4, batch_size=2, progress=False)
+    assert len(os.listdir(path.with_name("run.zarr.partial") / "manifest")) == 1  # the unfinished work is kept
+    done = tg.extract(other, df, store=path, chunk_size=4, batch_size=2, progress=False, overwrite=True)
+    np.testing.assert_allclose(done.states, tg.extract(other, df, progress=False, chunk_size=4, batch_size=2).states,
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_extract_never_overwrites_what_is_not_a_store(tmp_path, wtok, bank_examples, tiny_model, counting, kind):
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    out = tmp_path / "myproj"
+    if kind == "file":
+        out.write_text("results")
+    else:
+        out.mkdir()
+        (out / "notes.md").write_text("results")
+    with pytest.raises(FileExistsError, match="not a trajgeo store.*nothing was written or deleted"):
+        tg.extract(lm, bank_examples, store=out, overwrite=True, progress=False)
+    assert counting["n"] == 0 and sorted(os.listdir(tmp_path)) == ["myproj"]
+    assert (out if kind == "file" else out / "notes.md").read_text() == "results"
+
+
+def test_a_store_of_the_previous_format_is_reused_and_its_metadata_fixed(tmp_path, wtok, bank_examples, tiny_model,
+                                                                        counting):
+    import json
+    import shutil
+
+    import zarr
+
+    ex_mod = importlib.import_module("trajgeo.extract")
+    lm = load_model((tiny_model("gpt2", len(wtok)), wtok))
+    path = tmp_path / "s.zarr"
+    df = bank_examples.assign(sense=["river", "money", "money", "river"])
+    first = tg.extract(lm, df, store=path, progress=False)
+    # what trajgeo 0.1 left: no marker or manifests, format 1, its resume key (which hashed the example ids)
+    checked = tg.datasets.validate(df)
+    opts = ex_mod._Options.resolve(lm.adapter, pool=None, padding_side="right", max_point=None, components=False,
+                                   heads=False, final_norm=False, batch_size=16, max_length=None,
+                                   storage_dtype="float32")
+    group = zarr.open_group(str(path), mode="r+")
+    info = dict(group.attrs["model_info"], resume_key=ex_mod._legacy_key(lm, checked, opts.record()))
+    group.attrs.update({"format_version": 1, "model_info": info, "fingerprint": "0" * 24})
+    (path / "trajgeo.json").unlink()
+    shutil.rmtree(path / "manifest")
+    assert tg.store.store_format(path) == 1
+    n = counting["n"]
+    with pytest.warns(UserWarning, match="store format 1"):
+        again = tg.extract(lm, df.assign(sense=["shore", "bank", "bank", "shore"]), store=path, progress=False)
+    assert counting["n"] == n and again.meta["sense"].tolist() == ["shore", "bank", "bank", "shore"]
+    np.testing.assert_array_equal(again.states, first.states)
+    assert json.loads((path / "zarr.json").read_text())["attributes"]["format_version"] == 1

@@ -143,3 +143,38 @@ def test_gguf_cache_round_trip_gives_identical_weights(tmp_path, monkeypatch, wt
     assert calls["n"] == 1  # the second load came from the cache
     assert second.fingerprint() == first.fingerprint()
     assert not list((tmp_path / "cache" / "models").glob("*.tmp*"))
+
+
+def test_a_loaded_model_prints_in_one_short_line(wtok, tiny_model):
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    text = repr(lm)
+    assert text == str(lm) and "\n" not in text and len(text) < 200  # was the whole module tree and vocabulary
+    assert text.startswith("LoadedModel(name=") and "family='llama'" in text and "n_layers=3" in text
+    assert "d_model=32" in text and "device=cpu" in text
+
+
+def test_a_device_this_torch_cannot_use_is_refused_before_loading(tmp_path, wtok, tiny_model):
+    import torch
+
+    with pytest.raises(ValueError, match="is not a torch device"):
+        load_model(tmp_path / "never-read", device="gpu0")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"only \d+ GPU\(s\) are visible"):
+            load_model(tmp_path / "never-read", device=f"cuda:{torch.cuda.device_count()}")
+        return
+    expected = ("was built without it" if not torch.backends.cuda.is_built() else "no GPU is visible")
+    with pytest.raises(ValueError, match=rf"device 'cuda' .*{expected}.*device='cpu'"):
+        load_model(tmp_path / "never-read", device="cuda")  # was an AssertionError deep in torch
+    with pytest.raises(ValueError, match="device 'cuda:0'"):
+        load_model((tiny_model("gpt2", len(wtok)), wtok), device="cuda:0")
+
+
+def test_progress_false_silences_the_loading_bars(saved_model, capfd):
+    from transformers.utils import logging as tf_logging
+
+    load_model(saved_model, progress=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert tf_logging.is_progress_bar_enabled()  # restored afterwards
+    load_model(saved_model)
+    if "Loading weights" not in capfd.readouterr().err:
+        pytest.skip("this transformers version draws no loading bar")

@@ -1,13 +1,18 @@
-"""Beyond one process: sharded extraction into one store under torchrun, lazy (dask) loading."""
+"""Beyond one process: sharded extraction into one store under torchrun, two unrelated writers (one wins),
+resume after SIGKILL (bitwise), lazy (dask) loading."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import trajgeo as tg
@@ -38,6 +43,92 @@ def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, saved_mode
     # every example is written exactly once: no chunk is left empty or written by both ranks
     assert np.isfinite(multi.states).all() and not (multi.states == 0).all(axis=(1, 2)).any()
     assert multi.meta["example"].tolist() == list(range(len(df)))
+    # the ranks shared one lock (rank 0's), which is gone, and every chunk has its own checksums
+    assert tg.verify(tmp_path / "multi.zarr").ok and not (tmp_path / "multi.zarr.lock").exists()
+    assert len(os.listdir(tmp_path / "multi.zarr" / "manifest")) == -(-len(df) // 4)
+
+
+# One extraction in a fresh process; DELAY slows every batch, a GO file (when given) starts it.
+_JOB = textwrap.dedent("""
+    import importlib, os, sys, time
+    import pandas as pd, trajgeo as tg
+    ex = importlib.import_module("trajgeo.extract")
+    real, delay = ex._run_batch, float(os.environ.get("DELAY", "0"))
+    def slow(*args, **kwargs):
+        time.sleep(delay)
+        return real(*args, **kwargs)
+    ex._run_batch = slow
+    examples, model, store = sys.argv[1:4]
+    lm = tg.load_model(model)
+    print("ready", flush=True)
+    if len(sys.argv) > 4:
+        while not os.path.exists(sys.argv[4]):
+            time.sleep(0.005)
+    tg.extract(lm, pd.read_parquet(examples), store=store, chunk_size=4, batch_size=2, progress=False)
+    print("done", flush=True)
+""")
+
+
+@pytest.fixture
+def job(tmp_path, saved_model, corpus, span_frame):
+    """Starts ``_JOB`` on 16 examples of a tiny saved model: ``job(store, delay=0, go=None) -> Popen``."""
+    df = span_frame([c for c in corpus if " the " in f" {c} "] * 4, "the")
+    df.to_parquet(tmp_path / "examples.parquet")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+
+    def start(store, delay=0.0, go=None):
+        argv = [sys.executable, "-c", _JOB, str(tmp_path / "examples.parquet"), str(saved_model), str(store)]
+        return subprocess.Popen(argv + ([str(go)] if go else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**env, "DELAY": str(delay)})
+
+    start.examples = df
+    return start
+
+
+def test_two_unrelated_writers_of_one_store_exactly_one_wins(tmp_path, job, saved_model):
+    store, go = tmp_path / "race.zarr", tmp_path / "go"
+    procs = [job(store, delay=0.2, go=go) for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()  # both start at once
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes)[0] == 0 and sorted(codes)[1] != 0, outs
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    assert "done" in outs[winner][0] and "Traceback" not in outs[winner][1]
+    err = outs[loser][1].strip().splitlines()[-1]
+    assert err.startswith("trajgeo.store.StoreLockedError: ") and \
+        f"race.zarr is being written by another run: process {procs[winner].pid} on host" in err
+    assert tg.verify(store).ok and sorted(os.listdir(tmp_path)) == ["examples.parquet", "go", "race.zarr"]
+    single = tg.extract(load_model(saved_model), job.examples, chunk_size=4, batch_size=2, progress=False)
+    np.testing.assert_allclose(tg.load(store).states, single.states, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_after_sigkill_gives_the_same_store_bit_for_bit(tmp_path, job):
+    reference = job(tmp_path / "ref.zarr")
+    assert reference.communicate(timeout=300)[0].strip().endswith("done")
+    store = tmp_path / "run.zarr"
+    manifests = store.with_name("run.zarr.partial") / "manifest"
+    for done in (1, 2):  # killed twice, mid-run, with no chance to clean up
+        victim = job(store, delay=0.3)
+        t0 = time.time()
+        while not (manifests.is_dir() and len(os.listdir(manifests)) >= done):
+            assert victim.poll() is None and time.time() - t0 < 240
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert not store.exists() and store.with_name("run.zarr.lock").exists()  # a stale lock stays behind
+    resumed = job(store)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "took over the lock" in err  # the dead run's lock, of this host
+    assert tg.verify(store).ok
+    chunk_sums = lambda path: {p.name: json.loads(p.read_text())["files"]  # noqa: E731
+                               for p in sorted((path / "manifest").iterdir())}
+    assert chunk_sums(store) == chunk_sums(tmp_path / "ref.zarr")  # every chunk file's checksum: bitwise equal
+    a, b = tg.load(store), tg.load(tmp_path / "ref.zarr")
+    np.testing.assert_array_equal(a.states, b.states)
+    pd.testing.assert_frame_equal(a.meta, b.meta)
 
 
 def test_multiple_ranks_without_a_store_are_refused(wtok, corpus, span_frame, tiny_model):

@@ -343,6 +343,18 @@ def test_float16_storage_is_within_half_precision(traj, tmp_path):
     assert not (tmp_path / "b.zarr").exists() and not (tmp_path / "b.zarr.partial").exists()
 
 
+def test_save_in_chunks_round_trips_and_checks_its_chunk_size(traj, tmp_path):
+    path = traj.save(tmp_path / "c.zarr", chunk_size=4)  # chunks of 4 and 2 examples
+    assert sorted(p.name for p in (path / "manifest").iterdir()) == ["0.json", "1.json"]
+    _assert_same(tg.load(path), traj)
+    _assert_same(tg.load(path, lazy=True).compute(), traj)
+    with pytest.raises(TypeError, match="chunk_size must be an int, got float 2.5"):
+        traj.save(tmp_path / "f.zarr", chunk_size=2.5)
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
+        traj.save(tmp_path / "z.zarr", chunk_size=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]  # nothing else left behind
+
+
 def test_existing_stores_are_kept_unless_overwritten(traj, tmp_path):
     path = traj.save(tmp_path / "t.zarr")
     with pytest.raises(FileExistsError, match="overwrite=True"):

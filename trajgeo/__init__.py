@@ -19,15 +19,16 @@ from trajgeo.trajectories import Trajectories, concat, load  # noqa: E402
 # Bound eagerly so that `tg.extract` is the function, not the submodule of the same name (neither imports torch).
 from trajgeo.extract import extract  # noqa: E402
 from trajgeo.models import load_model  # noqa: E402
+from trajgeo.store import verify  # noqa: E402
 
 # Submodules and heavy entry points load on first use: `import trajgeo` must stay fast (no torch).
 _SUBMODULES = {
     "datasets", "geometry", "lens", "models", "plotting", "probes", "projections",
-    "senses", "stats", "toy", "cli", "report",
+    "senses", "stats", "toy", "cli", "report", "store",
 }
 _ATTRS: dict[str, tuple[str, str]] = {}
 
-__all__ = ["Trajectories", "concat", "load", "load_model", "extract", *sorted(_SUBMODULES)]
+__all__ = ["Trajectories", "concat", "load", "load_model", "extract", "verify", *sorted(_SUBMODULES)]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,9 +8,11 @@ Examples
     trajgeo analyze runs/bank.zarr --model smollm2 --out runs/bank-tables
     trajgeo figures runs/bank-tables --out runs/bank-figures
     trajgeo report --model smollm2 --dataset builtin --out report
+    trajgeo verify runs/bank.zarr
 
 Errors that a user can fix (a missing store, an unknown word, a model without an LM head asked for
-the lens) are printed as one line, ``trajgeo: error: ...``, with exit status 2.
+the lens, a store another run is writing) are printed as one line, ``trajgeo: error: ...``, with exit
+status 2; numeric options are checked as they are parsed (a positive integer where one is needed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,26 @@ __all__ = ["main", "build_parser"]
 _EPILOG = "Run 'trajgeo <command> --help' for the options of one command."
 
 
+def _int_type(minimum: int):
+    """An argparse type: an integer >= ``minimum``, written as one (``2.5``, ``3.0`` and ``x`` are refused)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"must be {'a positive integer' if minimum == 1 else f'an integer >= {minimum}'}, got {value}")
+        return value
+
+    parse.__name__ = "positive integer" if minimum == 1 else f"integer >= {minimum}"
+    return parse
+
+
+positive_int = _int_type(1)
+nonnegative_int = _int_type(0)
+
+
 def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2",
                    help="shipped model name (smollm2, minilm, gemma3-270m), hub name, local directory or "
@@ -35,14 +57,15 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--components", action="store_true",
                    help="also store each block's attention and MLP write at the target (for attribution)")
     p.add_argument("--heads", action="store_true", help="also store per-head attention writes (implies --components)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (default: 16)")
-    p.add_argument("--max-point", type=int, default=None, help="stop after this block (default: all blocks)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass (default: 16)")
+    p.add_argument("--max-point", type=nonnegative_int, default=None,
+                   help="stop after this block (default: all blocks)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="compute dtype of the model (default: float32)")
     p.add_argument("--storage-dtype", default="float32", choices=["float32", "float16"],
                    help="dtype of the arrays on disk (default: float32)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--max-examples", type=int, default=None,
+    p.add_argument("--max-examples", type=positive_int, default=None,
                    help="use at most this many examples (a stratified sample by word and sense)")
 
 
@@ -62,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run resumes where it stopped.")
     _add_extract_options(p)
     p.add_argument("--out", required=True, type=Path, help="the Zarr store to write, e.g. runs/bank.zarr")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing complete store")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing trajgeo store (never a file or another folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
 
     p = sub.add_parser("analyze", help="run the standard metric suite on a saved store (parquet tables)",
                        description="Path geometry, population geometry, sense curves, commitment, superposition, "
@@ -73,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="folder for the tables (default: <store>-tables)")
     p.add_argument("--model", default=None,
                    help="the model the store came from, needed for the logit lens (default: no lens)")
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--random-state", type=nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("figures", help="draw the standard figures from a folder of tables",
@@ -87,8 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metric suite, every figure, a summary table and an index.html that shows them.")
     _add_extract_options(p)
     p.add_argument("--out", type=Path, default=Path("report"), help="report folder (default: report)")
-    p.add_argument("--random-state", type=int, default=0)
+    p.add_argument("--random-state", type=nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("verify", help="check a store: every file against its checksum, every chunk present",
+                       description="Reads every chunk of a store and compares it with the checksum recorded when "
+                                   "it was written; lists every missing, truncated, changed or swapped file. Exit "
+                                   "status 0 when the store is sound, 1 when it is not.")
+    p.add_argument("store", type=Path, help="a store written by 'trajgeo extract' or Trajectories.save")
+    p.add_argument("--upgrade", action="store_true",
+                   help="for a store of trajgeo 0.1 (format 1, no checksums): check that every chunk reads, then "
+                        "record checksums for it as it is now")
     return parser
 
 
@@ -104,9 +137,20 @@ def _examples(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     import trajgeo as tg
 
+    if args.command == "verify":
+        from trajgeo import store
+
+        check = store.upgrade(args.store) if args.upgrade else store.verify(args.store)
+        print(check)
+        if check.ok and not check.verifiable:
+            print(f"(written by trajgeo 0.1: no checksums; 'trajgeo verify --upgrade {args.store}' records them)")
+        return 0 if check.ok else 1
     if args.command == "extract":
+        from trajgeo import store
+
+        store.check_target(args.out)  # a file, a foreign folder or no write access: before the model loads
         examples = _examples(args)  # a bad dataset fails before the model is loaded
-        model = tg.load_model(args.model, dtype=args.dtype, device=args.device)
+        model = tg.load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
         traj = tg.extract(model, examples, components=args.components or args.heads, heads=args.heads,
                           store=args.out, batch_size=args.batch_size, max_point=args.max_point,
                           storage_dtype=args.storage_dtype, overwrite=args.overwrite, progress=not args.quiet)
@@ -119,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.store.exists():
             raise FileNotFoundError(f"no store at {args.store} (write one with 'trajgeo extract')")
         out = args.out or args.store.with_name(args.store.name.removesuffix(".zarr") + "-tables")
-        model = tg.load_model(args.model) if args.model else None
+        model = tg.load_model(args.model, progress=not args.quiet) if args.model else None
         if model is not None and model.adapter.unembed is None:
             raise ValueError(f"model {args.model!r} has no LM head: the logit lens needs an unembedding "
                              "(run analyze without --model to skip the lens)")
@@ -146,6 +190,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trajgeo`` command; returns the exit status."""
+    from trajgeo.store import StoreError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -153,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _run(args)
-    except (FileNotFoundError, KeyError, ValueError, ConnectionError, ImportError) as exc:
+    except (OSError, KeyError, ValueError, ImportError, StoreError) as exc:
         # what the user can fix gets one line, not a traceback
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"trajgeo: error: {msg}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import unicodedata
 import warnings
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from trajgeo import datasets
+from trajgeo import datasets, store as _store
 from trajgeo.models import LoadedModel, load_model
-from trajgeo.trajectories import StoreWriter, Trajectories, load
+from trajgeo.store import StoreLock, StoreWriter
+from trajgeo.trajectories import Trajectories, load
 
 __all__ = ["extract", "align_targets", "AlignmentError"]
 
@@ -235,22 +237,25 @@ class _Options:
     heads: bool
     final_norm: bool
     batch_size: int
-    max_point: int | None  # as given: recorded in the store's model info and resume key
+    max_point: int | None  # as given: recorded in the store's model info and states key
     max_length: int | None
     storage_dtype: str
+    truncate: bool = True
 
     @classmethod
     def resolve(cls, adapter: Any, *, pool: str | None, padding_side: str, max_point: int | None,
                 components: bool, heads: bool, final_norm: bool, batch_size: int, max_length: int | None,
-                storage_dtype: str) -> "_Options":
+                storage_dtype: str, truncate: bool = True) -> "_Options":
         if pool is None:
             pool = "last" if adapter.causal else "mean"
         if pool not in ("last", "first", "mean"):
             raise ValueError(f"pool must be 'last', 'first' or 'mean', got {pool!r}")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if storage_dtype not in ("float32", "float16"):
+            raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
         n_layers = adapter.n_layers
-        stop_after = n_layers if max_point is None else int(max_point)
+        stop_after = n_layers if max_point is None else max_point
         if not 0 <= stop_after <= n_layers:
             raise ValueError(f"max_point must be in 0..{n_layers}, got {max_point}")
         if heads and (adapter.head_proj is None or not adapter.heads_additive):
@@ -258,12 +263,12 @@ class _Options:
                              "(a norm after attention, or post-LN, makes them non-additive)")
         if final_norm and (adapter.final_norm is None or stop_after != n_layers):
             raise ValueError("final_norm needs a model with a final norm and all points (max_point=None)")
-        return cls(pool, padding_side, stop_after, components or heads, heads, final_norm, int(batch_size),
-                   max_point, max_length, storage_dtype)
+        return cls(pool, padding_side, stop_after, components or heads, heads, final_norm, batch_size,
+                   max_point, max_length, storage_dtype, bool(truncate))
 
     def record(self) -> dict[str, Any]:
-        """The options as the store records them (its model info, its resume key)."""
-        keep = ("components", "heads", "pool", "max_point", "max_length", "final_norm", "storage_dtype")
+        """The options as the store records them (its model info, its states key)."""
+        keep = ("components", "heads", "pool", "max_point", "max_length", "final_norm", "storage_dtype", "truncate")
         return {k: getattr(self, k) for k in keep}
 
     def shapes(self, n: int, d: int, n_heads: int) -> dict[str, tuple[int, ...]]:
@@ -293,7 +298,7 @@ def _align(lm: LoadedModel, df: pd.DataFrame, max_length: int | None, truncate: 
     aligned, n_windowed = align_targets(lm.tokenizer, df, causal, max_length and int(max_length), truncate)
     if n_windowed:
         warnings.warn(f"{n_windowed} example(s) were longer than the model's context and were windowed "
-                      f"({'ending at' if causal else 'centred on'} the target)", stacklevel=3)
+                      f"({'ending at' if causal else 'centred on'} the target)", stacklevel=4)
     return aligned
 
 
@@ -314,36 +319,73 @@ def _meta(df: pd.DataFrame, aligned: Sequence[_Aligned], causal: bool) -> pd.Dat
         warnings.warn(f"{len(ids)} target(s) are the first token of their input (examples {ids[:5]}"
                       f"{' ...' if len(ids) > 5 else ''}): in a causal model without a BOS token that is the "
                       "attention-sink position, whose residual is atypically large; meta['at_sequence_start'] "
-                      "marks them (drop them, or prefix the texts)", stacklevel=3)
+                      "marks them (drop them, or prefix the texts)", stacklevel=4)
     return meta
 
 
-def _resume_key(lm: LoadedModel, examples: pd.DataFrame, options: dict) -> str:
+def int_option(name: str, value: Any, *, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (None allowed when ``optional``), or a clear error.
+
+    Nothing is coerced: a float (even ``3.0``), a string or a bool is a TypeError, so that ``2.5`` or
+    ``"3"`` never silently becomes 2 or 3.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        kind = "an int" + (" or None" if optional else "")
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value}")
+    return int(value)
+
+
+def _states_key(lm: LoadedModel, examples: pd.DataFrame, options: dict) -> tuple[str, dict]:
+    """What the stored arrays depend on, hashed: the model's weights and tokenizer, each example's text and
+    target span (in order), and the extraction options; and those parts, to say what differs.
+
+    Labels, words, groups and example ids are not in it: they are metadata, always the caller's.
+    """
+    spans = pd.util.hash_pandas_object(examples[["text", "char_start", "char_end"]], index=False)
+    examples_hash = hashlib.blake2b(spans.to_numpy().tobytes(), digest_size=12).hexdigest()
+    parts = {"model": lm.name, "model_fingerprint": lm.fingerprint(), "examples": examples_hash,
+             "n_examples": len(examples), "options": options}
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=12).hexdigest(), parts
+
+
+def _legacy_key(lm: LoadedModel, examples: pd.DataFrame, options: dict) -> str:
+    """The resume key of trajgeo 0.1 stores (format 1), which also hashed the example ids."""
+    old = {k: v for k, v in options.items() if k != "truncate"}
     h = hashlib.blake2b(digest_size=12)
     h.update(lm.fingerprint().encode())
     h.update(pd.util.hash_pandas_object(examples[["example", "text", "char_start", "char_end"]], index=False)
              .to_numpy().tobytes())
-    h.update(json.dumps(options, sort_keys=True, default=str).encode())
+    h.update(json.dumps(old, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
-def _finished_store(store: Any, resume_key: str, overwrite: bool) -> Trajectories | None:
-    """The complete store of this very job (same model, examples and options), lazily; else None."""
-    if Path(store).exists() and not overwrite:
-        done = load(store, lazy=True)
-        if done.model_info.get("resume_key") == resume_key:
-            return done
-    return None
+def _say(progress: bool, message: str) -> None:
+    """A line about what the run does (resumes, reuses, rewrites), on stderr unless ``progress=False``."""
+    if progress:
+        print(f"trajgeo: {message}", file=sys.stderr, flush=True)
 
 
-def _open_writer(store: Any, shapes: dict, meta: pd.DataFrame, info: dict, resume_key: str, rank: int, *,
-                 dtype: str, chunk_size: int, overwrite: bool) -> StoreWriter:
-    """Rank 0 creates (or resumes) ``<store>.partial``; the other ranks wait for it and open it."""
-    if rank != 0:
-        return StoreWriter.join(store, resume_key)
-    attrs = {"points": list(range(shapes["states"][1])), "model_info": {**info, "resume_key": resume_key}}
-    return StoreWriter.create(store, shapes, meta, attrs, dtype=dtype, chunk_size=chunk_size, overwrite=overwrite,
-                              resume_key=resume_key)
+def _finished_store(path: Path, key: str, parts: dict, legacy: Any, meta: pd.DataFrame, *, overwrite: bool,
+                    rank: int, progress: bool) -> bool:
+    """Whether ``path`` already holds this very extraction (then its metadata is made the caller's).
+
+    Raises FileExistsError when it holds another one and not ``overwrite``.
+    """
+    stored = _store.stored_key(path)
+    if stored is None or overwrite:
+        return False
+    if (stored["key"] is not None and stored["key"] == key) or (stored["legacy"] and stored["legacy"] == legacy()):
+        if rank == 0 and _store.rewrite_meta(path, meta):
+            _say(progress, f"{path} holds these states already; only the metadata changed: meta.parquet rewritten")
+        elif rank == 0:
+            _say(progress, f"{path} holds this extraction already: read back, the model is not run")
+        return True
+    raise FileExistsError(f"a store already exists at {path}, holding another extraction (it has "
+                          f"{_store._key_difference(stored['parts'], parts)}); pass overwrite=True to replace it")
 
 
 def _run_chunks(lm: LoadedModel, opts: _Options, aligned: Sequence[_Aligned], shapes: dict,
@@ -428,17 +470,22 @@ def extract(
         family allows (not Gemma, whose post-attention norm is not linear, nor post-LN encoders).
         Heads add up to the attention write minus the output projection's bias, if any.
     store : path, optional
-        Stream the results to this Zarr store (memory bounded by a chunk); an interrupted run
-        with the same model, examples and options resumes where it stopped.
+        Stream the results to this Zarr store (memory bounded by a chunk; format in
+        :mod:`trajgeo.store`). An interrupted run with the same model, texts, spans and options
+        resumes where it stopped (and says so); a complete store of them is read back without
+        running the model. The metadata is always this call's: when only labels, words, groups or
+        ids changed, ``meta.parquet`` alone is rewritten. One run owns a store (``<store>.lock``
+        names its host, process and job); another run fails at once with
+        :class:`trajgeo.store.StoreLockedError`, and a lock whose process is gone is taken over.
     pool : {"last", "first", "mean"}, optional
         How a target split into several tokens is pooled; default "last" for causal models
         (the last subtoken has seen the whole word) and "mean" for encoders.
-    batch_size : int
+    batch_size : int >= 1
         Examples per forward pass (sorted by length within a chunk to minimise padding).
-    max_point : int, optional
+    max_point : int >= 0, optional
         Stop the forward pass after block ``max_point``; the trajectories then have points
         0..max_point.
-    max_length : int, optional
+    max_length : int >= 1, optional
         Longest input in tokens (default: the model's context). Longer texts keep a window that
         ends at the target (causal) or is centred on it (encoders); a warning counts them.
     final_norm : bool
@@ -451,10 +498,11 @@ def extract(
     truncate : bool
         Causal models only: feed each text only up to its target (default). Switching it off gives
         the same states at a higher cost; it exists to show exactly that.
-    chunk_size : int
-        Examples per store chunk: the unit of writing, resuming and sharding.
+    chunk_size : int >= 1
+        Examples per store chunk: the unit of writing, checking, resuming and sharding.
     overwrite : bool
-        Replace an existing complete store.
+        Replace an existing trajgeo store at ``store`` that holds other work, and discard another
+        extraction's unfinished chunks there; never a file or a folder that is not a trajgeo store.
     progress : bool
         Show a tqdm bar with examples per second.
     lazy : bool
@@ -463,8 +511,9 @@ def extract(
         bounded by a chunk however many examples there are.
     rank, world_size : int, optional
         Extract only this process's share of the chunks into a shared store (under
-        ``torchrun``/``accelerate launch`` they are read from the environment). Rank 0 finalises
-        the store once every chunk is done.
+        ``torchrun``/``accelerate launch`` they are read from the environment). Rank 0 holds the
+        store's lock for the job (the other ranks check that it names their job) and finalises the
+        store once every chunk is done.
 
     Returns
     -------
@@ -473,38 +522,78 @@ def extract(
         model's embedding scale; no position embedding), point l = raw residual after block l.
         In a multi-process run, rank 0 returns the finished store's trajectories and the other
         ranks return None.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an option of the wrong type or value (``batch_size=2.5``, ``"3"`` or ``-1``), before the
+        model is loaded.
+    FileExistsError
+        ``store`` holds another extraction (the message says what differs) and not ``overwrite``;
+        or it is a file or a folder that is not a trajgeo store (nothing is deleted).
+    trajgeo.store.StoreError
+        ``<store>.partial`` holds another extraction's unfinished chunks and not ``overwrite``;
+        :class:`~trajgeo.store.StoreLockedError` when another run owns the store.
     """
+    batch_size = int_option("batch_size", batch_size)
+    chunk_size = int_option("chunk_size", chunk_size)
+    max_point = int_option("max_point", max_point, minimum=0, optional=True)
+    max_length = int_option("max_length", max_length, optional=True)
+    rank, world_size = _distributed(rank, world_size)
+    if world_size > 1 and store is None:
+        raise ValueError(f"extraction across {world_size} processes needs store=: each process writes its share there")
     lm = load_model(model)
+    opts = _Options.resolve(lm.adapter, pool=pool, padding_side=padding_side, max_point=max_point,
+                            components=components, heads=heads, final_norm=final_norm, batch_size=batch_size,
+                            max_length=max_length, storage_dtype=storage_dtype, truncate=truncate)
+    if store is None:
+        return _extract(lm, examples, opts, None, progress=progress)
+    path = _store.check_target(store)  # a file, a foreign folder or no write access: refused before any work
+    if rank != 0:
+        _extract(lm, examples, opts, path, overwrite=overwrite, progress=progress, rank=rank, world_size=world_size,
+                 chunk_size=chunk_size)
+        return None  # type: ignore[return-value]
+    with StoreLock(path):  # one run owns the store; rank 0 holds the lock for the whole job
+        return _extract(lm, examples, opts, path, overwrite=overwrite, progress=progress, rank=rank,
+                        world_size=world_size, chunk_size=chunk_size, lazy=lazy)
+
+
+def _extract(lm: LoadedModel, examples: Any, opts: _Options, path: Path | None, *, overwrite: bool = False,
+             progress: bool = True, rank: int = 0, world_size: int = 1, chunk_size: int = 256,
+             lazy: bool = False) -> Trajectories | None:
+    """The steps of :func:`extract` once its options are checked (and, with a store, its lock held)."""
     a = lm.adapter
     df = _as_examples(examples)
-    opts = _Options.resolve(a, pool=pool, padding_side=padding_side, max_point=max_point, components=components,
-                            heads=heads, final_norm=final_norm, batch_size=batch_size, max_length=max_length,
-                            storage_dtype=storage_dtype)
-    aligned = _align(lm, df, max_length, truncate)
+    aligned = _align(lm, df, opts.max_length, opts.truncate)
     meta = _meta(df, aligned, a.causal)
     shapes = opts.shapes(len(df), lm.d_model, a.n_heads)
     info = {**lm.info(), "extraction": opts.record(),
             "residual": "block outputs (post-LN: no raw residual exists)" if a.post_ln else "raw residual"}
-    rank, world_size = _distributed(rank, world_size)
-    if world_size > 1 and store is None:
-        raise ValueError(f"extraction across {world_size} processes needs store=: each process writes its share there")
-    writer = None
-    if store is not None:
-        resume_key = _resume_key(lm, df, opts.record())
-        finished = _finished_store(store, resume_key, overwrite)
-        if finished is not None:
-            return finished if lazy else finished.compute()
-        writer = _open_writer(store, shapes, meta, info, resume_key, rank, dtype=storage_dtype,
-                              chunk_size=chunk_size, overwrite=overwrite)
-    results = _run_chunks(lm, opts, aligned, shapes, writer, rank, world_size, progress)
-    if writer is None:
+    if path is None:
+        results = _run_chunks(lm, opts, aligned, shapes, None, rank, world_size, progress)
         comps = {k: results[k] for k in ("attn", "mlp", "heads") if k in results}
         aux = {k: results[k] for k in ("block_input", "final_normed") if k in results}
         return Trajectories(results["states"], meta, comps, aux, None, info)
+    key, parts = _states_key(lm, df, opts.record())
+    legacy = lambda: _legacy_key(lm, df, opts.record())  # noqa: E731
+    if _finished_store(path, key, parts, legacy, meta, overwrite=overwrite, rank=rank, progress=progress):
+        return load(path, lazy=lazy) if rank == 0 else None
     if rank != 0:
-        return None  # type: ignore[return-value]
+        writer = StoreWriter.join(path, key)
+    else:
+        attrs = {"points": list(range(shapes["states"][1])), "model_info": {**info, "states_key": key}}
+        writer = StoreWriter.create(path, shapes, meta, attrs, dtype=opts.storage_dtype, chunk_size=chunk_size,
+                                    overwrite=overwrite, resume_key=key, key_parts=parts)
+        done = writer.done_chunks()
+        if done.any():
+            rows = sum(stop - start for (start, stop), d in zip(writer.chunk_bounds(), done) if d)
+            _say(progress, f"resuming the unfinished extraction in {writer.partial}: {int(done.sum())} of {len(done)} "
+                           f"chunks ({rows} of {writer.n_examples} examples) are done, {int((~done).sum())} to go")
+    _run_chunks(lm, opts, aligned, shapes, writer, rank, world_size, progress)
+    if rank != 0:
+        return None
     writer.wait_until_done()
-    return load(writer.finalize(), lazy=lazy)
+    return load(writer.finalize(meta), lazy=lazy)
 
 
 # ================================================================ one batch
@@ -540,8 +629,6 @@ def _batch_inputs(items: Sequence[_Aligned], pool: str, padding_side: str, pad_i
 def _run_batch(lm: LoadedModel, capture: _Capture, opts: _Options, items: Sequence[_Aligned], out: dict,
                out_rows: list[int]) -> None:
     """One forward pass over a batch; write each target's points (and writes) into ``out`` at ``out_rows``."""
-    import torch
-
     a = lm.adapter
     device = lm.device
     tok = lm.tokenizer
@@ -610,10 +697,14 @@ def _store_blocks(a: Any, capture: _Capture, opts: _Options, out: dict, rows: np
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     import os
 
-    if rank is None:
-        rank = int(os.environ.get("RANK", 0))
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    def env(name: str) -> int:
+        try:
+            return int(os.environ.get(name, 0 if name == "RANK" else 1))
+        except ValueError:
+            raise ValueError(f"the environment variable {name}={os.environ[name]!r} is not an integer") from None
+
+    rank = env("RANK") if rank is None else int_option("rank", rank, minimum=0)
+    world_size = env("WORLD_SIZE") if world_size is None else int_option("world_size", world_size)
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
     return rank, world_size

@@ -250,6 +250,12 @@ class LoadedModel:
     def dtype(self) -> Any:
         return next(self.model.parameters()).dtype
 
+    def __repr__(self) -> str:
+        # the default dataclass repr prints the whole module tree and vocabulary (~50 KB)
+        return (f"LoadedModel(name={self.name!r}, family={self.adapter.family!r}, n_layers={self.n_layers}, "
+                f"d_model={self.d_model}, dtype={str(self.dtype).replace('torch.', '')}, device={self.device}, "
+                f"source={self.source!r})")
+
     def fingerprint(self) -> str:
         """Hash of the weights and the tokenizer (computed once; about a second for 135M parameters)."""
         if self._fingerprint is None:
@@ -350,6 +356,64 @@ def _torch_dtype(dtype: Any) -> Any:
     if dtype not in table:
         raise ValueError(f"dtype must be one of {sorted(table)}, got {dtype!r}")
     return table[dtype]
+
+
+def _check_device(device: Any) -> None:
+    """Refuse, before any weights are read, a device this torch cannot use."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ValueError(f"device {device!r} needs CUDA, but this torch ({torch.__version__}) was built without "
+                             "it: install a CUDA build of torch, or use device='cpu'")
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ValueError(f"device {device!r}: this torch has CUDA, but no GPU is visible (CUDA_VISIBLE_DEVICES, "
+                             "drivers); use device='cpu'")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: only {n} GPU(s) are visible (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use device='cpu'")
+
+
+class _quiet_loading:
+    """Silence the progress bars of transformers and huggingface_hub while a model loads."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> None:
+        if not self.quiet:
+            return
+        from transformers.utils import logging as tf_logging
+
+        self._tf = tf_logging.is_progress_bar_enabled()
+        tf_logging.disable_progress_bar()
+        try:
+            from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
+            self._hub = not are_progress_bars_disabled()
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            self._hub = False
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.quiet:
+            return
+        from transformers.utils import logging as tf_logging
+
+        if self._tf:
+            tf_logging.enable_progress_bar()
+        if self._hub:
+            from huggingface_hub.utils import enable_progress_bars
+
+            enable_progress_bars()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -463,6 +527,7 @@ def load_model(
     dtype: Any = "float32",
     device: Any = None,
     trust_remote_code: bool = False,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a model for trajectory extraction.
 
@@ -479,14 +544,29 @@ def load_model(
         Where to put the model (default: where it is, i.e. CPU for newly loaded models).
     trust_remote_code : bool
         Passed to transformers; off unless you ask for it.
+    progress : bool
+        Show the loading bars of transformers (reading weights, de-quantising GGUF); ``False``
+        silences them.
 
     Returns
     -------
     LoadedModel
+
+    Raises
+    ------
+    ValueError
+        For a device this torch cannot use (e.g. ``"cuda"`` on a CPU build), before any weights are read.
     """
     if isinstance(model, LoadedModel):
         return model
     torch_dtype = _torch_dtype(dtype)
+    _check_device(device)
+    with _quiet_loading(not progress):
+        return _load(model, torch_dtype, device, trust_remote_code)
+
+
+def _load(model: Any, torch_dtype: Any, device: Any, trust_remote_code: bool) -> LoadedModel:
+    """:func:`load_model` once its options are checked."""
     if isinstance(model, tuple) and len(model) == 2:
         module, tokenizer = model
         name = getattr(module.config, "_name_or_path", "") or type(module).__name__

@@ -5,9 +5,10 @@ context-free token embedding; point ``l`` (1..L) is the raw residual stream afte
 Layer-indexed arrays (``components``) use ``layer`` 1..L, the block that wrote them.
 
 On disk a :class:`Trajectories` is a Zarr group (arrays chunked by examples and compressed) with the
-metadata table beside it as ``meta.parquet``. Stores are written to ``<path>.partial`` and renamed
-into place only when complete, so nothing half-written ever looks finished (the writer is
-:class:`trajgeo.store.StoreWriter`, importable from here too).
+metadata table beside it as ``meta.parquet`` and a checksum for every file. Stores are written to
+``<path>.partial`` and renamed into place only when complete, so nothing half-written ever looks
+finished, and every chunk is checked as it is read (the format is :mod:`trajgeo.store`; its writer
+:class:`trajgeo.store.StoreWriter` is importable from here too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from trajgeo.store import StoreWriter, _partial
+from trajgeo.store import StoreLock, StoreWriter, check_target, read, store_format
 
 __all__ = ["Trajectories", "as_trajectories", "concat", "load", "StoreWriter"]
 
@@ -340,7 +341,8 @@ class Trajectories:
         return h.hexdigest()
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, dtype: str = "float32", overwrite: bool = False, *,
+             chunk_size: int | None = None) -> Path:
         """Write the trajectories as a Zarr store (atomically: to ``<path>.partial``, then renamed).
 
         Parameters
@@ -350,23 +352,39 @@ class Trajectories:
         dtype : {"float32", "float16"}
             Storage type of the arrays; float16 halves the size (loaded back as float32).
         overwrite : bool
-            Replace an existing store at ``path``.
+            Replace an existing trajgeo store at ``path`` (never a file or another folder).
+        chunk_size : int, optional
+            Examples per chunk (the unit of reading and checking); default ``min(n_examples, 1024)``.
+
+        Raises
+        ------
+        FileExistsError
+            A store exists at ``path`` and not ``overwrite``; or ``path`` is a file or a folder that is
+            not a trajgeo store (nothing is deleted).
+        trajgeo.store.StoreLockedError
+            Another run is writing the store.
         """
+        path = check_target(path)  # a file or a folder that is not a store is never replaced
         arrays = {"states": self.states}
         arrays.update({f"components/{k}": v for k, v in self.components.items()})
         arrays.update({f"aux/{k}": v for k, v in self.aux.items()})
-        writer = StoreWriter.create(
-            path,
-            {k: tuple(v.shape) for k, v in arrays.items()},
-            meta=self.meta,
-            attrs={"points": [int(p) for p in self.points], "model_info": self.model_info},
-            dtype=dtype,
-            chunk_size=max(1, min(self.n_examples, 1024)),
-            overwrite=overwrite,
-        )
-        for i, (start, stop) in enumerate(writer.chunk_bounds()):
-            writer.write_chunk(i, {k: np.asarray(v[start:stop]) for k, v in arrays.items()})
-        return writer.finalize()
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if store_format(path) is not None and not overwrite:
+            raise FileExistsError(f"a store already exists at {path}; pass overwrite=True to replace it")
+        with StoreLock(path):
+            writer = StoreWriter.create(
+                path,
+                {k: tuple(v.shape) for k, v in arrays.items()},
+                meta=self.meta,
+                attrs={"points": [int(p) for p in self.points], "model_info": self.model_info},
+                dtype=dtype,
+                chunk_size=max(1, min(self.n_examples, 1024)) if chunk_size is None else chunk_size,
+                overwrite=overwrite,
+            )
+            for i, (start, stop) in enumerate(writer.chunk_bounds()):
+                writer.write_chunk(i, {k: np.asarray(v[start:stop]) for k, v in arrays.items()})
+            return writer.finalize()
 
 
 def _merged_groups(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -431,6 +449,13 @@ def concat(trajs: Sequence[Trajectories], renumber: bool = False) -> Trajectorie
 def load(path: str | os.PathLike, lazy: bool = False) -> Trajectories:
     """Load trajectories saved by :meth:`Trajectories.save` or :func:`trajgeo.extract`.
 
+    Every file is checked against the checksum the store records: ``meta.parquet`` and the Zarr
+    metadata on opening, each chunk as it is read (in memory: now; lazily: when a computation reads
+    it). Hashing costs about as much as decompressing, so a load takes up to twice as long as an
+    unchecked one; the states are read far less often than they are computed on. Stores written by
+    trajgeo 0.1 (format 1) load with a warning that they cannot be verified
+    (:func:`trajgeo.store.upgrade` records checksums for them).
+
     Parameters
     ----------
     path : path-like
@@ -438,33 +463,22 @@ def load(path: str | os.PathLike, lazy: bool = False) -> Trajectories:
     lazy : bool
         Return dask arrays over the store instead of reading everything into memory; the metric
         functions then work chunk by chunk.
+
+    Raises
+    ------
+    FileNotFoundError
+        No store at ``path`` (the message says when an unfinished run can be resumed).
+    trajgeo.store.CorruptStoreError
+        A file is missing, truncated or does not match its checksum; the message names the store,
+        the array and the chunk.
+    trajgeo.store.StoreError
+        ``path`` is a file or a folder that is not a trajgeo store.
     """
-    import zarr
-
     path = Path(path)
-    if not path.exists():
-        hint = ""
-        if _partial(path).exists():
-            hint = f" (an unfinished run left {_partial(path)}; run the extraction again to resume it)"
-        raise FileNotFoundError(f"no trajgeo store at {path}{hint}")
-    group = zarr.open_group(str(path), mode="r")
-    attrs = dict(group.attrs)
-    if attrs.get("format") != "trajgeo":
-        raise ValueError(f"{path} is a Zarr store but not a trajgeo one")
-    if not attrs.get("complete"):
-        raise ValueError(f"the store at {path} is incomplete")
-    meta = pd.read_parquet(path / "meta.parquet")
-
-    def read(name: str) -> Any:
-        if lazy:
-            import dask.array as da
-
-            return da.from_zarr(str(path), component=name).astype(np.float32)
-        return np.asarray(group[name][:], dtype=np.float32)
-
-    names = attrs.get("arrays", [])
-    components = {n.split("/", 1)[1]: read(n) for n in names if n.startswith("components/")}
-    aux = {n.split("/", 1)[1]: read(n) for n in names if n.startswith("aux/")}
-    info = dict(attrs.get("model_info", {}))
-    info["fingerprint"] = attrs.get("fingerprint")
-    return Trajectories(read("states"), meta, components, aux, attrs.get("points"), info)
+    got = read(path, lazy=lazy)
+    names = got.attrs.get("arrays", [])
+    components = {n.split("/", 1)[1]: got.arrays[n] for n in names if n.startswith("components/")}
+    aux = {n.split("/", 1)[1]: got.arrays[n] for n in names if n.startswith("aux/")}
+    info = dict(got.attrs.get("model_info", {}))
+    info["fingerprint"] = (got.marker or {}).get("fingerprint", got.attrs.get("fingerprint"))
+    return Trajectories(got.arrays["states"], got.meta, components, aux, got.attrs.get("points"), info)

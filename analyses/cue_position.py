@@ -166,7 +166,8 @@ def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_st
             notes[cond] = f"no examples with the cue {cond} the target: no probes"
             continue
         labels = (sub.meta["word"].astype(str) + ":" + sub.meta["sense"].astype(str)).to_numpy()
-        sentences = pd.Series(sub.meta["group"].to_numpy()).groupby(labels).nunique()
+        # the folds' groups: sentences, merged with identical prefixes for a causal model (what it can see)
+        sentences = pd.Series(sub.group_codes("group")).groupby(labels).nunique()
         smallest = int(sentences.min())
         if smallest < 2:
             notes[cond] = (f"no probes: sense {sentences.idxmin()!r} has {smallest} sentence with the cue {cond} the "

@@ -128,18 +128,21 @@ def test_random_state_must_be_a_nonnegative_integer(tmp_path, capsys):
     assert "argument --random-state: must be an integer >= 0, got -1" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="datasets.stratified_sample rounds every cell up to >= 1 and gives more "
-                                       "than n (owned by the datasets room; see the report)")
-def test_max_examples_gives_at_most_that_many(tmp_path, saved_model, jsonl):
+def test_max_examples_gives_exactly_that_many_and_refuses_fewer_than_the_cells(tmp_path, saved_model, jsonl, capsys):
     _, df = jsonl
-    path = tmp_path / "four-senses.jsonl"  # 7 examples of 4 senses: each cell rounds up to 1, 4 in all
+    path = tmp_path / "four-senses.jsonl"  # 7 examples of 4 senses: 4 word x sense cells
     with open(path, "w") as f:
         for i, text in enumerate(df["text"]):
-            f.write(json.dumps({"text": text, "target": "the", "sense": "abcd"[i % 4], "word": "the"}) + "\n")
-    out = tmp_path / "three.zarr"
+            f.write(json.dumps({"text": text, "target": "the", "occurrence": 0, "sense": "abcd"[i % 4],
+                                "word": "the"}) + "\n")
+    out = tmp_path / "five.zarr"
     assert main(["extract", "--model", str(saved_model), "--dataset", str(path), "--out", str(out),
-                 "--max-examples", "3", "--quiet"]) == 0
-    assert len(tg.load(out).meta) == 3
+                 "--max-examples", "5", "--quiet"]) == 0
+    assert len(tg.load(out).meta) == 5
+    # 3 examples cannot represent 4 cells: a one-line error, nothing written
+    err = _one_line_error(["extract", "--model", str(saved_model), "--dataset", str(path), "--out",
+                           str(tmp_path / "three.zarr"), "--max-examples", "3", "--quiet"], capsys)
+    assert "n=3" in err and "4" in err and not (tmp_path / "three.zarr").exists()
 
 
 # ============================================================== the output is checked before the model loads

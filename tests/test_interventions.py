@@ -38,8 +38,9 @@ _PAIRS = [
 ]
 
 
-def _align_pairs(tokenizer, pairs):
-    """A private stand-in for tg.datasets.align_pairs (used only while the datasets module lacks it)."""
+def _token_aligner(tokenizer, pairs):
+    """Token-level alignment without tg.datasets' minimal-pair checks: the self-patch identity patches a run
+    into itself, a "pair" whose two texts are identical, which the datasets contract rightly refuses."""
     rows = []
     for r in pairs.itertuples():
         enc = [tokenizer(t, return_offsets_mapping=True) for t in (r.text, r.counterfactual)]
@@ -59,14 +60,6 @@ def _align_pairs(tokenizer, pairs):
         rows.append({"pair": r.pair, "aligned": not reason, "n_tokens": len(ids[0]), "target_start": s[0],
                      "target_end": s[1], "cue_positions": cue, "reason": reason})
     return pd.DataFrame(rows)
-
-
-@pytest.fixture(autouse=True)
-def aligner(monkeypatch):
-    """tg.datasets.align_pairs, or the private stand-in until the minimal-pairs work lands."""
-    if not hasattr(datasets, "align_pairs"):
-        monkeypatch.setattr(datasets, "align_pairs", _align_pairs, raising=False)
-    return datasets.align_pairs
 
 
 @pytest.fixture
@@ -103,7 +96,8 @@ def _sweep_sites(family):
 
 
 # ============================================================== identities
-def test_patching_a_run_into_itself_changes_nothing(lm, linear, family, pairs):
+def test_patching_a_run_into_itself_changes_nothing(lm, linear, family, pairs, monkeypatch):
+    monkeypatch.setattr(datasets, "align_pairs", _token_aligner)
     same = pairs.assign(counterfactual=pairs["text"], counterfactual_sense=pairs["sense"], kind="same")
     for site in _sweep_sites(family):
         some = {"layers": [2]} if site == "head" else {}  # every head of one layer: the other layers are alike
@@ -246,9 +240,10 @@ def test_a_cue_after_the_target_gives_no_effect_and_no_ratio_in_a_causal_model(l
 
 # ============================================================== bad input
 def test_a_misaligned_pair_is_named_or_skipped(lm, linear, pairs):
-    bad = pd.concat([pairs, pd.DataFrame([_pair(9, "the river bank", "the savings bank of money", "river",
+    # one word before the target becomes two: the counts differ and the target moves
+    bad = pd.concat([pairs, pd.DataFrame([_pair(9, "the river bank", "the savings account bank", "river",
                                                 "finance")])], ignore_index=True)
-    with pytest.raises(ValueError, match=r"do not align.*9 \(token counts differ"):
+    with pytest.raises(ValueError, match=r"do not align.*9 .*lengths differ"):
         iv.patch(lm, bad, readout=linear, points=[1], progress=False)
     with pytest.warns(UserWarning, match=r"skipped 1 pair.*9"):
         e = iv.patch(lm, bad, readout=linear, points=[1], progress=False, on_misaligned="skip")
@@ -495,7 +490,7 @@ def test_kind_contrast_averages_within_pairs_first():
 def test_smollm2_patching_identities_with_the_real_unembedding(smollm2):
     lm = smollm2
     real = pd.DataFrame([
-        dict(pair="a", word="bank", text="We fished from the river bank all day.",
+        dict(pair=0, word="bank", text="We fished from the river bank all day.",
              counterfactual="We fished from the money bank all day.", target="bank", sense="river",
              counterfactual_sense="finance", kind="flip"),
     ])

@@ -839,3 +839,21 @@ def test_minilm_has_no_unembedding(minilm, bank_sentences):
     traj = tg.extract(minilm, bank_sentences.iloc[:2], progress=False)
     with pytest.raises(L.LensUnavailable, match="needs an unembedding.*MiniLM"):
         L.logit_lens(minilm, traj)
+
+
+@pytest.mark.slow
+def test_smollm2_next_token_cross_entropy_is_its_own_loss(smollm2, bank_sentences):
+    # the real readout (RMSNorm, tied embedding) over whole texts: the last point is the model's own loss
+    texts = list(bank_sentences["text"].unique()[:6])
+    res = L.next_token_scores(smollm2, texts, batch_size=4, progress=False, n_boot=100)
+    enc = smollm2.tokenizer(texts, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        loss = float(smollm2.model(**enc, labels=labels).loss)
+    ce = res[res["metric"] == "cross_entropy"].set_index("point")["value"]
+    assert ce[smollm2.n_layers] == pytest.approx(loss, abs=1e-4)
+    acc = res[res["metric"] == "top1_accuracy"].set_index("point")["value"]
+    print(f"\nSmolLM2 next-token CE through the logit lens: point 0 {ce[0]:.2f}, point 15 {ce[15]:.2f}, last "
+          f"{ce[smollm2.n_layers]:.2f} nats (model loss {loss:.2f}); top-1 accuracy {acc[0]:.2f} / {acc[15]:.2f} / "
+          f"{acc[smollm2.n_layers]:.2f}")
+    assert ce[smollm2.n_layers] < ce[0]

@@ -350,7 +350,7 @@ def test_plain_arrays_are_accepted(llama, bank_examples):
 # ============================================================== tuned lens
 def _random_texts(tok, n: int, length: int, seed: int) -> list[str]:
     """Random sequences of the word tokenizer's words: an unlimited corpus for the tiny models."""
-    words = [w for w in tok.get_vocab() if not w.startswith("[")]
+    words = sorted(w for w in tok.get_vocab() if not w.startswith("["))  # get_vocab's order varies by process
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words, length)) for _ in range(n)]
 
@@ -655,7 +655,7 @@ def test_next_token_scores_match_a_brute_force_loop(sharp, next_texts):
             np.testing.assert_allclose(rows["ci_low"], low[:, m], rtol=1e-6, atol=1e-9)
             np.testing.assert_allclose(rows["ci_high"], high[:, m], rtol=1e-6, atol=1e-9)
     acc = res[(res["lens"] == "logit") & (res["metric"] == "top1_accuracy")].set_index("point")["value"]
-    assert acc[sharp.n_layers] > 0.4  # the greedy continuations: the test is not all zeros
+    assert acc[sharp.n_layers] > 0.25  # the greedy continuations: the test is not all zeros
     kl = res[res["metric"] == "kl_to_final"].set_index(["lens", "point"])["value"]
     assert kl[("logit", sharp.n_layers)] == 0 and kl[("tuned", sharp.n_layers)] == 0
 

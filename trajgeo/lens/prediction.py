@@ -148,11 +148,13 @@ def next_token_scores(
         for r0 in range(0, len(x), rows_per_chunk):
             xs, ts, tx = x[r0:r0 + rows_per_chunk], target[r0:r0 + rows_per_chunk], text[r0:r0 + rows_per_chunk]
             with torch.inference_mode():
-                logp_f = torch.log_softmax(logit(xs[:, -1]), -1)  # the model's own final distribution
+                logp_f = None  # the model's own final distribution: the logit lens's last point (read first)
                 for j, (_, readout, tuned) in enumerate(readouts):
                     y = xs if tuned is None else torch.from_numpy(tuned._translate(xs.numpy(), range(n_pts)))
                     logits = readout(y)  # (c, points, vocab)
                     logp = torch.log_softmax(logits, -1)
+                    if logp_f is None:
+                        logp_f = logp[:, -1]
                     at = ts.to(logp.device)[:, None, None].expand(-1, n_pts, 1)
                     ce = -logp.gather(-1, at)[..., 0]
                     top1 = (logits.argmax(-1) == at[..., 0]).float()

@@ -564,6 +564,19 @@ def test_an_interrupted_save_leaves_nothing_behind(tuned, tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unreadable_lens_files_are_refused_naming_the_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="junk.safetensors is not a readable tuned lens"):
+        L.TunedLens.load(tmp_path / "junk.safetensors")
+    save_file({"w": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="other.safetensors is a safetensors file but not a trajgeo tuned lens"):
+        L.TunedLens.load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="no tuned lens"):
+        L.TunedLens.load(tmp_path / "absent.safetensors")
+
+
 def test_tuned_lens_refuses_another_model(wtok, tuned, bank_examples, tiny_model):
     other = load_model((tiny_model("llama", len(wtok), n_layers=4, seed=1), wtok))
     traj = tg.extract(other, bank_examples, progress=False)

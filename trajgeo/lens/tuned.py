@@ -451,14 +451,17 @@ class TunedLens(BaseEstimator):
             magic = f.read(2)
         if magic == b"PK":  # a zip: the 0.1 .npz format
             return cls._load_npz(path)
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="numpy") as f:
-            header = f.metadata() or {}
-            if _FORMAT not in header:
-                raise ValueError(f"{path} is a safetensors file but not a trajgeo tuned lens (no {_FORMAT!r} metadata)")
-            meta = json.loads(header[_FORMAT])
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                header = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable tuned lens (safetensors says: {e})") from e
+        if _FORMAT not in header:
+            raise ValueError(f"{path} is a safetensors file but not a trajgeo tuned lens (no {_FORMAT!r} metadata)")
+        meta = json.loads(header[_FORMAT])
         lens = cls(**cls._known_params(meta.pop("params")))
         for k, v in arrays.items():
             setattr(lens, k, v)

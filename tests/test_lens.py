@@ -552,6 +552,24 @@ def test_cache_round_trips_bit_for_bit_without_pickle(llama, wtok, tiny_model, t
     assert L.TunedLens.cached(other) is None
 
 
+def test_the_training_command_caches_a_lens_the_model_finds(saved_model, tmp_path, monkeypatch, capsys):
+    import json
+
+    from trajgeo.lens.train import main
+
+    monkeypatch.setenv("TRAJGEO_CACHE", str(tmp_path / "cache"))
+    lm = load_model(str(saved_model))
+    (tmp_path / "texts.txt").write_text("\n".join(_random_texts(lm.tokenizer, 20, 8, seed=6)) + "\n\n")
+    assert main(["--model", str(saved_model), "--texts", str(tmp_path / "texts.txt"), "--no-corpus",
+                 "--max-epochs", "1", "--validation-interval", "2", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lens = L.TunedLens.cached(lm)
+    assert summary["cache"] == str(L.TunedLens.cache_path(lm)) and lens is not None
+    assert lens.n_texts_ == 20 and summary["held_out_kl_logit"] == round(lens.logit_held_out_kl_, 4)
+    with pytest.raises(SystemExit, match="no such file"):
+        main(["--model", str(saved_model), "--texts", str(tmp_path / "absent.txt")])
+
+
 def test_an_interrupted_save_leaves_nothing_behind(tuned, tmp_path, monkeypatch):
     import os
 

@@ -123,6 +123,19 @@ class _frozen:
 
 
 # ============================================================== the model's pass over whole texts
+def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids and special-token masks of each text, cut after ``max_length`` tokens.
+
+    Cut here rather than with the tokenizer's ``truncation=True``: that leaves the truncation
+    setting in a fast tokenizer's backend, whose serialisation is part of the model's fingerprint,
+    so the same model would hash differently before and after a lens ran on it.
+    """
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False, return_special_tokens_mask=True,
+                    verbose=False)
+    return {"input_ids": [list(x[:max_length]) for x in enc["input_ids"]],
+            "special_tokens_mask": [list(m[:max_length]) for m in enc["special_tokens_mask"]]}
+
+
 def _forward(lm: LoadedModel, texts: Sequence[str], max_length: int, batch_size: int,
              progress: bool = False, desc: str = "residuals") -> Iterator[tuple[Any, Any, Any, Any]]:
     """Run the model on batches of texts and yield every point's residual at every position.
@@ -153,8 +166,7 @@ def _forward(lm: LoadedModel, texts: Sequence[str], max_length: int, batch_size:
     handles = [b.register_forward_hook(hook(l)) for l, b in enumerate(a.blocks)]
     try:
         for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=desc, unit="batch"):
-            enc = tok(list(texts[i:i + batch_size]), add_special_tokens=True, truncation=True,
-                      max_length=max_length, return_special_tokens_mask=True)
+            enc = _encode(tok, texts[i:i + batch_size], max_length)
             longest = max(len(x) for x in enc["input_ids"])
             ids = torch.full((len(enc["input_ids"]), longest), pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids, dtype=torch.bool)

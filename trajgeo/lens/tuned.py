@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 
 from trajgeo._api import changed_signature
 from trajgeo.datasets import corpus
-from trajgeo.lens._readout import _ROW_BUDGET, _forward, _frozen, _Readout
+from trajgeo.lens._readout import _ROW_BUDGET, _encode, _forward, _frozen, _Readout
 from trajgeo.lens.logit import logit_lens
 from trajgeo.models import LoadedModel, cache_dir, load_model
 from trajgeo.trajectories import Trajectories
@@ -193,6 +193,7 @@ class TunedLens(BaseEstimator):
         self._check_params()
         lm = load_model(model)
         readout = _Readout(lm, self.normalize_final)
+        fingerprint = lm.fingerprint()  # before anything touches the tokenizer
         texts = self._texts(texts)
         rng = np.random.default_rng(self.random_state)
         if validation_texts is None:
@@ -212,7 +213,7 @@ class TunedLens(BaseEstimator):
         self.n_texts_ = len(texts)
         self.texts_fingerprint_ = _texts_fingerprint(texts)
         self.model_name_ = lm.name
-        self.model_fingerprint_ = lm.fingerprint()
+        self.model_fingerprint_ = fingerprint
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -243,8 +244,7 @@ class TunedLens(BaseEstimator):
         if self.max_tokens is not None:
             # whole texts in random order until max_tokens positions: the model then runs on
             # those texts only (sampling single positions would touch nearly every text)
-            enc = lm.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length,
-                               return_special_tokens_mask=True)
+            enc = _encode(lm.tokenizer, texts, self.max_length)
             counts = np.array([len(m) - sum(m) for m in enc["special_tokens_mask"]])
             order = rng.permutation(len(texts))
             n_take = int(np.searchsorted(np.cumsum(counts[order]), self.max_tokens) + 1)

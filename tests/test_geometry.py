@@ -355,20 +355,44 @@ def test_twonn_finds_a_planted_plane_despite_duplicate_rows():
     est = geo.twonn_dimension(x)
     assert est == pytest.approx(2.0, abs=0.25)
     assert est == pytest.approx(brute_twonn(x), rel=1e-9)
-    assert np.isnan(geo.twonn_dimension(np.repeat(x[:2], 10, axis=0)))
+    # merged duplicates never give an infinite ratio, even when few distinct rows are allowed
+    few = np.repeat(plane[:20], 10, axis=0)
+    assert geo.twonn_dimension(few, min_distinct=3) == pytest.approx(brute_twonn(few), rel=1e-9)
+
+
+def test_twonn_is_nan_with_a_reason_below_the_minimum_of_distinct_rows():
+    # 12 distinct embeddings repeated over 550 examples (point 0 of the built-in set) gave "52"
+    rng = np.random.default_rng(11)
+    emb = rng.normal(size=(12, 576))
+    x = emb[rng.integers(0, 12, 550)]
+    with pytest.warns(UserWarning, match=r"NaN: 12 distinct row\(s\), fewer than min_distinct=100"):
+        assert np.isnan(geo.twonn_dimension(x))
+    assert np.isfinite(geo.twonn_dimension(x, min_distinct=12))  # the number it used to report
+    # the minimum counts distinct rows after max_samples, and exactly TWONN_MIN_DISTINCT rows suffice
+    blob = rng.normal(size=(150, 5))
+    with pytest.warns(UserWarning, match="99 distinct"):
+        assert np.isnan(geo.twonn_dimension(blob, max_samples=99))
+    est = geo.twonn_dimension(blob, max_samples=cloud.TWONN_MIN_DISTINCT)
+    assert np.isfinite(est) and est == pytest.approx(5.0, rel=0.4)
+    with pytest.raises(ValueError, match="min_distinct"):
+        geo.twonn_dimension(blob, min_distinct=2)
 
 
 def test_intrinsic_dimension_per_point_and_point_zero_duplicates():
     rng = np.random.default_rng(10)
     basis = np.linalg.qr(rng.normal(size=(30, 3)))[0].T
-    x = np.zeros((300, 2, 30))
+    x = np.zeros((300, 3, 30))
     x[:, 0] = np.repeat(rng.normal(size=(3, 30)), 100, axis=0)  # embedding: 3 distinct rows
     x[:, 1] = rng.uniform(size=(300, 3)) @ basis
-    with pytest.warns(UserWarning, match="only one word"):
+    x[:, 2] = x[:, 1]
+    x[:250, 2] = x[0, 1]  # 51 distinct rows: also too few
+    with pytest.warns(UserWarning, match="only one word"), \
+            pytest.warns(UserWarning, match=r"NaN at point\(s\) \[0, 2\]: 3-51 distinct"):
         df = geo.population_metrics(tg.Trajectories(x), normalize=None)
     idim = pop(df, "intrinsic_dimension")
-    assert np.isfinite(idim[0])  # 300 rows but 3 distinct: merged, so never inf from zero distances
+    assert np.isnan(idim[0]) and np.isnan(idim[2])  # too few distinct rows: no number, and a warning
     assert idim[1] == pytest.approx(3.0, abs=0.4)
+    assert idim[1] == pytest.approx(brute_twonn(x[:, 1]), rel=1e-6)
 
 
 # ------------------------------------------------------------------ CKA

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from trajgeo._api import changed_signature
 from trajgeo.geometry._common import first_distinct, row_keys, threads_for
 
-__all__ = ["twonn_dimension"]
+__all__ = ["twonn_dimension", "TWONN_MIN_DISTINCT"]
+
+# TwoNN's estimate is (N - 1) / sum of N exponential variables of rate d, so its relative standard
+# error is about 1 / sqrt(N): with 100 distinct rows the 95% interval is about +-20%. Below that the
+# number says more about N than about the cloud (12 distinct embeddings at point 0 gave "52").
+TWONN_MIN_DISTINCT = 100
 
 _EIGSH_MIN = 96  # below this Gram/scatter size a full (batched) eigvalsh is cheaper than Lanczos
 
@@ -68,15 +75,16 @@ def _sample_distinct(first: np.ndarray, rank: np.ndarray, max_samples: int | Non
     return np.sort(first[np.argsort(rank[first], kind="stable")[:max_samples]])
 
 
-def _twonn(x: np.ndarray) -> float:
-    """TwoNN maximum-likelihood estimate of distinct rows ``x`` (n, d); NaN below 3 rows.
+def _twonn(x: np.ndarray, min_distinct: int = TWONN_MIN_DISTINCT) -> float:
+    """TwoNN maximum-likelihood estimate of distinct rows ``x`` (n, d); NaN below ``min_distinct`` rows
+    (and below 3, where it is undefined). Silent: the callers say why.
 
     d = (N - 1) / sum_i log(r2_i / r1_i) with r1, r2 the distances to the two nearest neighbours;
     rows at distance 0 from their nearest neighbour (duplicates left in) are dropped.
     """
     from sklearn.neighbors import NearestNeighbors
 
-    if len(x) < 3:
+    if len(x) < max(3, min_distinct):
         return float("nan")
     # scikit-learn's float32 neighbour search accumulates distances in float64 chunks: 2-3x faster
     # than float64 input, same neighbours, distances equal up to float32 rounding of the inputs
@@ -91,8 +99,15 @@ def _twonn(x: np.ndarray) -> float:
     return float((keep.sum() - 1) / s) if s > 0 else float("nan")
 
 
+def _too_few_warning(where: str, n_distinct: int | str, min_distinct: int, stacklevel: int = 4) -> None:
+    warnings.warn(f"TwoNN intrinsic dimension is NaN{where}: {n_distinct} distinct row(s), fewer than "
+                  f"min_distinct={min_distinct} (its relative error is about 1/sqrt(N); with few rows the "
+                  "estimate says more about N than about the cloud)", UserWarning, stacklevel=stacklevel)
+
+
 @changed_signature(positional=("max_samples", "random_state"))
-def twonn_dimension(x: np.ndarray, *, max_samples: int | None = 5000, random_state: int | None = 0) -> float:
+def twonn_dimension(x: np.ndarray, *, max_samples: int | None = 5000, random_state: int | None = 0,
+                    min_distinct: int = TWONN_MIN_DISTINCT) -> float:
     """TwoNN intrinsic dimension (Facco et al. 2017) of one point cloud, robust to duplicates.
 
     Duplicate rows (common at point 0: the embedding is the same for every context of a word)
@@ -108,15 +123,25 @@ def twonn_dimension(x: np.ndarray, *, max_samples: int | None = 5000, random_sta
         Use at most this many of the distinct rows: a seeded uniform random subset (those first in
         a random permutation of all rows drawn with ``random_state``).
     random_state : int or None
+    min_distinct : int
+        Fewest distinct rows (after ``max_samples``) that give a number; below it the result is
+        NaN with a ``UserWarning`` saying why. The estimate's relative standard error is about
+        1/sqrt(N), so the default (100) gives a 95% interval of about +-20%. At least 3.
 
     Returns
     -------
-    float; NaN with fewer than 3 distinct rows.
+    float; NaN (with a warning) with fewer than ``min_distinct`` distinct rows.
     """
+    if min_distinct < 3:
+        raise ValueError(f"min_distinct must be >= 3 (TwoNN needs two neighbours), got {min_distinct}")
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     first = first_distinct(row_keys(x))
     rank = np.empty(len(x), dtype=np.int64)
     rank[np.random.default_rng(random_state).permutation(len(x))] = np.arange(len(x))
-    return _twonn(x[_sample_distinct(first, rank, max_samples)])
+    rows = _sample_distinct(first, rank, max_samples)
+    if len(rows) < min_distinct:
+        _too_few_warning("", len(rows), min_distinct)
+        return float("nan")
+    return _twonn(x[rows], min_distinct)

@@ -22,7 +22,7 @@ import pandas as pd
 from trajgeo._api import changed_signature
 from trajgeo._arrays import block_bounds, iter_blocks, unwrap
 from trajgeo.geometry._common import Rows, codes_of, first_distinct, group_sums, row_keys, unit
-from trajgeo.geometry.cloud import _mev, _sample_distinct, _twonn
+from trajgeo.geometry.cloud import TWONN_MIN_DISTINCT, _mev, _sample_distinct, _too_few_warning, _twonn
 from trajgeo.normalization import fit_normalizer
 from trajgeo.trajectories import Trajectories, as_trajectories
 
@@ -323,17 +323,29 @@ def _max_explainable_variance(rows: Rows, plan: _Plan, n_words: int, n_points: i
     return mev, adj, sd
 
 
-def _intrinsic_dimension(rows: Rows, keys: np.ndarray, rank: np.ndarray, max_samples: int | None) -> np.ndarray:
+def _intrinsic_dimension(rows: Rows, keys: np.ndarray, rank: np.ndarray, max_samples: int | None,
+                         points: np.ndarray) -> np.ndarray:
     """TwoNN at every point on the ``max_samples`` distinct vectors of lowest rank, (n_points,).
     Where no vectors repeat the sample is the same examples at every point, so their union (what
-    is gathered, a few points at a time within the budget) stays about ``max_samples`` rows."""
+    is gathered, a few points at a time within the budget) stays about ``max_samples`` rows.
+    Points with fewer than :data:`TWONN_MIN_DISTINCT` distinct vectors are NaN, with one warning
+    naming them (at point 0 every context of a word shares its embedding)."""
     p = keys.shape[1]
     samples = [_sample_distinct(first_distinct(keys[:, k]), rank, max_samples) for k in range(p)]
-    union = np.unique(np.concatenate(samples))
-    per = max(1, rows.budget(1) // len(union))  # points per gather
+    few = [k for k in range(p) if len(samples[k]) < TWONN_MIN_DISTINCT]
+    if few:
+        counts = sorted({len(samples[k]) for k in few})
+        _too_few_warning(f" at point(s) {[int(points[k]) for k in few]}",
+                         counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}", TWONN_MIN_DISTINCT,
+                         stacklevel=5)
+    todo = [k for k in range(p) if k not in few]
     out = np.full(p, np.nan)
-    for s in range(0, p, per):
-        pos = list(range(s, min(p, s + per)))
+    if not todo:
+        return out
+    union = np.unique(np.concatenate([samples[k] for k in todo]))
+    per = max(1, rows.budget(1) // len(union))  # points per gather
+    for s in range(0, len(todo), per):
+        pos = todo[s:s + per]
         block = rows.get(union, positions=pos)
         for j, k in enumerate(pos):
             out[k] = _twonn(block[np.searchsorted(union, samples[k]), j])
@@ -430,7 +442,9 @@ def population_metrics(
     ``intrinsic_dimension``
         TwoNN estimate over all examples (see :func:`~trajgeo.geometry.twonn_dimension`), on at
         most ``max_samples`` distinct vectors per point: a seeded random subset, the same examples
-        at every point where no vectors repeat.
+        at every point where no vectors repeat. NaN, with a ``UserWarning`` naming the points, where
+        a point has fewer than :data:`~trajgeo.geometry.cloud.TWONN_MIN_DISTINCT` (100) distinct vectors:
+        at point 0 every context of a word shares its embedding, so a set of 12 words has 12.
     ``between_within_ratio``
         Per word: trace of the between-sense scatter over trace of the within-sense scatter,
         sum_s n_s ||mu_s - mu||^2 / sum_i ||x_i - mu_{s(i)}||^2 (NaN with fewer than 2 senses, and
@@ -454,7 +468,10 @@ def population_metrics(
         Applied per point before all metrics. Default ``None`` (changed in 0.2; it was
         ``"standardize"``): Ethayarajh's anisotropy, self-similarity and maximum explainable
         variance are defined on the raw vectors, and their anisotropy adjustment is what corrects
-        for the common direction. Pass ``DEFAULT_NORMALIZE`` for the 0.1 numbers.
+        for the common direction. Pass ``DEFAULT_NORMALIZE`` for the 0.1 numbers. Under any other
+        ``normalize`` the rows keep their names but are no longer Ethayarajh's quantities: centring
+        removes the common direction that anisotropy measures (on SmolLM2's built-in set,
+        "standardize" gives anisotropy -0.09..-0.03 where the raw vectors give 0.28..0.79).
     random_state : int or None
         Seeds the random pairs, baselines and TwoNN subsample (each from its own stream).
     n_pairs : int
@@ -513,6 +530,6 @@ def population_metrics(
     table.add_per_word("max_explainable_variance", mev)
     table.add_per_word("adjusted_max_explainable_variance", adj)
     table.add_per_word("max_explainable_variance_baseline_sd", sd)
-    table.add("intrinsic_dimension", _intrinsic_dimension(rows, keys, plan.rank, max_samples))
+    table.add("intrinsic_dimension", _intrinsic_dimension(rows, keys, plan.rank, max_samples, np.asarray(t.points)))
     table.add_per_word("between_within_ratio", bw.result())
     return table.frame(t.points)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -12,6 +13,34 @@ from trajgeo.trajectories import Trajectories, as_trajectories
 
 # Lens rows unembedded at once (rows * vocabulary floats per tensor): about 64 MB per tensor.
 _ROW_BUDGET = 1 << 24
+
+
+class LensUnavailable(ValueError):
+    """The model has no LM head (unembedding) for a lens to read through, e.g. a sentence encoder.
+
+    A ``ValueError``, so code that caught the former error keeps working. Check first with
+    :func:`has_lm_head` to skip the lens and say so.
+    """
+
+
+def has_lm_head(model: Any) -> bool:
+    """Whether the logit and tuned lens can read this model: it has an LM head (unembedding).
+
+    Parameters
+    ----------
+    model : LoadedModel or anything :func:`trajgeo.load_model` accepts
+
+    Returns
+    -------
+    bool
+        False for encoders loaded without their masked-LM head (MiniLM, any ``*Model`` checkpoint);
+        the lens functions raise :class:`LensUnavailable` on them.
+    """
+    try:
+        _Readout(load_model(model))
+    except LensUnavailable:
+        return False
+    return True
 
 
 # ============================================================== the readout
@@ -27,7 +56,7 @@ class _Readout:
     def __init__(self, lm: LoadedModel, normalize_final: bool = True) -> None:
         a = lm.adapter
         if a.unembed is None:
-            raise ValueError(
+            raise LensUnavailable(
                 f"the lens needs an unembedding (an LM head), but model {lm.name!r} ({a.family}) has none: "
                 "it was loaded without one (e.g. a sentence-embedding encoder such as MiniLM). Load a causal LM "
                 "or a *ForMaskedLM checkpoint to use the logit or tuned lens."
@@ -43,7 +72,8 @@ class _Readout:
             cls = getattr(model, "cls", None)
             self.head = getattr(cls, "predictions", None) if cls is not None else getattr(model, "lm_head", None)
             if self.head is None:
-                raise ValueError(f"model {lm.name!r}: found an unembedding but no masked-LM head (cls / lm_head)")
+                raise LensUnavailable(f"model {lm.name!r}: found an unembedding but no masked-LM head (cls / lm_head) "
+                                      "for the lens to read through")
         else:
             self.head = a.unembed
         cfg = model.config
@@ -90,6 +120,74 @@ class _frozen:
     def __exit__(self, *exc: Any) -> None:
         for p, flag in self.flags:
             p.requires_grad_(flag)
+
+
+# ============================================================== the model's pass over whole texts
+def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, list[list[int]]]:
+    """Token ids and special-token masks of each text, cut after ``max_length`` tokens.
+
+    Cut here rather than with the tokenizer's ``truncation=True``: that leaves the truncation
+    setting in a fast tokenizer's backend, whose serialisation is part of the model's fingerprint,
+    so the same model would hash differently before and after a lens ran on it.
+    """
+    enc = tokenizer(list(texts), add_special_tokens=True, truncation=False, return_special_tokens_mask=True,
+                    verbose=False)
+    return {"input_ids": [list(x[:max_length]) for x in enc["input_ids"]],
+            "special_tokens_mask": [list(m[:max_length]) for m in enc["special_tokens_mask"]]}
+
+
+def _forward(lm: LoadedModel, texts: Sequence[str], max_length: int, batch_size: int,
+             progress: bool = False, desc: str = "residuals") -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Run the model on batches of texts and yield every point's residual at every position.
+
+    Yields
+    ------
+    h : tensor of shape (batch, n_tokens, n_layers + 1, d_model)
+        Point 0 is the token embedding times the model's scale (as in :func:`trajgeo.extract`),
+        point l the raw block-l output (hooks on the blocks: Hugging Face's last hidden state is
+        final-normed, trajgeo's point L is not).
+    ids : tensor of shape (batch, n_tokens), the token ids (padding on the right)
+    mask : bool tensor of shape (batch, n_tokens), True on the texts' tokens (special ones included)
+    content : bool tensor of shape (batch, n_tokens), True on non-special, non-padding tokens
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    a = lm.adapter
+    tok = lm.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    outs: dict[int, Any] = {}
+
+    def hook(l: int) -> Callable:
+        def fn(module: Any, args: Any, output: Any) -> None:
+            outs[l] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [b.register_forward_hook(hook(l)) for l, b in enumerate(a.blocks)]
+    try:
+        for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=desc, unit="batch"):
+            enc = _encode(tok, texts[i:i + batch_size], max_length)
+            longest = max(len(x) for x in enc["input_ids"])
+            ids = torch.full((len(enc["input_ids"]), longest), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids, dtype=torch.bool)
+            content = torch.zeros_like(ids, dtype=torch.bool)
+            for r, (x, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
+                ids[r, :len(x)] = torch.tensor(x)
+                mask[r, :len(x)] = True
+                content[r, :len(x)] = ~torch.tensor(sp, dtype=torch.bool)
+            dev_ids, dev_mask = ids.to(lm.device), mask.long().to(lm.device)
+            kwargs: dict[str, Any] = {"input_ids": dev_ids, "attention_mask": dev_mask,
+                                      "position_ids": (dev_mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset}
+            if a.causal:
+                kwargs["use_cache"] = False
+            with torch.no_grad():  # not held across the yield: the caller's grad mode is its own
+                a.base(**kwargs)
+                h = torch.stack([a.embed(dev_ids)] + [outs[l] for l in range(a.n_layers)], 2).float().cpu()
+            outs.clear()
+            yield h, ids, mask, content
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 # ============================================================== checks

@@ -40,7 +40,7 @@ from trajgeo.trajectories import Trajectories
 if TYPE_CHECKING:
     from trajgeo.lens.tuned import TunedLens
 
-__all__ = ["logit_lens", "top_tokens", "prediction_depth", "sense_token_ids", "LensResult", "LENS_METRICS"]
+__all__ = ["logit_lens", "top_tokens", "top1_saturation_point", "prediction_depth", "sense_token_ids", "LensResult", "LENS_METRICS"]
 
 LENS_METRICS = ("entropy", "kl_to_final", "final_top1_rank", "final_top1_prob", "sense_log_odds", "sense_prob")
 
@@ -139,12 +139,13 @@ def _sense_sets(lm: LoadedModel, traj: Trajectories, sense_tokens: Any) -> list[
 # ============================================================== the engine
 def _lens_arrays(lm: LoadedModel, traj: Trajectories, *, lens: "TunedLens | None", top_k: int,
                  sets: list[tuple[Any, str, list[int]]], batch_size: int | None,
-                 normalize_final: bool) -> dict[str, np.ndarray]:
+                 normalize_final: bool, token_ids: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """Run the lens on every (example, point) and reduce each distribution to its metrics.
 
     Returns arrays of shape (n_examples, n_points): entropy, kl, rank, prob, top1;
     ``topk_ids``/``topk_prob`` (n_examples, n_points, top_k); ``set_logp`` (n_examples, n_points, n_sets)
-    holding log P(set) for every sense-token set.
+    holding log P(set) for every sense-token set; ``token_logp`` (n_examples, n_points, len(token_ids))
+    holding log P(token) for every token of ``token_ids``.
     """
     import torch
 
@@ -160,6 +161,8 @@ def _lens_arrays(lm: LoadedModel, traj: Trajectories, *, lens: "TunedLens | None
     out["topk_ids"] = np.zeros((n, n_pts, k), np.int64)
     out["topk_prob"] = np.zeros((n, n_pts, k), np.float32)
     out["set_logp"] = np.zeros((n, n_pts, len(sets)), np.float32)
+    out["token_logp"] = np.zeros((n, n_pts, len(token_ids)), np.float32)
+    tok_ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=readout.device)
     set_ids = [torch.as_tensor(ids, dtype=torch.long, device=readout.device) for _, _, ids in sets]
     cpu = lambda t: t.cpu().numpy()  # noqa: E731
     with torch.inference_mode():
@@ -184,6 +187,8 @@ def _lens_arrays(lm: LoadedModel, traj: Trajectories, *, lens: "TunedLens | None
                 out["topk_ids"][rows], out["topk_prob"][rows] = cpu(ids), cpu(vals.exp())
             for j, ids in enumerate(set_ids):
                 out["set_logp"][rows, :, j] = cpu(torch.logsumexp(logp[..., ids], dim=-1))
+            if len(tok_ids):
+                out["token_logp"][rows] = cpu(logp[..., tok_ids])
     return out
 
 
@@ -377,9 +382,14 @@ def top_tokens(model: Any, traj: Any, *, example: int | None = None, top_k: int 
 
 
 @changed_signature(positional=("normalize_final", "batch_size", "lens"), n_leading=2)
-def prediction_depth(model: Any, traj: Any, *, normalize_final: bool = True, batch_size: int | None = None,
-                     lens: "TunedLens | None" = None) -> pd.DataFrame:
+def top1_saturation_point(model: Any, traj: Any, *, normalize_final: bool = True, batch_size: int | None = None,
+                          lens: "TunedLens | None" = None) -> pd.DataFrame:
     """Per example, the first point from which the lens's top-1 token is the final top-1 for good.
+
+    This is the logit-lens (or tuned-lens) saturation point of the top-1 prediction (as in Geva et
+    al. 2022's "saturation event"), not Baldock et al. (2021)'s prediction depth, which is the
+    first layer from which a k-nearest-neighbour probe on the training set's representations
+    agrees with the final prediction. Formerly (wrongly) named ``prediction_depth``.
 
     Parameters
     ----------
@@ -390,9 +400,9 @@ def prediction_depth(model: Any, traj: Any, *, normalize_final: bool = True, bat
 
     Returns
     -------
-    DataFrame with columns ``example, word, sense, prediction_depth`` (``word``/``sense`` when in
-    meta): the smallest point p such that the lens's top-1 token at p and at every later point is
-    the final top-1 token. It is at most L (the last point agrees with itself).
+    DataFrame with columns ``example, word, sense, top1_saturation_point`` (``word``/``sense`` when
+    in meta): the smallest point p such that the lens's top-1 token at p and at every later point
+    is the final top-1 token. It is at most L (the last point agrees with itself).
     """
     lm, traj = _prepare(model, traj, lens)
     arrays = _lens_arrays(lm, traj, lens=lens, top_k=0, sets=[], batch_size=batch_size,
@@ -402,10 +412,21 @@ def prediction_depth(model: Any, traj: Any, *, normalize_final: bool = True, bat
     agree = top1[:, : last + 1] == top1[:, last:last + 1]
     # "agrees here and at every later point" = a reversed cumulative AND
     settled = np.flip(np.logical_and.accumulate(np.flip(agree, 1), axis=1), 1)
-    depth = np.asarray(traj.points)[settled.argmax(1)]
+    point = np.asarray(traj.points)[settled.argmax(1)]
     cols = [c for c in ("example", "word", "sense") if c in traj.meta.columns]
     df = traj.meta[cols].copy().reset_index(drop=True)
-    df["prediction_depth"] = depth
+    df["top1_saturation_point"] = point
     return df
 
 
+def prediction_depth(model: Any, traj: Any, *args: Any, **kwargs: Any) -> pd.DataFrame:
+    """Deprecated alias of :func:`top1_saturation_point` (removed after 0.2).
+
+    The name belongs to Baldock et al.'s k-NN prediction depth, which this is not. Returns the
+    same frame with the column still named ``prediction_depth``.
+    """
+    warnings.warn("lens.prediction_depth is deprecated since trajgeo 0.2: it computes the logit-lens top-1 "
+                  "saturation point, not Baldock et al.'s k-NN prediction depth; use "
+                  "lens.top1_saturation_point (column 'top1_saturation_point')", DeprecationWarning, stacklevel=2)
+    df = top1_saturation_point(model, traj, *args, **kwargs)  # options by position warn there
+    return df.rename(columns={"top1_saturation_point": "prediction_depth"})

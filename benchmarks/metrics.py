@@ -101,6 +101,7 @@ def population_reference(traj, *, max_samples: int | None = 5000, random_state: 
     ``adjusted_max_explainable_variance``, ``max_explainable_variance_baseline_sd``,
     ``between_within_ratio`` of shape (n_words, n_points), words in sorted order.
     """
+    from trajgeo.geometry.cloud import TWONN_MIN_DISTINCT  # a policy, not a computation: the same cut-off
     from scipy.sparse.linalg import eigsh
     from sklearn.neighbors import NearestNeighbors
 
@@ -158,7 +159,7 @@ def population_reference(traj, *, max_samples: int | None = 5000, random_state: 
         first = np.sort(np.unique(xp.view(np.dtype((np.void, 4 * d))).ravel(), return_index=True)[1])
         if max_samples is not None and len(first) > max_samples:
             first = np.sort(first[np.argsort(plan.rank[first], kind="stable")[:max_samples]])
-        if len(first) >= 3:
+        if len(first) >= TWONN_MIN_DISTINCT:  # below it the library reports NaN (the estimate is mostly noise)
             dist = NearestNeighbors(n_neighbors=3).fit(xp[first]).kneighbors(xp[first])[0].astype(np.float64)
             keep = dist[:, 1] > 0
             idim[k] = (keep.sum() - 1) / np.log(dist[keep, 2] / dist[keep, 1]).sum()

@@ -37,7 +37,7 @@ def test_population_reference_equals_population_metrics(bench, traj):
     kw = dict(max_samples=100, n_pairs=500, max_examples=60, random_state=3)  # subsample, cap and pairs all used
     ref = bench.population_reference(traj, **kw)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no deprecated call in the benchmark's way of calling it
+        warnings.simplefilter("error", DeprecationWarning)  # no deprecated call in the benchmark's way of calling it
         got = tg.geometry.population_metrics(traj, **kw)
     names = np.unique(traj.meta["word"].astype(str))
     for metric, want in ref.items():

@@ -472,6 +472,7 @@ class Engine:
         start_after: tuple[int, Any] | None = None,
         stop_after: int | None = None,
         grad: bool = False,
+        skip: Sequence[int] = (),
     ) -> Run:
         """One forward pass with reads and edits.
 
@@ -495,6 +496,10 @@ class Engine:
         grad : bool
             Keep the graph: reads are live, and :meth:`Run.backward` gives the gradients at every site
             read. Off: the pass runs under ``torch.no_grad``.
+        skip : sequence of int
+            Blocks (1..L) that do nothing: each returns its input (the residual after it equals the
+            residual before it). Sites inside a skipped block (its sublayers and heads) cannot be read
+            or edited; its output (``Site.resid(l)``) can.
 
         Returns
         -------
@@ -526,7 +531,17 @@ class Engine:
         if not need <= stop <= self.n_layers:
             raise ValueError(f"stop_after must be in {need}..{self.n_layers} (the sites need block {need}), got {stop}")
         stop_at_input = stop_after is None and need > need_inside
-        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad, stop_at_input)
+        skip = sorted({int(b) for b in skip})
+        if skip:
+            if not 1 <= skip[0] <= skip[-1] <= self.n_layers:
+                raise ValueError(f"skip names blocks 1..{self.n_layers}, got {skip}")
+            inside = [s for s in sites if s.kind not in ("resid", "block_input") and s.block in skip]
+            if inside:
+                raise ValueError(f"these sites lie inside skipped blocks, which do not run: {inside}")
+            if start_after is not None and skip[0] <= int(start_after[0]):
+                raise ValueError(f"start_after={int(start_after[0])} already skips blocks 1..{int(start_after[0])}; "
+                                 f"skip names {skip}")
+        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad, stop_at_input, skip)
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx, hooks:
             if stop == 0:  # only the embedding: no block runs
@@ -589,7 +604,8 @@ class _Hooks:
     """The hooks of one run: installed on entry, removed (and skipped blocks restored) on exit."""
 
     def __init__(self, engine: Engine, batch: Batch, read: list[Site], pool: Pool | None, edits: list[Edit],
-                 start_after: tuple[int, Any] | None, stop: int, grad: bool, stop_at_input: bool = False) -> None:
+                 start_after: tuple[int, Any] | None, stop: int, grad: bool, stop_at_input: bool = False,
+                 skip: Sequence[int] = ()) -> None:
         self.e, self.a = engine, engine.adapter
         self.batch, self.pool, self.stop, self.grad = batch, pool, stop, grad
         self.stop_at_input = stop_at_input  # stop as block `stop` starts (its input was the last site)
@@ -598,6 +614,7 @@ class _Hooks:
         for ed in edits:
             self.edits.setdefault(ed.site, []).append(ed)
         self.start_after = start_after
+        self.skip = list(skip)
         self.handles: list[Any] = []
         self.skipped: list[tuple[Any, Any]] = []
         self.configs: list[tuple[Any, Any]] = []  # (config, its attention implementation before the run)
@@ -638,12 +655,16 @@ class _Hooks:
 
     def _install(self) -> None:
         a = self.a
+        if self.skip:
+            self.e._blocks_return_tuple()  # probed (one tiny pass) before any hook of this run is in place
         start = None if self.start_after is None else int(self.start_after[0])
         r0, e0 = self._sites("resid", 0)
         if start is None and (r0 or e0 or self.grad):
             self.handles.append(a.embed.register_forward_hook(self._embed_hook(r0)))
         if start is not None:
             self._skip_blocks(start)
+        if self.skip:
+            self._identity_blocks([l for l in self.skip if l <= self.stop])
         for l in range(1, self.stop + 1):
             block = a.blocks[l - 1]
             rb, eb = self._sites("block_input", l)
@@ -716,6 +737,19 @@ class _Hooks:
 
             self.skipped.append((block, block.__dict__.get("forward")))
             block.forward = skip
+
+    def _identity_blocks(self, blocks: list[int]) -> None:
+        """Blocks that return their input unchanged (restored on exit)."""
+        tuple_out = self.e._blocks_return_tuple()
+        for l in blocks:
+            block = self.a.blocks[l - 1]
+
+            def identity(*args: Any, **kwargs: Any) -> Any:
+                h = args[0] if args else kwargs["hidden_states"]
+                return (h,) if tuple_out else h
+
+            self.skipped.append((block, block.__dict__.get("forward")))
+            block.forward = identity
 
     # -------------------------------------------------------------- reading
     def _keep(self, site: Site, value: Any, graph_tensor: Any = None, grad_view: Callable | None = None) -> None:

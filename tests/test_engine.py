@@ -301,6 +301,104 @@ def test_hooks_and_skipped_blocks_are_restored_after_an_exception(lm, engine):
     torch.testing.assert_close(again, reference, rtol=0, atol=0)
 
 
+# ============================================================== attention patterns and values
+def _eager_attentions(lm, ids):
+    """The model's own attention probabilities, from a plain transformers forward with eager attention and
+    output_attentions=True (no engine, no hooks): a tuple of (B, H, T, S) per layer."""
+    model = lm.model
+    old = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.as_tensor(ids), output_attentions=True)
+    finally:
+        model.config._attn_implementation = old
+    return out.attentions
+
+
+def test_patterns_equal_the_models_own_attentions_and_values_rebuild_z(lm, engine, family):
+    if family in ("bert", "roberta"):
+        with pytest.raises(HeadsUnavailable, match="decoder families only"):
+            engine.run(engine.batch([lm.tokenizer(_TEXTS[0])["input_ids"]]), read=[Site.pattern(1)])
+        return
+    ids = [lm.tokenizer(t)["input_ids"][:9] for t in _TEXTS[:2]]
+    L = lm.n_layers
+    before = lm.model.config._attn_implementation
+    sites = [Site.pattern(l) for l in range(1, L + 1)] + [Site.value(l) for l in range(1, L + 1)] \
+        + [Site.z(l) for l in range(1, L + 1)] + [Site.resid(L)]
+    run = engine.run(engine.batch(ids), read=sites)
+    assert lm.model.config._attn_implementation == before  # the eager capture is switched off again
+    reference = _eager_attentions(lm, ids)
+    plain = engine.run(engine.batch(ids), read=[Site.resid(L)])
+    torch.testing.assert_close(run[Site.resid(L)], plain[Site.resid(L)], rtol=1e-5, atol=1e-5)
+    for l in range(1, L + 1):
+        A, V = run[Site.pattern(l)], run[Site.value(l)]
+        assert A.shape == (2, 9, lm.adapter.n_heads, 9) and V.shape == (2, 9, lm.adapter.n_heads, lm.adapter.head_dim)
+        torch.testing.assert_close(A, reference[l - 1].transpose(1, 2), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(A.sum(-1), torch.ones(2, 9, lm.adapter.n_heads), rtol=1e-5, atol=1e-5)
+        # causal: no weight on later sources
+        assert float(torch.triu(A.permute(0, 2, 1, 3), diagonal=1).abs().max()) == 0.0
+        torch.testing.assert_close(torch.einsum("bths,bshk->bthk", A, V), run[Site.z(l)], rtol=1e-5, atol=1e-6)
+
+
+def test_pooled_patterns_average_the_pooled_queries_and_values_are_never_pooled(lm, engine, family):
+    if family in ("bert", "roberta"):
+        pytest.skip("no patterns read for post-LN encoders")
+    ids = [lm.tokenizer(t)["input_ids"][:8] for t in _TEXTS[:2]]
+    cols = [[2, 5], [7]]
+    full = engine.run(engine.batch(ids), read=[Site.pattern(2), Site.value(2)])
+    pooled = engine.run(engine.batch(ids), read=[Site.pattern(2), Site.value(2)], pool=Pool.mean(cols))
+    for r, c in enumerate(cols):
+        torch.testing.assert_close(pooled[Site.pattern(2)][r], full[Site.pattern(2)][r, c].mean(0))
+    torch.testing.assert_close(pooled[Site.value(2)], full[Site.value(2)])
+    with pytest.raises(ValueError, match="read-only"):
+        engine.run(engine.batch(ids), edits=[Edit.replace(Site.pattern(2), 0.0)])
+
+
+def test_head_weights_give_each_heads_write_from_z(lm, engine, family):
+    if family in _HEADLESS:
+        pytest.skip("no additive heads in this family")
+    ids = [lm.tokenizer(_TEXTS[1])["input_ids"][:7]]
+    run = engine.run(engine.batch(ids), read=[Site.z(2), Site.head_write(2)])
+    W = engine.head_weights(2)
+    assert W.shape == (lm.d_model, lm.adapter.n_heads, lm.adapter.head_dim)
+    torch.testing.assert_close(torch.einsum("bthk,dhk->bthd", run[Site.z(2)], W), run[Site.head_write(2)],
+                               rtol=1e-5, atol=1e-6)
+
+
+# ============================================================== skipping blocks
+def test_a_skipped_block_passes_its_input_on_as_a_hand_written_identity_hook_does(lm, engine):
+    ids = [lm.tokenizer(t)["input_ids"][:8] for t in _TEXTS[:2]]
+    L = lm.n_layers
+    sites = [Site.resid(p) for p in range(L + 1)]
+    run = engine.run(engine.batch(ids), read=sites, skip=[2])
+    torch.testing.assert_close(run[Site.resid(2)], run[Site.resid(1)], rtol=0, atol=0)
+
+    # the same by hand: block 2's forward hook returns its input (no engine)
+    block = lm.adapter.blocks[1]
+
+    def identity(module, args, kwargs, out):
+        h = args[0] if args else kwargs["hidden_states"]
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    seen = {}
+    handles = [block.register_forward_hook(identity, with_kwargs=True),
+               lm.adapter.blocks[L - 1].register_forward_hook(
+                   lambda m, a, o: seen.setdefault("h", (o[0] if isinstance(o, tuple) else o).clone()))]
+    try:
+        with torch.no_grad():
+            lm.adapter.base(**engine._inputs(engine.batch(ids)))
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(run[Site.resid(L)], seen["h"], rtol=1e-5, atol=1e-6)
+    assert all("forward" not in vars(b) for b in lm.adapter.blocks)  # restored
+    with pytest.raises(ValueError, match="inside skipped blocks"):
+        engine.run(engine.batch(ids), read=[Site.attn(2)], skip=[2])
+    with pytest.raises(ValueError, match="skip names blocks"):
+        engine.run(engine.batch(ids), read=[Site.resid(1)], skip=[L + 1])
+
+
 def test_a_batch_refuses_empty_rows():
     with pytest.raises(ValueError, match="row 1"):
         Batch.from_ids([[1, 2], []], pad_id=0)

@@ -24,7 +24,7 @@ from trajgeo.store import verify  # noqa: E402
 # Submodules and heavy entry points load on first use: `import trajgeo` must stay fast (no torch).
 _SUBMODULES = {
     "datasets", "geometry", "lens", "models", "plotting", "probes", "projections",
-    "senses", "stats", "toy", "cli", "report", "store",
+    "senses", "stats", "toy", "cli", "report", "store", "engine", "interventions",
 }
 _ATTRS: dict[str, tuple[str, str]] = {}
 

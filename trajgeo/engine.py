@@ -28,7 +28,20 @@ site                          value at each (row, column)
                               projection, shape (..., n_heads, d_model) (one head: (..., d_model)); they
                               add up to the attention write minus the projection's bias. Only where
                               heads are additive (not Gemma, not post-LN encoders).
+``Site.pattern(layer)``       the attention probabilities of block ``layer``, shape (..., n_heads, T):
+                              column t holds each head's weights of query t over the source columns.
+``Site.value(layer)``         the value vectors of block ``layer``, shape (batch, T, n_heads, head_dim):
+                              column s holds source s's value per head (grouped-query and multi-query
+                              value heads repeated to the query heads that share them). Never pooled:
+                              a value belongs to a source, not to the pooled target.
 ============================  ==========================================================================
+
+``pattern`` and ``value`` are read-only and need the family's attention to go through transformers'
+attention interface (every decoder family: not post-LN encoders). A run that reads them computes every
+layer's attention the eager way (the model's own ``eager_attention_forward``: softmax(q k^T) v), which
+differs from the fused kernels by float rounding only; in that run, per head and query column,
+``sum_s pattern[..., h, s] * value[:, s, h]`` is the head's slice of z exactly (values carry their
+projection bias; rotary embeddings touch only queries and keys).
 
 Edits on a post-LN sublayer write act on that difference: replacing the attention write by ``w`` makes
 the residual after attention ``block input + w``. Edits on a head's write are added to the output
@@ -52,7 +65,9 @@ from trajgeo.models import LoadedModel, load_model
 
 __all__ = ["Engine", "Site", "Edit", "Batch", "Pool", "Run", "SITE_KINDS", "HeadsUnavailable"]
 
-SITE_KINDS = ("resid", "block_input", "attn", "mlp", "z", "head")
+SITE_KINDS = ("resid", "block_input", "attn", "mlp", "z", "head", "pattern", "value")
+_READ_ONLY = ("pattern", "value")
+_CAPTURE = "trajgeo_capture"  # the attention implementation registered for runs that read patterns or values
 _EDIT_OPS = ("replace", "add", "project_out", "apply")
 
 
@@ -108,6 +123,14 @@ class Site:
     @classmethod
     def head_write(cls, layer: int, head: int | None = None) -> "Site":
         return cls("head", layer, head)
+
+    @classmethod
+    def pattern(cls, layer: int) -> "Site":
+        return cls("pattern", layer)
+
+    @classmethod
+    def value(cls, layer: int) -> "Site":
+        return cls("value", layer)
 
     @property
     def block(self) -> int:
@@ -376,6 +399,9 @@ class Engine:
             return
         if not 1 <= site.index <= L:
             raise ValueError(f"{site}: layers run 1..{L} for {self.lm.name!r}")
+        if site.kind in _READ_ONLY and a.head_proj is None:
+            raise HeadsUnavailable(f"{site}: attention patterns and values are read for decoder families only; the "
+                                   f"{a.family!r} family (post-LN encoders) is not hooked there by trajgeo")
         if site.kind == "z" and a.head_proj is None:
             raise HeadsUnavailable(f"{site}: the {a.family!r} family has no attention output projection hooked "
                                    "by trajgeo (post-LN encoders)")
@@ -386,6 +412,16 @@ class Engine:
                                    f"{why}; use site 'attn' (the whole attention write) instead")
         if site.head is not None and not 0 <= site.head < a.n_heads:
             raise ValueError(f"{site}: heads run 0..{a.n_heads - 1}")
+
+    def head_weights(self, layer: int) -> Any:
+        """The attention output projection of block ``layer`` as a tensor of shape (d_model, n_heads, head_dim):
+        head h writes ``weights[:, h] @ z_h`` (its bias, if any, is added once after the heads)."""
+        self.check_site(Site.z(layer))
+        proj = self.adapter.head_proj[layer - 1]
+        w = proj.weight
+        if type(proj).__name__ == "Conv1D":  # GPT-2 stores (in, out)
+            w = w.t()
+        return w.reshape(w.shape[0], self.adapter.n_heads, self.adapter.head_dim)
 
     # -------------------------------------------------------------- inputs
     def _inputs(self, batch: Batch) -> dict[str, Any]:
@@ -436,6 +472,7 @@ class Engine:
         start_after: tuple[int, Any] | None = None,
         stop_after: int | None = None,
         grad: bool = False,
+        skip: Sequence[int] = (),
     ) -> Run:
         """One forward pass with reads and edits.
 
@@ -459,6 +496,10 @@ class Engine:
         grad : bool
             Keep the graph: reads are live, and :meth:`Run.backward` gives the gradients at every site
             read. Off: the pass runs under ``torch.no_grad``.
+        skip : sequence of int
+            Blocks (1..L) that do nothing: each returns its input (the residual after it equals the
+            residual before it). Sites inside a skipped block (its sublayers and heads) cannot be read
+            or edited; its output (``Site.resid(l)``) can.
 
         Returns
         -------
@@ -467,6 +508,9 @@ class Engine:
         import torch
 
         read, edits = list(read), list(edits)
+        fixed = [e.site for e in edits if e.site.kind in _READ_ONLY]
+        if fixed:
+            raise ValueError(f"{fixed[0]} is read-only: edit 'z' (a head's output) or the residual instead")
         sites = read + [e.site for e in edits]
         for s in sites:
             self.check_site(s)
@@ -487,7 +531,17 @@ class Engine:
         if not need <= stop <= self.n_layers:
             raise ValueError(f"stop_after must be in {need}..{self.n_layers} (the sites need block {need}), got {stop}")
         stop_at_input = stop_after is None and need > need_inside
-        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad, stop_at_input)
+        skip = sorted({int(b) for b in skip})
+        if skip:
+            if not 1 <= skip[0] <= skip[-1] <= self.n_layers:
+                raise ValueError(f"skip names blocks 1..{self.n_layers}, got {skip}")
+            inside = [s for s in sites if s.kind not in ("resid", "block_input") and s.block in skip]
+            if inside:
+                raise ValueError(f"these sites lie inside skipped blocks, which do not run: {inside}")
+            if start_after is not None and skip[0] <= int(start_after[0]):
+                raise ValueError(f"start_after={int(start_after[0])} already skips blocks 1..{int(start_after[0])}; "
+                                 f"skip names {skip}")
+        hooks = _Hooks(self, batch, read, pool, edits, start_after, stop, grad, stop_at_input, skip)
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx, hooks:
             if stop == 0:  # only the embedding: no block runs
@@ -503,11 +557,55 @@ class Engine:
         return hooks.result()
 
 
+# ============================================================== attention capture
+_CAPTURES: dict[int, Callable] = {}  # id(attention module) -> what to do with its weights and values
+
+
+def _attention_module(adapter: Any, l: int) -> Any:
+    """The module of block l that owns the attention output projection (the one transformers' attention
+    interface is called with)."""
+    proj = adapter.head_proj[l - 1]
+    for m in adapter.blocks[l - 1].modules():
+        if any(c is proj for c in m.children()):
+            return m
+    raise RuntimeError(f"block {l}: no module holds the attention output projection")
+
+
+def _capture_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    """The model's own eager attention, handing the probabilities and values to the run that asked for them."""
+    import sys
+
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        raise RuntimeError(f"{type(module).__name__}: its modeling module has no eager_attention_forward; trajgeo "
+                           "cannot read attention patterns of this model")
+    out, weights = eager(module, query, key, value, attention_mask, **kwargs)
+    keep = _CAPTURES.get(id(module))
+    if keep is not None:
+        if weights is None or weights.dim() != 4:
+            raise RuntimeError(f"{type(module).__name__}: its eager attention returned no (batch, heads, T, S) "
+                               "probabilities")
+        keep(weights, value)
+    return out, weights
+
+
+def _register_capture() -> None:
+    """Register :func:`_capture_attention` (with the eager mask) under the name ``trajgeo_capture``, once."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if _CAPTURE not in ALL_ATTENTION_FUNCTIONS:
+        ALL_ATTENTION_FUNCTIONS.register(_CAPTURE, _capture_attention)
+    if _CAPTURE not in ALL_MASK_ATTENTION_FUNCTIONS:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(_CAPTURE, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
 class _Hooks:
     """The hooks of one run: installed on entry, removed (and skipped blocks restored) on exit."""
 
     def __init__(self, engine: Engine, batch: Batch, read: list[Site], pool: Pool | None, edits: list[Edit],
-                 start_after: tuple[int, Any] | None, stop: int, grad: bool, stop_at_input: bool = False) -> None:
+                 start_after: tuple[int, Any] | None, stop: int, grad: bool, stop_at_input: bool = False,
+                 skip: Sequence[int] = ()) -> None:
         self.e, self.a = engine, engine.adapter
         self.batch, self.pool, self.stop, self.grad = batch, pool, stop, grad
         self.stop_at_input = stop_at_input  # stop as block `stop` starts (its input was the last site)
@@ -516,8 +614,11 @@ class _Hooks:
         for ed in edits:
             self.edits.setdefault(ed.site, []).append(ed)
         self.start_after = start_after
+        self.skip = list(skip)
         self.handles: list[Any] = []
         self.skipped: list[tuple[Any, Any]] = []
+        self.configs: list[tuple[Any, Any]] = []  # (config, its attention implementation before the run)
+        self.captures: list[int] = []
         self.run = Run()
 
     # -------------------------------------------------------------- install / remove
@@ -533,6 +634,12 @@ class _Hooks:
         for h in self.handles:
             h.remove()
         self.handles = []
+        for key in self.captures:
+            _CAPTURES.pop(key, None)
+        self.captures = []
+        for cfg, old in reversed(self.configs):
+            cfg._attn_implementation = old
+        self.configs = []
         for block, old in self.skipped:
             if old is None:
                 del block.forward  # back to the class's forward
@@ -548,12 +655,16 @@ class _Hooks:
 
     def _install(self) -> None:
         a = self.a
+        if self.skip:
+            self.e._blocks_return_tuple()  # probed (one tiny pass) before any hook of this run is in place
         start = None if self.start_after is None else int(self.start_after[0])
         r0, e0 = self._sites("resid", 0)
         if start is None and (r0 or e0 or self.grad):
             self.handles.append(a.embed.register_forward_hook(self._embed_hook(r0)))
         if start is not None:
             self._skip_blocks(start)
+        if self.skip:
+            self._identity_blocks([l for l in self.skip if l <= self.stop])
         for l in range(1, self.stop + 1):
             block = a.blocks[l - 1]
             rb, eb = self._sites("block_input", l)
@@ -567,6 +678,10 @@ class _Hooks:
             rz, ez = self._sites("z", l)
             if rz or ez:
                 self.handles.append(a.head_proj[l - 1].register_forward_pre_hook(self._z_hook(l, rz)))
+            rp, _ = self._sites("pattern", l)
+            rv, _ = self._sites("value", l)
+            if rp or rv:
+                self._capture(l, bool(rp), bool(rv))
             rh, eh = self._sites("head", l)
             if rh or eh:
                 if rh and eh:
@@ -574,6 +689,29 @@ class _Hooks:
                                      "supported (the reads come from z); edit 'z' instead, or read 'attn'")
                 self.handles.append(a.head_proj[l - 1].register_forward_hook(self._head_hook(l, rh)))
             self.handles.append(block.register_forward_hook(self._block_out_hook(l)))
+
+    def _capture(self, l: int, pattern: bool, value: bool) -> None:
+        """Read block l's attention probabilities and values from inside its attention function."""
+        attn = _attention_module(self.a, l)
+        if not self.configs:  # every layer runs eagerly in this pass (so the captured weights are the ones used)
+            _register_capture()
+            seen: list[Any] = []
+            attns = [_attention_module(self.a, k) for k in range(1, self.a.n_layers + 1)]
+            for cfg in [self.e.lm.model.config] + [getattr(m, "config", None) for m in attns]:
+                if cfg is not None and not any(cfg is c for c in seen):
+                    seen.append(cfg)
+                    self.configs.append((cfg, cfg._attn_implementation))
+                    cfg._attn_implementation = _CAPTURE
+        H = self.a.n_heads
+
+        def keep(weights: Any, values: Any) -> None:
+            if pattern:  # (B, H, T, S) -> (B, T, H, S): columns index the query
+                self._keep(Site.pattern(l), weights.transpose(1, 2))
+            if value:  # (B, H_kv, S, hd) -> (B, S, H, hd): every query head with the value head it shares
+                v = values.repeat_interleave(H // values.shape[1], dim=1).transpose(1, 2)
+                self.run.reads[Site.value(l)] = v  # never pooled
+        _CAPTURES[id(attn)] = keep
+        self.captures.append(id(attn))
 
     def _skip_blocks(self, start: int) -> None:
         """Blocks 1..start do nothing: block ``start`` returns the given residual, earlier ones their input."""
@@ -599,6 +737,19 @@ class _Hooks:
 
             self.skipped.append((block, block.__dict__.get("forward")))
             block.forward = skip
+
+    def _identity_blocks(self, blocks: list[int]) -> None:
+        """Blocks that return their input unchanged (restored on exit)."""
+        tuple_out = self.e._blocks_return_tuple()
+        for l in blocks:
+            block = self.a.blocks[l - 1]
+
+            def identity(*args: Any, **kwargs: Any) -> Any:
+                h = args[0] if args else kwargs["hidden_states"]
+                return (h,) if tuple_out else h
+
+            self.skipped.append((block, block.__dict__.get("forward")))
+            block.forward = identity
 
     # -------------------------------------------------------------- reading
     def _keep(self, site: Site, value: Any, graph_tensor: Any = None, grad_view: Callable | None = None) -> None:
@@ -722,12 +873,7 @@ class _Hooks:
         return hook
 
     def _head_weight(self, l: int) -> Any:
-        """The output projection of block l as (d_model, n_heads, head_dim)."""
-        proj = self.a.head_proj[l - 1]
-        w = proj.weight
-        if type(proj).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-            w = w.t()
-        return w.reshape(w.shape[0], self.a.n_heads, self.a.head_dim)
+        return self.e.head_weights(l)
 
     def _head_hook(self, l: int, reads: list[Site]) -> Callable:
         H, hd = self.a.n_heads, self.a.head_dim

@@ -1,0 +1,126 @@
+"""Steering on tiny random models: alpha 0 changes nothing (the steered pass from a cached residual reproduces the
+unsteered margins to 1e-6), a steered run equals the same addition written as a plain hook, the frame's contract
+and refusals. The planted dose-response and the silence on shuffled senses are in test_interventions_toy.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import trajgeo as tg
+from trajgeo import interventions as iv
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _examples(corpus, n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
+    rows = []
+    for i in range(n):
+        toks = list(rng.choice(words, 8))
+        toks[6] = "bank"
+        start = len(" ".join(toks[:6])) + 1
+        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
+                     "word": "bank", "sense": "river" if i % 2 else "finance"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
+def fam_lm(request, tiny_model, wtok):
+    return request.param, tg.load_model((tiny_model(request.param, len(wtok)), wtok))
+
+
+def test_alpha_zero_changes_nothing(fam_lm, corpus):
+    _, lm = fam_lm
+    res = iv.steer(lm, _examples(corpus), layer=1, alphas=(0.0, 3.0), cv=2, n_random=2, n_boot=20, progress=False,
+                   return_result=True)
+    m = res.margins
+    zero = m[m["alpha"] == 0]
+    assert len(zero) == 24 * 3  # every example, steered and two random draws
+    scale = max(1.0, float(m["base_margin"].abs().max()))
+    np.testing.assert_allclose(zero["margin"], zero["base_margin"], rtol=0, atol=1e-6 * scale)
+    assert not zero["flipped"].any()
+    f = res.frame.set_index(["alpha", "condition", "metric"])["value"]
+    assert f.loc[(0.0, "steer", "flip_rate")] == 0 and f.loc[(0.0, "random", "flip_rate")] == 0
+    # a real alpha moves the margins
+    assert (m.loc[m["alpha"] == 3.0, "margin"] - m.loc[m["alpha"] == 3.0, "base_margin"]).abs().max() > 1e-3
+
+
+def test_the_steered_margin_equals_the_same_addition_as_a_plain_hook(fam_lm, corpus):
+    """Recompute one example's steered final vector with a forward hook on block 1 (no engine), and the margin
+    from its effect: steered margin - base margin must equal the judge's change computed by hand."""
+    _, lm = fam_lm
+    df = _examples(corpus)
+    res = iv.steer(lm, df, layer=1, alphas=(2.0,), cv=2, n_random=0, n_boot=0, progress=False, return_result=True)
+    m = res.margins.set_index("example")
+    traj = tg.extract(lm, df, progress=False)
+    L = lm.n_layers
+    r = traj.meta.iloc[5]
+    ids = torch.as_tensor([lm.tokenizer(r["text"])["input_ids"][:r["n_tokens"]]])
+    cols = [r["token_end"] - 1] if lm.adapter.causal else list(range(r["token_start"], r["token_end"]))
+
+    # rebuild the example's fold as steer does (from extraction's states), and add its vector by hand
+    from trajgeo.interventions.steering import _Fold
+    from trajgeo.probes import make_splits
+
+    y = traj.meta["sense"].to_numpy()
+    g = traj.group_codes("group")
+    g = np.arange(len(y)) if g is None else g
+    x_l, x_L = traj.states[:, 1].astype(np.float64), traj.states[:, L].astype(np.float64)
+    fold = None
+    for train, test in make_splits(y, g, 2, random_state=0):
+        if 5 in test:
+            a, b = make_splits(y[train], g[train], 2, random_state=0)[0]
+            fold = _Fold(x_l[train], x_L[train], y[train], a, b, "standardize")
+    vec = torch.as_tensor(2.0 * fold.sigma[y[5]] * fold.u[y[5]], dtype=torch.float32)
+
+    def add(module, args, out):
+        h = (out[0] if isinstance(out, tuple) else out).clone()
+        h[0, cols] += vec
+        return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+    seen = {}
+
+    def grab(module, args, out):
+        seen["h"] = (out[0] if isinstance(out, tuple) else out)[0, cols].mean(0)
+
+    handles = [lm.adapter.blocks[0].register_forward_hook(add), lm.adapter.blocks[L - 1].register_forward_hook(grab)]
+    try:
+        with torch.no_grad():
+            lm.adapter.base(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    expect = fold.margin(seen["h"].double().numpy()[None], y[[5]])[0]
+    got = m.loc[traj.meta["example"].iloc[5], "margin"]
+    assert got == pytest.approx(expect, abs=1e-4 * max(1.0, abs(expect)))
+
+
+def test_the_frame_follows_its_contract(fam_lm, corpus):
+    _, lm = fam_lm
+    f = iv.steer(lm, _examples(corpus), layer=2, alphas=(0.0, 1.0, 4.0), cv=2, n_random=2, n_boot=30, progress=False)
+    assert list(f.columns) == ["word", "layer", "alpha", "condition", "metric", "value", "ci_low", "ci_high", "n"]
+    assert set(f["condition"]) == {"steer", "random"} and set(f["metric"]) == {"final_margin", "flip_rate"}
+    assert (f["layer"] == 2).all() and sorted(set(f["alpha"])) == [0.0, 1.0, 4.0]
+    flips = f[f["metric"] == "flip_rate"]["value"]
+    assert ((flips >= 0) & (flips <= 1)).all()
+
+
+def test_bad_options_are_refused(fam_lm, corpus):
+    _, lm = fam_lm
+    df = _examples(corpus)
+    with pytest.raises(ValueError, match=r"layer must be in 1\.\.2"):
+        iv.steer(lm, df, layer=3, progress=False)
+    with pytest.raises(ValueError, match="at least 3"):
+        iv.steer(lm, df.iloc[:4], layer=1, progress=False)
+    with pytest.raises(ValueError, match="n_permutations"):
+        iv.steer(lm, df, layer=1, n_permutations=-1, progress=False)

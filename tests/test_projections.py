@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -239,10 +238,8 @@ def test_lazy_whiten_gives_the_in_memory_projection(traj, tmp_path):
 def test_umap_is_reproducible_and_returns_its_layout_for_training_points(traj, tmp_path, monkeypatch):
     small = traj.select_points([0, 2, 4])
     kw = dict(method="umap", random_state=7, cache=False, umap_kwargs={"n_epochs": 30, "n_neighbors": 8})
-    t0 = time.perf_counter()
     a = projections.fit(small, **kw)
     b = projections.fit(small, **kw)
-    assert time.perf_counter() - t0 < 60
     ya = a.transform(small)
     assert ya.shape == (N, 3, 2) and np.isfinite(ya).all()
     assert np.array_equal(ya, b.transform(small))

@@ -610,9 +610,15 @@ class _Hooks:
         self.batch, self.pool, self.stop, self.grad = batch, pool, stop, grad
         self.stop_at_input = stop_at_input  # stop as block `stop` starts (its input was the last site)
         self.read = read
+        self._read_set = set(read)
         self.edits: dict[Site, list[Edit]] = {}
         for ed in edits:
             self.edits.setdefault(ed.site, []).append(ed)
+        # (kind, block) -> its sites, read and edited: looked up once per block and kind when installing
+        self._by_place: dict[tuple[str, int], tuple[list[Site], list[Site]]] = {}
+        for i, sites in enumerate((read, list(self.edits))):
+            for s in sites:
+                self._by_place.setdefault((s.kind, s.block), ([], []))[i].append(s)
         self.start_after = start_after
         self.skip = list(skip)
         self.handles: list[Any] = []
@@ -649,9 +655,8 @@ class _Hooks:
 
     def _sites(self, kind: str, block: int) -> tuple[list[Site], list[Site]]:
         """The sites of this kind in this block: (read, edited)."""
-        reads = [s for s in self.read if s.kind == kind and s.block == block]
-        edited = [s for s in self.edits if s.kind == kind and s.block == block]
-        return reads, edited
+        reads, edited = self._by_place.get((kind, block), ([], []))
+        return list(reads), list(edited)
 
     def _install(self) -> None:
         a = self.a
@@ -768,7 +773,7 @@ class _Hooks:
 
     def _read_resid(self, site_index: int, h: Any) -> None:
         site = Site.resid(site_index)
-        if site in self.read:
+        if site in self._read_set:
             self._keep(site, h)
 
     # -------------------------------------------------------------- hooks

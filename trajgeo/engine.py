@@ -424,12 +424,15 @@ class Engine:
         return w.reshape(w.shape[0], self.adapter.n_heads, self.adapter.head_dim)
 
     # -------------------------------------------------------------- inputs
+    def position_ids(self, batch: Batch) -> Any:
+        """The position of every column, (batch, T): each row counts its own tokens from the family's offset,
+        so that left and right padding give the same states."""
+        return (batch.mask.cumsum(-1) - 1).clamp(min=0) + self.adapter.position_offset
+
     def _inputs(self, batch: Batch) -> dict[str, Any]:
         a = self.adapter
-        mask = batch.mask
-        # explicit positions make left and right padding give the same states
-        kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": mask,
-                                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset}
+        kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.mask,
+                                  "position_ids": self.position_ids(batch)}
         if a.causal:
             kwargs["use_cache"] = False
             if batch.padding_side == "right":

@@ -428,8 +428,7 @@ def _run_batch(engine: Engine, opts: _Options, read: list[Site], items: Sequence
 
     a, device = engine.adapter, engine.lm.device
     batch = engine.batch([x.ids for x in items], padding_side=opts.padding_side)
-    longest = batch.input_ids.shape[1]
-    offsets = [longest - len(x.ids) if opts.padding_side == "left" else 0 for x in items]
+    offsets = batch.offsets.tolist()  # column of each row's first token
     picks = [{"last": x.positions[-1:], "first": x.positions[:1], "mean": x.positions}[opts.pool] for x in items]
     pool = Pool.mean([[p + off for p in pick] for pick, off in zip(picks, offsets)])
     pool = Pool(pool.idx.to(device), pool.weight.to(device))
@@ -441,8 +440,7 @@ def _run_batch(engine: Engine, opts: _Options, read: list[Site], items: Sequence
     if opts.stop_after == 0:  # no block runs: block 1's input is the embedding (plus GPT-2's position embedding)
         block_in = point0
         if a.pos_embed is not None:
-            position_ids = (batch.mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset
-            block_in = point0 + a.pos_embed(position_ids.gather(1, pool.idx[:, :1]).squeeze(1))
+            block_in = point0 + a.pos_embed(engine.position_ids(batch).gather(1, pool.idx[:, :1]).squeeze(1))
         out["block_input"][rows] = _f32(block_in)
         return
     out["block_input"][rows] = _f32(run[Site.block_input(1)])

@@ -425,3 +425,60 @@ def test_reads_equal_extract_on_the_shipped_models(name, request):
         ref = traj.components[kind]
         s = np.abs(ref).max(axis=(0, 2), keepdims=True)
         np.testing.assert_allclose(got / s, ref / s, rtol=0, atol=1e-5)
+
+
+def test_extracted_writes_equal_module_outputs_caught_by_hand(lm, span_frame):
+    """Extraction reads through the engine; its sublayer and head writes equal the modules' outputs caught
+    with plain PyTorch hooks on unpadded single-text passes of the model (not the engine), pooled by hand."""
+    a = lm.adapter
+    heads = Engine(lm).heads_available()
+    traj = tg.extract(lm, _examples(span_frame), components=True, heads=heads, progress=False)
+    ids, cols = _engine_inputs(lm, traj.meta)
+    L = lm.n_layers
+
+    def first(x):
+        return x[0] if isinstance(x, tuple) else x
+
+    for r, (x, c) in enumerate(zip(ids, cols)):
+        caught = {}
+
+        def keep(name, l, pre=False):
+            if pre:
+                return lambda m, args, kwargs: caught.__setitem__((name, l), args[0] if args else
+                                                                  kwargs["hidden_states"])
+            return lambda m, args, out: caught.__setitem__((name, l), first(out))
+
+        handles = []
+        for l in range(L):
+            handles.append(a.blocks[l].register_forward_pre_hook(keep("in", l, pre=True), with_kwargs=True))
+            handles.append(a.blocks[l].register_forward_hook(keep("out", l)))
+            handles.append(a.attn_out[l].register_forward_hook(keep("attn", l)))
+            handles.append(a.mlp_out[l].register_forward_hook(keep("mlp", l)))
+            if heads:
+                handles.append(a.head_proj[l].register_forward_pre_hook(
+                    lambda m, args, l=l: caught.__setitem__(("z", l), args[0])))
+        try:
+            with torch.no_grad():
+                lm.model(input_ids=torch.tensor([x]))
+        finally:
+            for h in handles:
+                h.remove()
+
+        def pooled(name, l):
+            return caught[(name, l)][0, c].mean(0).numpy()
+
+        for l in range(L):
+            if a.post_ln:  # writes are differences of consecutive residuals
+                attn = pooled("attn", l) - pooled("in", l)
+                mlp = pooled("out", l) - pooled("attn", l)
+            else:
+                attn, mlp = pooled("attn", l), pooled("mlp", l)
+            np.testing.assert_allclose(traj.components["attn"][r, l], attn, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(traj.components["mlp"][r, l], mlp, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(traj.states[r, l + 1], pooled("out", l), rtol=1e-4, atol=1e-5)
+            if heads:
+                w = a.head_proj[l].weight.detach()
+                w = w.t() if type(a.head_proj[l]).__name__ == "Conv1D" else w
+                z = pooled("z", l).reshape(a.n_heads, a.head_dim)
+                want = np.einsum("hk,dhk->hd", z, w.reshape(w.shape[0], a.n_heads, a.head_dim).numpy())
+                np.testing.assert_allclose(traj.components["heads"][r, l], want, rtol=1e-4, atol=1e-5)

@@ -424,12 +424,15 @@ class Engine:
         return w.reshape(w.shape[0], self.adapter.n_heads, self.adapter.head_dim)
 
     # -------------------------------------------------------------- inputs
+    def position_ids(self, batch: Batch) -> Any:
+        """The position of every column, (batch, T): each row counts its own tokens from the family's offset,
+        so that left and right padding give the same states."""
+        return (batch.mask.cumsum(-1) - 1).clamp(min=0) + self.adapter.position_offset
+
     def _inputs(self, batch: Batch) -> dict[str, Any]:
         a = self.adapter
-        mask = batch.mask
-        # explicit positions make left and right padding give the same states
-        kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": mask,
-                                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset}
+        kwargs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.mask,
+                                  "position_ids": self.position_ids(batch)}
         if a.causal:
             kwargs["use_cache"] = False
             if batch.padding_side == "right":
@@ -610,9 +613,15 @@ class _Hooks:
         self.batch, self.pool, self.stop, self.grad = batch, pool, stop, grad
         self.stop_at_input = stop_at_input  # stop as block `stop` starts (its input was the last site)
         self.read = read
+        self._read_set = set(read)
         self.edits: dict[Site, list[Edit]] = {}
         for ed in edits:
             self.edits.setdefault(ed.site, []).append(ed)
+        # (kind, block) -> its sites, read and edited: looked up once per block and kind when installing
+        self._by_place: dict[tuple[str, int], tuple[list[Site], list[Site]]] = {}
+        for i, sites in enumerate((read, list(self.edits))):
+            for s in sites:
+                self._by_place.setdefault((s.kind, s.block), ([], []))[i].append(s)
         self.start_after = start_after
         self.skip = list(skip)
         self.handles: list[Any] = []
@@ -649,9 +658,8 @@ class _Hooks:
 
     def _sites(self, kind: str, block: int) -> tuple[list[Site], list[Site]]:
         """The sites of this kind in this block: (read, edited)."""
-        reads = [s for s in self.read if s.kind == kind and s.block == block]
-        edited = [s for s in self.edits if s.kind == kind and s.block == block]
-        return reads, edited
+        reads, edited = self._by_place.get((kind, block), ([], []))
+        return list(reads), list(edited)
 
     def _install(self) -> None:
         a = self.a
@@ -768,7 +776,7 @@ class _Hooks:
 
     def _read_resid(self, site_index: int, h: Any) -> None:
         site = Site.resid(site_index)
-        if site in self.read:
+        if site in self._read_set:
             self._keep(site, h)
 
     # -------------------------------------------------------------- hooks

@@ -1,9 +1,10 @@
 """Extraction of target-token trajectories (and sublayer writes) from a transformers model.
 
-Hooks on the blocks gather only the target rows on the device during one forward pass of the
-model body (no LM head, no final norm, no hidden-state tuples), so extraction costs no more than a
-bare forward. Causal models see each text only up to the target, since later tokens cannot change
-its states. :func:`extract` is a short driver over the named steps below.
+The forward engine (:class:`trajgeo.engine.Engine`, shared with the lens and the interventions)
+gathers only the target rows on the device during one forward pass of the model body (no LM head,
+no final norm, no hidden-state tuples), so extraction costs no more than a bare forward. Causal
+models see each text only up to the target (:mod:`trajgeo.alignment`), since later tokens cannot
+change its states. :func:`extract` is a short driver over the named steps below.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,208 +21,13 @@ import numpy as np
 import pandas as pd
 
 from trajgeo import datasets, store as _store
+from trajgeo.alignment import AlignmentError, _Aligned, _target_positions, _window, align_targets  # noqa: F401
+from trajgeo.engine import Engine, Pool, Site
 from trajgeo.models import LoadedModel, load_model
 from trajgeo.store import StoreLock, StoreWriter
 from trajgeo.trajectories import Trajectories, load
 
 __all__ = ["extract", "align_targets", "AlignmentError"]
-
-
-class AlignmentError(ValueError):
-    """A target's characters do not map onto tokens that decode back to it."""
-
-
-class _StopForward(Exception):
-    """Raised by the hook of the last needed block: the rest of the model is not run."""
-
-
-# ================================================================ alignment
-@dataclass
-class _Aligned:
-    ids: np.ndarray  # int32 input ids to feed (after truncation / windowing): compact for 10^5 examples
-    positions: list[int]  # positions of the target's tokens in ``ids``
-    target_ids: list[int]  # the target's token ids (for point 0)
-    windowed: bool
-
-
-def _norm_text(s: str, strip_accents: bool) -> str:
-    s = unicodedata.normalize("NFKC", s).casefold()
-    if strip_accents:
-        s = "".join(c for c in unicodedata.normalize("NFD", s) if unicodedata.category(c) != "Mn")
-    return "".join(s.split())
-
-
-def align_targets(
-    tokenizer: Any,
-    examples: pd.DataFrame,
-    causal: bool,
-    max_length: int | None = None,
-    truncate: bool = True,
-) -> tuple[list[_Aligned], int]:
-    """Map each example's character span onto tokens, truncate and window.
-
-    Returns the aligned inputs and the number of examples whose text was windowed.
-
-    Raises
-    ------
-    AlignmentError
-        Naming the example, when its span covers no token, or its tokens do not decode back to
-        the target text (a tokenizer offset bug would otherwise silently misalign).
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("extraction needs a fast tokenizer: character offsets come from it")
-    texts = examples["text"].tolist()
-    strip_accents = bool(getattr(tokenizer, "do_lower_case", False)) or "uncased" in str(
-        getattr(tokenizer, "name_or_path", ""))
-    out: list[_Aligned] = []
-    ids_col = examples["example"].tolist()
-    block = 1024  # tokenise in blocks: the encodings (offsets, masks) of a whole data set would dominate memory
-    for i, (ex, cs, ce) in enumerate(zip(ids_col, examples["char_start"], examples["char_end"])):
-        if i % block == 0:
-            enc = tokenizer(texts[i:i + block], add_special_tokens=True, return_offsets_mapping=True,
-                            return_special_tokens_mask=True, truncation=False)
-        ids = list(enc["input_ids"][i % block])
-        special = enc["special_tokens_mask"][i % block]
-        pos = _target_positions(tokenizer, ex, texts[i], cs, ce, ids, enc["offset_mapping"][i % block], special,
-                                strip_accents)
-        target_ids = [ids[t] for t in pos]
-        if causal and truncate:  # later tokens cannot change a causal model's states at the target
-            ids = ids[: pos[-1] + 1]
-            special = special[: pos[-1] + 1]
-        windowed = max_length is not None and len(ids) > max_length
-        if windowed:
-            ids, pos = _window(ex, ids, special, pos, max_length, causal, truncate)
-        out.append(_Aligned(np.asarray(ids, dtype=np.int32), pos, target_ids, windowed))
-    return out, sum(x.windowed for x in out)
-
-
-def _target_positions(tokenizer: Any, ex: Any, text: str, cs: int, ce: int, ids: list[int], offs: Sequence,
-                      special: Sequence[int], strip_accents: bool) -> list[int]:
-    """The contiguous token positions covering characters cs:ce, checked to decode back to the target."""
-    pos = [t for t, ((a, b), sp) in enumerate(zip(offs, special)) if not sp and b > a and a < ce and b > cs]
-    target = text[cs:ce]
-    if not pos:
-        raise AlignmentError(f"example {ex}: target {target!r} at characters {cs}:{ce} covers no token")
-    if pos != list(range(pos[0], pos[-1] + 1)):
-        raise AlignmentError(f"example {ex}: target {target!r} maps to non-contiguous tokens {pos}")
-    decoded = tokenizer.decode([ids[t] for t in pos])
-    if _norm_text(decoded, strip_accents) != _norm_text(target, strip_accents):
-        covered = text[offs[pos[0]][0]:offs[pos[-1]][1]]
-        raise AlignmentError(
-            f"example {ex}: target {target!r} is covered by tokens that decode to {decoded!r} "
-            f"(text {covered!r}); the target must be whole tokens, and the tokenizer's offsets must be right"
-        )
-    return pos
-
-
-def _window(ex: Any, ids: list[int], special: Sequence[int], pos: list[int], max_length: int, causal: bool,
-            truncate: bool) -> tuple[list[int], list[int]]:
-    """Cut ids to max_length tokens around the target, keeping the leading and trailing special tokens.
-
-    Causal models keep a window that ends at the target (or, untruncated, one centred on it);
-    encoders one centred on it. Returns the new ids and the target's positions in them.
-    """
-    n_pre = 0
-    while n_pre < len(special) and special[n_pre]:
-        n_pre += 1
-    n_post = 0
-    while n_post < len(special) - n_pre and special[len(special) - 1 - n_post]:
-        n_post += 1
-    body = max_length - n_pre - n_post
-    if body < len(pos):
-        raise AlignmentError(f"example {ex}: the target alone is longer than max_length={max_length}")
-    if causal:  # keep a window that ends at the target
-        start = pos[-1] + 1 - body if truncate else pos[0] - body // 2
-    else:  # centre the window on the target
-        centre = (pos[0] + pos[-1]) // 2
-        start = centre - body // 2
-    start = max(n_pre, min(start, len(ids) - n_post - body))
-    new_ids = ids[:n_pre] + ids[start:start + body] + ids[len(ids) - n_post:]
-    return new_ids, [p - start + n_pre for p in pos]
-
-
-# ================================================================ capture
-class _Capture:
-    """Forward hooks that gather (and pool) the target rows of every block on the device."""
-
-    def __init__(self, adapter: Any, stop_after: int, components: bool, heads: bool) -> None:
-        self.adapter = adapter
-        self.stop_after = stop_after  # 1-based index of the last block needed
-        self.components = components
-        self.heads = heads
-        self.handles: list[Any] = []
-        # per block l: what the hooks gathered in the current batch (cleared in place: the hooks hold them)
-        self.block_in: dict[int, Any] = {}
-        self.block_out: dict[int, Any] = {}
-        self.attn: dict[int, Any] = {}
-        self.mlp: dict[int, Any] = {}
-        self.head_in: dict[int, Any] = {}
-        self.reset(None, None)
-
-    def reset(self, idx: Any, weight: Any) -> None:
-        self.idx, self.weight = idx, weight
-        for table in (self.block_in, self.block_out, self.attn, self.mlp, self.head_in):
-            table.clear()
-
-    def gather(self, h: Any) -> Any:
-        if isinstance(h, tuple):
-            h = h[0]
-        d = h.shape[-1]
-        rows = h.gather(1, self.idx.unsqueeze(-1).expand(-1, -1, d))  # (batch, k, d)
-        return (rows * self.weight.unsqueeze(-1).to(rows.dtype)).sum(1)
-
-    def __enter__(self) -> "_Capture":
-        a = self.adapter
-        for l, block in enumerate(a.blocks[: self.stop_after]):
-            self.handles.append(block.register_forward_pre_hook(self._pre(l), with_kwargs=True))
-            self.handles.append(block.register_forward_hook(self._post(l)))
-            if self.components:
-                self.handles.append(a.attn_out[l].register_forward_hook(self._keep(self.attn, l)))
-                if not a.post_ln:
-                    self.handles.append(a.mlp_out[l].register_forward_hook(self._keep(self.mlp, l)))
-            if self.heads:  # the output projection's input, split into heads later
-                self.handles.append(a.head_proj[l].register_forward_pre_hook(self._keep(self.head_in, l)))
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-
-    def _pre(self, l: int) -> Any:
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            if l == 0 or self.adapter.post_ln:
-                h = args[0] if args else kwargs["hidden_states"]
-                self.block_in[l] = self.gather(h)
-        return hook
-
-    def _post(self, l: int) -> Any:
-        def hook(module: Any, args: Any, output: Any) -> None:
-            self.block_out[l] = self.gather(output)
-            if l + 1 == self.stop_after:
-                raise _StopForward
-        return hook
-
-    def _keep(self, table: dict, l: int) -> Any:
-        """A hook storing the gathered output (forward hook) or first input (pre-hook) as table[l]."""
-        def hook(module: Any, args: Any, output: Any = None) -> None:
-            table[l] = self.gather(args[0] if output is None else output)
-        return hook
-
-
-def _head_writes(adapter: Any, l: int, z: Any) -> Any:
-    """Per-head writes of block l from the pooled input z (batch, n_heads*head_dim) of its output projection."""
-    import torch
-
-    proj = adapter.head_proj[l]
-    w = proj.weight
-    if type(proj).__name__ == "Conv1D":  # GPT-2 stores (in, out)
-        w = w.t()
-    n_heads, head_dim = adapter.n_heads, adapter.head_dim
-    w = w.reshape(w.shape[0], n_heads, head_dim)  # (d_model, heads, head_dim)
-    return np.asarray(
-        torch.einsum("bhk,dhk->bhd", z.reshape(z.shape[0], n_heads, head_dim).to(w.dtype), w).float().cpu().numpy()
-    )
 
 
 # ================================================================ the steps of extract
@@ -409,16 +214,16 @@ def _run_chunks(lm: LoadedModel, opts: _Options, aligned: Sequence[_Aligned], sh
     results = {} if writer else arrays(n)
     bar = tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), disable=not progress,
                desc=f"extract {lm.name}", unit="ex")
-    live = opts.stop_after > 0
-    capture = _Capture(lm.adapter, opts.stop_after, opts.components and live, opts.heads and live)
-    with torch.inference_mode(), capture:
+    engine = Engine(lm)
+    read = _sites(opts)
+    with torch.inference_mode():
         for ci in todo:
             start, stop = bounds[ci]
             out = arrays(stop - start) if writer else results
             order = sorted(range(start, stop), key=lambda j: len(aligned[j].ids))
             for b in range(0, len(order), opts.batch_size):
                 rows = order[b:b + opts.batch_size]
-                _run_batch(lm, capture, opts, [aligned[j] for j in rows], out, [j - start for j in rows])
+                _run_batch(engine, opts, read, [aligned[j] for j in rows], out, [j - start for j in rows])
                 bar.update(len(rows))
             if writer:
                 writer.write_chunk(ci, {k: out[k.split("/")[-1]] for k in shapes})
@@ -597,100 +402,61 @@ def _extract(lm: LoadedModel, examples: Any, opts: _Options, path: Path | None, 
 
 
 # ================================================================ one batch
-def _batch_inputs(items: Sequence[_Aligned], pool: str, padding_side: str, pad_id: int) -> tuple:
-    """Pad a batch of aligned examples and say which rows (and token ids) make each target's vector.
+def _sites(opts: _Options) -> list[Site]:
+    """What the engine reads at each target: points 0..stop_after, block 1's input, sublayer and head writes."""
+    layers = range(1, opts.stop_after + 1)
+    read = [Site.resid(p) for p in range(opts.stop_after + 1)]
+    if opts.stop_after == 0:
+        return read
+    read.append(Site.block_input(1))
+    if opts.components:
+        read += [Site.attn(l) for l in layers] + [Site.mlp(l) for l in layers]
+    if opts.heads:
+        read += [Site.head_write(l) for l in layers]
+    return read
 
-    Returns input_ids and mask (batch, longest); idx, weight (batch, k): the positions pooled into each
-    target's vector and their weights (0 on unused slots); emb_idx (batch, k): the token ids pooled into
-    point 0.
+
+def _run_batch(engine: Engine, opts: _Options, read: list[Site], items: Sequence[_Aligned], out: dict,
+               out_rows: list[int]) -> None:
+    """One forward pass over a batch; write each target's points (and writes) into ``out`` at ``out_rows``.
+
+    Point 0 is the engine's embedding read at the target: the context-free embedding of the target's own
+    token(s), times the model's scale. Post-LN writes are the differences of consecutive residuals (see
+    :func:`extract`), as the engine defines them.
     """
     import torch
 
-    bsz = len(items)
-    longest = max(len(x.ids) for x in items)
-    k = max(len(x.positions) for x in items) if pool == "mean" else 1
-    input_ids = torch.full((bsz, longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((bsz, longest), dtype=torch.long)
-    idx = torch.zeros((bsz, k), dtype=torch.long)
-    weight = torch.zeros((bsz, k), dtype=torch.float32)
-    emb_idx = torch.zeros((bsz, k), dtype=torch.long)
-    for r, x in enumerate(items):
-        off = longest - len(x.ids) if padding_side == "left" else 0
-        input_ids[r, off:off + len(x.ids)] = torch.from_numpy(x.ids)
-        mask[r, off:off + len(x.ids)] = 1
-        pos = {"last": x.positions[-1:], "first": x.positions[:1], "mean": x.positions}[pool]
-        tid = {"last": x.target_ids[-1:], "first": x.target_ids[:1], "mean": x.target_ids}[pool]
-        idx[r, :len(pos)] = torch.tensor(pos) + off
-        weight[r, :len(pos)] = 1.0 / len(pos)
-        emb_idx[r, :len(tid)] = torch.tensor(tid)
-    return input_ids, mask, idx, weight, emb_idx
-
-
-def _run_batch(lm: LoadedModel, capture: _Capture, opts: _Options, items: Sequence[_Aligned], out: dict,
-               out_rows: list[int]) -> None:
-    """One forward pass over a batch; write each target's points (and writes) into ``out`` at ``out_rows``."""
-    a = lm.adapter
-    device = lm.device
-    tok = lm.tokenizer
-    pad_id = (tok.eos_token_id or 0) if tok.pad_token_id is None else tok.pad_token_id
-    *inputs, emb_idx = _batch_inputs(items, opts.pool, opts.padding_side, pad_id)
-    input_ids, mask, idx, weight = (t.to(device) for t in inputs)
-    capture.reset(idx, weight)
-    # explicit positions make left and right padding give the same states
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
-    if a.causal:
-        kwargs["use_cache"] = False
-        if opts.padding_side == "right":
-            # Right padding comes after every real token, and a causal model's real tokens never attend
-            # forward: the mask changes nothing they compute. Without it attention takes the plain causal
-            # path instead of materialising a (batch, 1, seq, seq) mask.
-            kwargs["attention_mask"] = None
-    if opts.stop_after > 0:
-        try:
-            a.base(**kwargs)
-        except _StopForward:
-            pass
-    # point 0: the context-free embedding of the target's own token(s), times the model's scale
-    emb = a.embed(emb_idx.to(device))  # (batch, k, d)
-    point0 = (emb * weight.unsqueeze(-1).to(emb.dtype)).sum(1)
+    a, device = engine.adapter, engine.lm.device
+    batch = engine.batch([x.ids for x in items], padding_side=opts.padding_side)
+    offsets = batch.offsets.tolist()  # column of each row's first token
+    picks = [{"last": x.positions[-1:], "first": x.positions[:1], "mean": x.positions}[opts.pool] for x in items]
+    pool = Pool.mean([[p + off for p in pick] for pick, off in zip(picks, offsets)])
+    pool = Pool(pool.idx.to(device), pool.weight.to(device))
+    run = engine.run(batch, read=read, pool=pool, stop_after=opts.stop_after)
     rows = np.asarray(out_rows)
+    layers = range(1, opts.stop_after + 1)
+    point0 = run[Site.resid(0)]
     out["states"][rows, 0] = _f32(point0)
-    if opts.stop_after == 0:
+    if opts.stop_after == 0:  # no block runs: block 1's input is the embedding (plus GPT-2's position embedding)
         block_in = point0
         if a.pos_embed is not None:
-            block_in = point0 + a.pos_embed(position_ids.gather(1, idx[:, :1]).squeeze(1))
+            block_in = point0 + a.pos_embed(engine.position_ids(batch).gather(1, pool.idx[:, :1]).squeeze(1))
         out["block_input"][rows] = _f32(block_in)
         return
-    _store_blocks(a, capture, opts, out, rows)
+    out["block_input"][rows] = _f32(run[Site.block_input(1)])
+    outs = torch.stack([run[Site.resid(l)] for l in layers], 1)
+    out["states"][rows, 1:] = _f32(outs)
+    if opts.components:
+        out["attn"][rows] = _f32(torch.stack([run[Site.attn(l)] for l in layers], 1))
+        out["mlp"][rows] = _f32(torch.stack([run[Site.mlp(l)] for l in layers], 1))
+        if opts.heads:
+            out["heads"][rows] = _f32(torch.stack([run[Site.head_write(l)] for l in layers], 1))
+    if opts.final_norm:
+        out["final_normed"][rows] = _f32(a.final_norm(outs[:, -1]))
 
 
 def _f32(t: Any) -> np.ndarray:
     return t.float().cpu().numpy()
-
-
-def _store_blocks(a: Any, capture: _Capture, opts: _Options, out: dict, rows: np.ndarray) -> None:
-    """Write what the hooks captured: points 1..stop_after, block 1's input, sublayer and head writes."""
-    import torch
-
-    out["block_input"][rows] = _f32(capture.block_in[0])
-    layers = range(opts.stop_after)
-    outs = torch.stack([capture.block_out[l] for l in layers], 1)
-    out["states"][rows, 1:] = _f32(outs)
-    if opts.components:
-        attn = torch.stack([capture.attn[l] for l in layers], 1)
-        if a.post_ln:  # writes = differences of consecutive residuals (see extract's docstring)
-            ins = torch.stack([capture.block_in[l] for l in layers], 1)
-            mlp = outs - attn
-            attn = attn - ins
-        else:
-            mlp = torch.stack([capture.mlp[l] for l in layers], 1)
-        out["attn"][rows] = _f32(attn)
-        out["mlp"][rows] = _f32(mlp)
-        if opts.heads:
-            out["heads"][rows] = np.stack([_head_writes(a, l, capture.head_in[l]) for l in layers], 1)
-    if opts.final_norm:
-        out["final_normed"][rows] = _f32(a.final_norm(outs[:, -1]))
 
 
 # ================================================================ multi-process

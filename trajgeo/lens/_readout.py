@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -138,14 +138,15 @@ def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> dict[str, 
 
 def _forward(lm: LoadedModel, texts: Sequence[str], max_length: int, batch_size: int,
              progress: bool = False, desc: str = "residuals") -> Iterator[tuple[Any, Any, Any, Any]]:
-    """Run the model on batches of texts and yield every point's residual at every position.
+    """Run the model (through :class:`trajgeo.engine.Engine`) on batches of texts and yield every point's
+    residual at every position.
 
     Yields
     ------
     h : tensor of shape (batch, n_tokens, n_layers + 1, d_model)
         Point 0 is the token embedding times the model's scale (as in :func:`trajgeo.extract`),
-        point l the raw block-l output (hooks on the blocks: Hugging Face's last hidden state is
-        final-normed, trajgeo's point L is not).
+        point l the raw block-l output (Hugging Face's last hidden state is final-normed, trajgeo's
+        point L is not).
     ids : tensor of shape (batch, n_tokens), the token ids (padding on the right)
     mask : bool tensor of shape (batch, n_tokens), True on the texts' tokens (special ones included)
     content : bool tensor of shape (batch, n_tokens), True on non-special, non-padding tokens
@@ -153,41 +154,21 @@ def _forward(lm: LoadedModel, texts: Sequence[str], max_length: int, batch_size:
     import torch
     from tqdm.auto import tqdm
 
-    a = lm.adapter
-    tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    outs: dict[int, Any] = {}
+    from trajgeo.engine import Engine, Site
 
-    def hook(l: int) -> Callable:
-        def fn(module: Any, args: Any, output: Any) -> None:
-            outs[l] = output[0] if isinstance(output, tuple) else output
-        return fn
-
-    handles = [b.register_forward_hook(hook(l)) for l, b in enumerate(a.blocks)]
-    try:
-        for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=desc, unit="batch"):
-            enc = _encode(tok, texts[i:i + batch_size], max_length)
-            longest = max(len(x) for x in enc["input_ids"])
-            ids = torch.full((len(enc["input_ids"]), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids, dtype=torch.bool)
-            content = torch.zeros_like(ids, dtype=torch.bool)
-            for r, (x, sp) in enumerate(zip(enc["input_ids"], enc["special_tokens_mask"])):
-                ids[r, :len(x)] = torch.tensor(x)
-                mask[r, :len(x)] = True
-                content[r, :len(x)] = ~torch.tensor(sp, dtype=torch.bool)
-            dev_ids, dev_mask = ids.to(lm.device), mask.long().to(lm.device)
-            kwargs: dict[str, Any] = {"input_ids": dev_ids, "attention_mask": dev_mask,
-                                      "position_ids": (dev_mask.cumsum(-1) - 1).clamp(min=0) + a.position_offset}
-            if a.causal:
-                kwargs["use_cache"] = False
-            with torch.no_grad():  # not held across the yield: the caller's grad mode is its own
-                a.base(**kwargs)
-                h = torch.stack([a.embed(dev_ids)] + [outs[l] for l in range(a.n_layers)], 2).float().cpu()
-            outs.clear()
-            yield h, ids, mask, content
-    finally:
-        for handle in handles:
-            handle.remove()
+    engine = Engine(lm)
+    points = [Site.resid(p) for p in range(lm.n_layers + 1)]
+    for i in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=desc, unit="batch"):
+        enc = _encode(lm.tokenizer, texts[i:i + batch_size], max_length)
+        batch = engine.batch(enc["input_ids"])
+        ids, mask = batch.input_ids.cpu(), batch.mask.bool().cpu()
+        content = torch.zeros_like(mask)
+        for r, sp in enumerate(enc["special_tokens_mask"]):
+            content[r, :len(sp)] = ~torch.tensor(sp, dtype=torch.bool)
+        run = engine.run(batch, read=points)  # under no_grad: not held across the yield
+        h = torch.stack([run[s] for s in points], 2).float().cpu()
+        del run
+        yield h, ids, mask, content
 
 
 # ============================================================== checks

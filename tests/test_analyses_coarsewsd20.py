@@ -76,10 +76,10 @@ def runs(script, models, planted, tmp_path_factory):
     argv = ["--data", str(planted), "--out", str(out), "--words", ",".join(WORDS), *ARGS]
     real_analyse, real_extract = script.analyse_word, tg.extract
     with pytest.MonkeyPatch.context() as mp:
-        def killed_on_crane(traj, folds, random_state):
+        def killed_on_crane(traj, folds, random_state, **options):
             if traj.meta["word"].iloc[0] == "crane":
                 raise KeyboardInterrupt
-            return real_analyse(traj, folds, random_state)
+            return real_analyse(traj, folds, random_state, **options)
 
         mp.setattr(script, "analyse_word", killed_on_crane)
         with pytest.raises(KeyboardInterrupt):

@@ -7,12 +7,15 @@ quantile (means over words of the label-permutation null), the dashed line is th
 family-wise threshold ``null_fwer`` (a word's curve above its own threshold is above chance at 5%
 family-wise over its points). Right: per word, the peak balanced accuracy (filled), the word's
 ``null_fwer`` (bar) and the surface-cue baseline (open: a probe on the context words alone). Reads the
-tables of ``analyses/coarsewsd20.py`` (``results/coarsewsd20``).
+tables of ``analyses/coarsewsd20.py`` (``results/coarsewsd20``; ``--tables <folder>/curves.parquet`` reads
+another run's folder).
 """
 
 import sys
 
-from _common import RESULTS, custom
+from _common import RESULTS, custom, parse
+
+DEFAULT = RESULTS / "coarsewsd20" / "curves.parquet"
 
 
 def draw(df, plotting):
@@ -20,7 +23,7 @@ def draw(df, plotting):
     import numpy as np
     import pandas as pd
 
-    folder = RESULTS / "coarsewsd20"
+    folder = parse(__doc__, DEFAULT).tables.parent  # probes and summary lie next to curves.parquet
     probes = pd.read_parquet(folder / "probes.parquet")
     summary = pd.read_parquet(folder / "summary.parquet")
     summary = summary[summary["status"] == "done"]
@@ -75,5 +78,4 @@ def draw(df, plotting):
 
 
 if __name__ == "__main__":
-    sys.exit(custom("coarsewsd20", __doc__, RESULTS / "coarsewsd20" / "curves.parquet",
-                    "analyses/coarsewsd20.py", draw))
+    sys.exit(custom("coarsewsd20", __doc__, DEFAULT, "analyses/coarsewsd20.py", draw))

@@ -1,16 +1,18 @@
 """Figure: cue before vs after the target, causal vs encoder models.
 
-Left: sense margin against point (relative depth) for each model, solid for cue-before and dashed for
-cue-after examples, with the 95% bootstrap band. A causal model cannot use a cue it has not read yet,
+Left: sense margin against point (relative depth) for each model, one line style per cue position (see
+the legend), with the 95% bootstrap band. A causal model cannot use a cue it has not read yet,
 so its cue-after margin should stay near 0. Right: per model and cue position, each word's peak balanced
 accuracy minus its family-wise null threshold (``peak_minus_null``: right of 0 is above chance at 5%
-family-wise over the word's points; one dot per word), from ``significance.parquet``. Reads
+family-wise over the word's points; one dot per word, filled for cue-before), from ``significance.parquet``. Reads
 ``results/cue_position/margin.parquet`` and ``significance.parquet`` written by ``analyses/cue_position.py``.
 """
 
 import sys
 
-from _common import RESULTS, custom
+from _common import RESULTS, custom, parse
+
+DEFAULT = RESULTS / "cue_position" / "margin.parquet"
 
 
 def draw(df, plotting):
@@ -18,7 +20,7 @@ def draw(df, plotting):
     import pandas as pd
 
     curves = df.assign(metric="margin")
-    path = RESULTS / "cue_position" / "significance.parquet"
+    path = parse(__doc__, DEFAULT).tables.parent / "significance.parquet"  # next to margin.parquet
     sig = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     if not len(sig):
         ax = plotting.convergence(curves, hue="model", style="cue_position", relative_depth=True,
@@ -45,5 +47,4 @@ def draw(df, plotting):
 
 
 if __name__ == "__main__":
-    sys.exit(custom("cue_position", __doc__, RESULTS / "cue_position" / "margin.parquet",
-                    "analyses/cue_position.py", draw))
+    sys.exit(custom("cue_position", __doc__, DEFAULT, "analyses/cue_position.py", draw))

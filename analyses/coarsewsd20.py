@@ -39,6 +39,10 @@ failed ones; other options recompute. Extraction is cached per model and word un
 Usage::
 
     python analyses/coarsewsd20.py --data ../shared/data/coarsewsd20 --models smollm2,minilm,gemma3-270m
+
+Measured on 2 busy CPU cores (15 words, 1,000 permutations): MiniLM at 300 examples per word 15 minutes;
+SmolLM2 at ``--max-per-word 60`` 25 minutes (extraction dominates: at 300 per word one SmolLM2 word took
+over 8 minutes to extract).
 """
 
 from __future__ import annotations

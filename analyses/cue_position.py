@@ -16,10 +16,17 @@ For each model the script
 3. fits layer-wise probes (:func:`trajgeo.probes.layerwise`, grouped cross-validation) separately on
    the cue-before and the cue-after examples, with labels ``word:sense`` (a word's own senses
    compete; the word itself is read off the embedding, so point 0 sits at within-word chance);
-4. writes tidy tables to ``<out>``: ``margin.parquet`` (example, point, word, sense, cue_position,
+4. reads each word's senses against its permutation null, per cue position
+   (:func:`significance_table`: a probe per word with ``labels="sense"``, the group-respecting label
+   permutations of :func:`trajgeo.probes.layerwise` and the family-wise threshold over points; Holm
+   across the words of a condition) and the surface-cue baseline (:func:`trajgeo.probes.surface_baseline`:
+   a bag of the context words the model could see, so before the target for a causal model);
+5. writes tidy tables to ``<out>``: ``margin.parquet`` (example, point, word, sense, cue_position,
    cue_distance, model, causal, value), ``margin_by_point.parquet`` (mean and 95% bootstrap
    interval), ``probes.parquet`` (the layerwise rows plus model, causal, cue_position),
-   ``summary.parquet`` (one row per model and condition; ``note`` says why a condition has no probe
+   ``significance.parquet`` (one row per model, condition and word: peak balanced accuracy and its point,
+   ``null_fwer``, ``p_fwer``, ``p_holm``, ``resolved``, the surface baseline), ``summary.parquet`` (one row
+   per model and condition: margin, pooled probe accuracy and kappa, words resolved against the null; ``note`` says why a condition has no probe
    figures), ``status.parquet`` (one row per model: done or failed, with the reason) and prints the
    summary.
 
@@ -32,7 +39,7 @@ others go on; failures are named at the end (exit status 1).
 Usage::
 
     python analyses/cue_position.py [--models smollm2,minilm] [--out results/cue_position]
-                                    [--words bank,bass] [--max-examples 200]
+                                    [--words bank,bass] [--max-examples 200] [--permutations 1000]
 """
 
 from __future__ import annotations
@@ -54,9 +61,12 @@ from trajgeo.report import write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("before", "after")
-PER_MODEL = ("margin", "probes")
+PER_MODEL = ("margin", "probes", "significance")
+#: The chance-corrected score each word's null is read on.
+METRIC = "balanced_accuracy"
 
-__all__ = ["select_examples", "trajectories", "margin_table", "margin_by_point", "probe_table", "summarize",
+__all__ = ["select_examples", "trajectories", "margin_table", "margin_by_point", "probe_table", "significance_table",
+           "summarize",
            "run", "main"]
 
 
@@ -183,8 +193,61 @@ def probe_table(traj: tg.Trajectories, cv: int = 5, n_boot: int = 200, random_st
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
+def significance_table(traj: tg.Trajectories, cv: int = 5, n_permutations: int = 1000, random_state: int = 0,
+                       notes: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per cue position and word: the word's senses read against their permutation null, and the surface cue.
+
+    The pooled probe of :func:`probe_table` has no null of its own that respects words (a permutation
+    of ``word:sense`` labels across words is beaten by the word identity alone, at point 0), so each
+    word is probed on its own senses with ``n_permutations`` group-respecting label permutations:
+    its best point against the family-wise threshold over points (:func:`trajgeo.probes.word_significance`),
+    Holm across the words of the condition. A word whose sense has fewer than 2 sentences in a
+    condition is left out (``notes`` says which).
+
+    Returns
+    -------
+    DataFrame with columns cue_position, word, n_examples, folds, peak_point, peak_value (balanced
+    accuracy), null_fwer, peak_minus_null, p_fwer, p_holm, resolved, surface_value (the surface-cue
+    baseline's balanced accuracy), surface_p.
+    """
+    notes = {} if notes is None else notes
+    out = []
+    for cond in CONDITIONS:
+        sub = traj[traj.meta["cue_position"].to_numpy() == cond]
+        rows, left_out = [], []
+        for word in pd.unique(sub.meta["word"]):
+            w = sub[sub.meta["word"].to_numpy() == word]
+            # the folds' groups as layerwise sees them (sentences, merged with identical prefixes for a causal model)
+            sentences = pd.Series(w.group_codes("group")).groupby(w.meta["sense"].to_numpy()).nunique()
+            if len(sentences) < 2 or int(sentences.min()) < 2:
+                left_out.append(str(word))
+                continue
+            k = min(cv, int(sentences.min()))
+            scores = tg.probes.layerwise(w, labels="sense", word="word", groups="group", cv=k, n_boot=0,
+                                         n_permutations=n_permutations, random_state=random_state, progress=False)
+            sig = tg.probes.word_significance(scores, metric=METRIC).iloc[0]
+            surface = tg.probes.surface_baseline(w, cv=k, n_boot=0, n_permutations=n_permutations,
+                                                 random_state=random_state, progress=False)
+            surf = surface[(surface["fold"] == -1) & (surface["metric"] == METRIC)].iloc[0]
+            rows.append({"cue_position": cond, "word": word, "n_examples": w.n_examples, "folds": k,
+                         "peak_point": int(sig["peak_point"]), "peak_value": sig["peak_value"],
+                         "null_fwer": sig["null_fwer"], "peak_minus_null": sig["peak_value"] - sig["null_fwer"],
+                         "p_fwer": sig["p_fwer"], "resolved": bool(sig["resolved"]),
+                         "surface_value": surf["value"], "surface_p": surf["p_value"]})
+        if left_out:
+            why = (f"words without 2 senses of 2 sentences each with the cue {cond} the target, not read against "
+                   f"the null: {', '.join(left_out)}")
+            notes[cond] = f"{notes[cond]}; {why}" if cond in notes else why
+        if rows:
+            df = pd.DataFrame(rows)
+            df.insert(df.columns.get_loc("resolved"), "p_holm", tg.stats.holm(df["p_fwer"].to_numpy()))
+            out.append(df)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def summarize(margin: pd.DataFrame, probes: pd.DataFrame,
-              notes: Mapping[tuple[str, str], str] | None = None) -> pd.DataFrame:
+              notes: Mapping[tuple[str, str], str] | None = None,
+              significance: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per model and cue position: margin and probe accuracy at point 0, at the top and at their peak.
 
     ``notes`` maps (model, cue position) to a note (why the probe columns are empty, fewer folds).
@@ -193,7 +256,10 @@ def summarize(margin: pd.DataFrame, probes: pd.DataFrame,
     -------
     DataFrame with columns model, causal, cue_position, n_examples, margin_point0, margin_last,
     margin_peak, margin_peak_point, accuracy_point0, accuracy_last, accuracy_peak,
-    accuracy_peak_point, selectivity_last (and note, with ``notes``).
+    accuracy_peak_point, kappa_last (Cohen's kappa of the pooled probe at the last point, 0 at chance),
+    and from ``significance`` (:func:`significance_table`): words_tested, words_resolved (peak above the
+    word's family-wise null), median_peak_minus_null, median_surface (the surface baseline's balanced
+    accuracy); and note, with ``notes``.
     """
     rows = []
     for (model, causal, cond), g in margin.groupby(["model", "causal", "cue_position"], sort=False):
@@ -204,11 +270,16 @@ def summarize(margin: pd.DataFrame, probes: pd.DataFrame,
         if len(probes):
             p = probes[(probes["model"] == model) & (probes["cue_position"] == cond) & (probes["fold"] == -1)]
             acc = p[p["metric"] == "accuracy"].set_index("point")["value"]
-            sel = p[p["metric"] == "selectivity"].set_index("point")["value"]
+            kappa = p[p["metric"] == "cohen_kappa"].set_index("point")["value"]
             if len(acc):
                 row.update(accuracy_point0=acc.iloc[0], accuracy_last=acc.iloc[-1], accuracy_peak=acc.max(),
                            accuracy_peak_point=int(acc.idxmax()),
-                           selectivity_last=sel.iloc[-1] if len(sel) else np.nan)
+                           kappa_last=kappa.iloc[-1] if len(kappa) else np.nan)
+        if significance is not None and len(significance):
+            sg = significance[(significance["model"] == model) & (significance["cue_position"] == cond)]
+            row.update(words_tested=len(sg), words_resolved=int(sg["resolved"].sum()),
+                       median_peak_minus_null=sg["peak_minus_null"].median() if len(sg) else np.nan,
+                       median_surface=sg["surface_value"].median() if len(sg) else np.nan)
         if notes is not None:
             row["note"] = notes.get((model, cond))
         rows.append(row)
@@ -250,7 +321,7 @@ def _examples_key(examples: pd.DataFrame) -> str:
 def _combined(out: Path, names: Sequence[str], options: Mapping[str, dict], n_boot: int,
               random_state: int) -> dict[str, pd.DataFrame]:
     """The tables of the models recorded with this run's options, in run order."""
-    margins, probes, notes, status = [], [], {}, []
+    margins, probes, sigs, notes, status = [], [], [], {}, []
     for name in names:
         folder = out / "models" / name
         rec = _record(folder)
@@ -263,19 +334,23 @@ def _combined(out: Path, names: Sequence[str], options: Mapping[str, dict], n_bo
         p = pd.read_parquet(folder / "probes.parquet")
         if len(p):
             probes.append(p)
+        sg = pd.read_parquet(folder / "significance.parquet")
+        if len(sg):
+            sigs.append(sg)
         notes.update({(name, cond): note for cond, note in (rec.get("notes") or {}).items()})
     margin = pd.concat(margins, ignore_index=True) if margins else pd.DataFrame()
     probe = pd.concat(probes, ignore_index=True) if probes else pd.DataFrame()
+    significance = pd.concat(sigs, ignore_index=True) if sigs else pd.DataFrame()
     by_point = (margin_by_point(margin, n_boot=n_boot, random_state=random_state) if len(margin)
                 else pd.DataFrame())
-    summary = summarize(margin, probe, notes) if len(margin) else pd.DataFrame()
-    return {"margin": margin, "probes": probe, "margin_by_point": by_point, "summary": summary,
+    summary = summarize(margin, probe, notes, significance) if len(margin) else pd.DataFrame()
+    return {"margin": margin, "probes": probe, "significance": significance, "margin_by_point": by_point, "summary": summary,
             "status": pd.DataFrame(status, columns=["model", "status", "reason"])}
 
 
 def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd.DataFrame | None = None,
         words: Sequence[str] | None = None, max_examples: int | None = None, batch_size: int = 32,
-        n_boot: int = 1000, probe_boot: int = 200, random_state: int = 0,
+        n_boot: int = 1000, probe_boot: int = 200, random_state: int = 0, n_permutations: int = 1000,
         log: Callable[[str], None] = print) -> dict[str, pd.DataFrame]:
     """The whole analysis; returns the tables (also written as parquet under ``out``).
 
@@ -291,11 +366,15 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
         Examples with ``cue_position`` (default: :func:`select_examples` of ``words``/``max_examples``).
     n_boot, probe_boot : int
         Bootstrap replicates for the margin intervals and for the probes' summary intervals.
+    n_permutations : int >= 1
+        Group-respecting label permutations of each word's null (:func:`significance_table`).
 
     Returns
     -------
-    dict with keys "margin", "margin_by_point", "probes", "summary", "status".
+    dict with keys "margin", "margin_by_point", "probes", "significance", "summary", "status".
     """
+    if int(n_permutations) < 1:
+        raise ValueError(f"n_permutations must be >= 1 (each word is read against its null), got {n_permutations}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(models, Mapping):
@@ -305,7 +384,8 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
     if "cue_position" not in examples:
         raise KeyError("examples need a cue_position column ('before'/'after'), as tg.datasets.builtin() has")
     key = _examples_key(examples)
-    options = {name: {"model": name, "examples": key, "probe_boot": int(probe_boot), "random_state": int(random_state)}
+    options = {name: {"model": name, "examples": key, "probe_boot": int(probe_boot), "random_state": int(random_state),
+                     "n_permutations": int(n_permutations)}
                for name in models}
     names = list(models)
     tables = _combined(out, names, options, n_boot, random_state)
@@ -328,7 +408,11 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
             if len(p):
                 p.insert(0, "model", name)
                 p.insert(1, "causal", causal)
-            write_tables({"margin": m, "probes": p}, folder)
+            sg = significance_table(traj, n_permutations=n_permutations, random_state=random_state, notes=notes)
+            if len(sg):
+                sg.insert(0, "model", name)
+                sg.insert(1, "causal", causal)
+            write_tables({"margin": m, "probes": p, "significance": sg}, folder)
             _write_text(folder / "status.json", json.dumps({"options": options[name], "status": "done",
                                                             "notes": notes}, indent=1))
         except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others
@@ -364,9 +448,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=_positive_int, default=None,
                         help="stratified subsample size, at least one example per word, sense and cue position "
                              "(default: all)")
+    parser.add_argument("--permutations", type=_positive_int, default=1000,
+                        help="group-respecting label permutations of each word's null (default: %(default)s)")
     args = parser.parse_args(argv)
     words = args.words.split(",") if args.words else None
-    tables = run(args.models.split(","), args.out, words=words, max_examples=args.max_examples)
+    tables = run(args.models.split(","), args.out, words=words, max_examples=args.max_examples,
+                 n_permutations=args.permutations)
     failed = tables["status"][tables["status"]["status"] == "failed"]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(tables["summary"].to_string(index=False))

@@ -76,10 +76,10 @@ def runs(script, models, planted, tmp_path_factory):
     argv = ["--data", str(planted), "--out", str(out), "--words", ",".join(WORDS), *ARGS]
     real_analyse, real_extract = script.analyse_word, tg.extract
     with pytest.MonkeyPatch.context() as mp:
-        def killed_on_crane(traj, folds, random_state):
+        def killed_on_crane(traj, folds, random_state, **options):
             if traj.meta["word"].iloc[0] == "crane":
                 raise KeyboardInterrupt
-            return real_analyse(traj, folds, random_state)
+            return real_analyse(traj, folds, random_state, **options)
 
         mp.setattr(script, "analyse_word", killed_on_crane)
         with pytest.raises(KeyboardInterrupt):
@@ -220,3 +220,28 @@ def test_a_rerun_retries_only_the_failed_word(runs, script, models, planted, tmp
 def test_main_rejects_bad_numbers(script, planted, tmp_path, bad):
     with pytest.raises(SystemExit):
         script.main(["--data", str(planted), "--out", str(tmp_path), *bad], models={})
+
+
+def test_each_word_is_read_against_its_null_and_the_surface_cue_with_holm_across_words(runs):
+    s = runs["summary"]
+    probes = pd.read_parquet(runs["out"] / "probes.parquet")
+    done = ["bank", "match", "crane", "pitcher"]
+    assert "selectivity_at_peak" not in s.columns
+    for word in done:
+        bal = probes[(probes["word"] == word) & (probes["fold"] == -1) & (probes["metric"] == "balanced_accuracy")]
+        best = bal.loc[bal["value"].idxmax()]
+        assert s.loc[word, "peak_balanced_accuracy"] == pytest.approx(best["value"])
+        assert s.loc[word, "null_fwer"] == pytest.approx(best["null_fwer"])  # one threshold per word
+        assert s.loc[word, "p_fwer"] == pytest.approx(bal["p_fwer"].min())
+        assert s.loc[word, "peak_minus_null"] == pytest.approx(best["value"] - best["null_fwer"])
+        assert s.loc[word, "resolved"] == (best["value"] > best["null_fwer"])
+        if not s.loc[word, "resolved"]:
+            assert np.isnan(s.loc[word, "resolution_point"])  # a word below its null has no resolution point
+        # the surface baseline, recomputed on the stored examples with the same splits and null
+        traj = tg.load(runs["out"] / "tiny-bert" / f"{word}.zarr")
+        surf = tg.probes.surface_baseline(traj, cv=int(s.loc[word, "folds"]), n_permutations=1000, progress=False)
+        surf = surf[(surf["fold"] == -1) & (surf["metric"] == "balanced_accuracy")].iloc[0]
+        assert s.loc[word, "surface_balanced_accuracy"] == pytest.approx(surf["value"])
+        assert s.loc[word, "peak_minus_surface"] == pytest.approx(best["value"] - surf["value"])
+    np.testing.assert_allclose(s.loc[done, "p_holm"], tg.stats.holm(s.loc[done, "p_fwer"].to_numpy()))
+    assert s.loc[["spring", "ball"], "p_holm"].isna().all()

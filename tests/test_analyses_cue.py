@@ -158,7 +158,9 @@ def test_a_condition_whose_sense_has_one_sentence_gets_no_probes_and_a_note(cue,
     tables = cue.run({"tiny-llama": models["tiny-llama"]}, tmp_path, examples=examples, n_boot=50, probe_boot=10)
     s = tables["summary"].set_index("cue_position")
     assert s.loc["after", "note"] == ("no probes: sense 'bank:river' has 1 sentence with the cue after the target "
-                                      "(cross-validation needs 2)")
+                                      "(cross-validation needs 2); words without 2 senses of 2 sentences each with "
+                                      "the cue after the target, not read against the null: bank")
+    assert s.loc["after", "words_tested"] == 0 and s.loc["before", "words_tested"] == 1
     assert np.isnan(s.loc["after", "accuracy_last"]) and set(tables["probes"]["cue_position"]) == {"before"}
     # before: 3 sentences per sense, fewer than the 5 folds: the probe ran with 3, and says so
     assert s.loc["before", "note"] == "probe folds 5 -> 3: sense 'bank:finance' has 3 sentences"
@@ -177,3 +179,28 @@ def test_main_parses_its_arguments(cue, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         cue.main(["--models", "smollm2,minilm", "--out", str(tmp_path), "--words", "bank,bass", "--max-examples", "40"])
     assert seen == {"models": ["smollm2", "minilm"], "out": tmp_path, "words": ["bank", "bass"], "max_examples": 40}
+
+
+def test_significance_reads_each_word_against_its_own_null_and_the_summary_counts_it(result):
+    out, tables = result
+    sg = tables["significance"]
+    assert set(zip(sg.model, sg.cue_position)) == {(m, c) for m in ("tiny-llama", "tiny-bert")
+                                                   for c in ("before", "after")}
+    assert (out / "significance.parquet").exists()
+    # one word (bank) per condition: its row is word_significance of a sweep run here with the same options
+    traj = tg.load(out / "tiny-llama.zarr")
+    sub = traj[traj.meta["cue_position"].to_numpy() == "before"]
+    row = sg[(sg.model == "tiny-llama") & (sg.cue_position == "before")].iloc[0]
+    scores = tg.probes.layerwise(sub, labels="sense", word="word", cv=int(row.folds), n_boot=0,
+                                 n_permutations=1000, random_state=0, progress=False)
+    want = tg.probes.word_significance(scores, metric="balanced_accuracy").iloc[0]
+    assert row.peak_point == want.peak_point and np.isclose(row.peak_value, want.peak_value)
+    assert np.isclose(row.null_fwer, want.null_fwer) and np.isclose(row.p_fwer, want.p_fwer)
+    assert np.isclose(row.peak_minus_null, row.peak_value - row.null_fwer)
+    assert row.resolved == (row.peak_value > row.null_fwer)
+    assert row.p_holm == row.p_fwer  # Holm over a single word leaves its p-value
+    s = tables["summary"].set_index(["model", "cue_position"])
+    for (model, cond), g in sg.groupby(["model", "cue_position"]):
+        assert s.loc[(model, cond), "words_tested"] == len(g)
+        assert s.loc[(model, cond), "words_resolved"] == int(g.resolved.sum())
+    assert "selectivity_last" not in s.columns

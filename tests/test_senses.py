@@ -300,7 +300,9 @@ def test_one_sense_words_are_skipped_with_one_warning_naming_them():
         with pytest.warns(UserWarning, match=rf"{name}: 1 word\(s\) have a single sense \('v'\)") as rec:
             out = call()
         assert len([r for r in rec if "single sense" in str(r.message)]) == 1
-        assert set(out["word"]) == {"w"} and out.notna().any().all()
+        # (superposition's null here is one other word: too few for any value to reach 5%, so no threshold)
+        kept = out.drop(columns="null_fwer") if name == "superposition" else out
+        assert set(out["word"]) == {"w"} and kept.notna().any().all()
     # the rows kept are those of the word alone (raw vectors: the normalisation uses every example)
     w_only = senses.curves(traj[(traj.meta["word"] == "w").to_numpy()], normalize=None)
     with pytest.warns(UserWarning):

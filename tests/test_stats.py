@@ -249,11 +249,25 @@ def test_null_table_finds_a_planted_point_and_reports_its_threshold():
     significant = table.loc[table["value"] > table["null_fwer"], "point"].tolist()
     assert significant == [10]
     assert table.loc[5, "p_fwer"] <= 1 / 501 + 1e-12 and table.loc[5, "p_value"] <= 1 / 501 + 1e-12
-    # the family-wise threshold is the 95% quantile of each permutation's maximum over points
-    np.testing.assert_allclose(table["null_fwer"], np.quantile(null.max(1), 0.95))
+    # the family-wise threshold is the 25th largest of the 500 permutations' maxima over points:
+    # exceeding it is p_fwer <= (1 + 24) / 501 < 0.05, reaching it is not
+    np.testing.assert_allclose(table["null_fwer"], np.sort(null.max(1))[::-1][24])
     np.testing.assert_allclose(table["null_q95"], np.quantile(null, 0.95, axis=0))
     np.testing.assert_allclose(table["p_value"], (1 + (null >= obs).sum(0)) / 501)
     assert (table["null_fwer"] >= table["null_q95"]).all()
+
+
+def test_the_family_wise_threshold_and_p_fwer_never_disagree():
+    # small discrete nulls are where an interpolated quantile and the permutation p-value part ways
+    rng = np.random.default_rng(3)
+    for n in (19, 20, 39, 99, 100, 199, 1000):
+        null = rng.integers(0, 12, size=(n, 6)) / 12.0  # many ties, as accuracies on few examples have
+        obs = rng.integers(0, 13, size=6) / 12.0
+        table = stats.null_table(obs, null)
+        np.testing.assert_array_equal(table["value"] > table["null_fwer"], table["p_fwer"] <= 0.05, err_msg=str(n))
+    # with fewer than 19 permutations no value can reach 5%: no threshold
+    assert np.isnan(stats.null_table(obs, null[:18])["null_fwer"]).all()
+    assert stats.critical_value(np.arange(19.0)) == 18.0 and stats.critical_value(np.arange(39.0)) == 37.0
 
 
 def test_null_table_stays_silent_on_data_without_signal_at_the_nominal_rate():

@@ -22,7 +22,7 @@ from trajgeo._arrays import compute
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.senses._common import keys, margin_of, reference_position, meta_cols, suffix_onset, warn_one_sense
 from trajgeo.senses.estimator import SensePrototypes
-from trajgeo.stats import FWER_LEVEL, NULL_COLUMNS
+from trajgeo.stats import FWER_LEVEL, NULL_COLUMNS, critical_value
 from trajgeo.trajectories import Trajectories, as_trajectories
 
 __all__ = ["curves", "reference_matrix", "commitment", "superposition"]
@@ -362,7 +362,8 @@ def _other_words_null(traj: Trajectories, fitted: SensePrototypes, z0: Any, out:
         obs = balance.get(name, np.nan)
         if len(null):
             q95, p = np.quantile(null, FWER_LEVEL), (1.0 + (null >= obs).sum()) / (1.0 + len(null))
-            row = dict(n_null=len(null), null_mean=null.mean(), null_q95=q95, null_fwer=q95,
+            # the decision threshold matches p_value (NaN with fewer than 19 other words: no value can reach 5%)
+            row = dict(n_null=len(null), null_mean=null.mean(), null_q95=q95, null_fwer=critical_value(null),
                        p_value=p if np.isfinite(obs) else np.nan)
         else:
             row = dict(n_null=0, null_mean=np.nan, null_q95=np.nan, null_fwer=np.nan, p_value=np.nan)

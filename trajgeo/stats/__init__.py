@@ -11,6 +11,7 @@
 from trajgeo.stats._null import (
     FWER_LEVEL,
     NULL_COLUMNS,
+    critical_value,
     group_permutations,
     holm,
     mixed_groups,
@@ -27,5 +28,5 @@ from trajgeo.stats._resampling import (
 
 __all__ = [
     "bootstrap_ci", "bootstrap_weights", "percentile_interval", "permutation_test", "paired_difference",
-    "group_permutations", "mixed_groups", "null_table", "holm", "permuted_statistic", "NULL_COLUMNS", "FWER_LEVEL",
+    "group_permutations", "mixed_groups", "null_table", "critical_value", "holm", "permuted_statistic", "NULL_COLUMNS", "FWER_LEVEL",
 ]

@@ -10,9 +10,12 @@ by its input and is counted (:func:`mixed_groups`), not split.
 Three numbers per point come out of a null of shape (n_permutations, n_points):
 ``null_mean``, ``null_q95`` (the pointwise 95% quantile) and ``p_value`` (the raw permutation
 p-value, ``(1 + #{null >= observed}) / (1 + n_permutations)``). One number per curve:
-``null_fwer``, the 95% quantile of the *maximum over points* of each permuted curve. A point whose
-value exceeds ``null_fwer`` is significant with a family-wise error rate of 5% over all points (the
-max-statistic method, Westfall and Young 1993), so "the best of 31 points" is paid for. Across
+``null_fwer``, the upper 5% critical value of the *maximum over points* of each permuted curve. A point
+whose value exceeds ``null_fwer`` is significant with a family-wise error rate of 5% over all points
+(the max-statistic method, Westfall and Young 1993), so "the best of 31 points" is paid for. The
+critical value is an order statistic of the permuted maxima, chosen so that ``value > null_fwer``
+holds exactly when ``p_fwer <= 0.05`` (an interpolated quantile would let the two disagree on a
+small, discrete null); with fewer than 19 permutations no value can reach 5% and it is NaN. Across
 several curves (words), :func:`holm` adjusts their family-wise p-values.
 """
 
@@ -24,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["group_permutations", "mixed_groups", "null_table", "holm", "permuted_statistic", "NULL_COLUMNS", "FWER_LEVEL"]
+__all__ = ["group_permutations", "mixed_groups", "null_table", "critical_value", "holm", "permuted_statistic", "NULL_COLUMNS", "FWER_LEVEL"]
 
 NULL_COLUMNS = ("null_mean", "null_q95", "null_fwer", "p_value", "p_fwer")
 FWER_LEVEL = 0.95
@@ -110,6 +113,33 @@ def mixed_groups(labels: Any, groups: Any) -> np.ndarray:
     return n_labels.index[n_labels.to_numpy() > 1].to_numpy()
 
 
+def critical_value(null: Any, level: float = FWER_LEVEL) -> float:
+    """The smallest threshold whose exceedance is significant at ``1 - level`` under a permutation null.
+
+    With the permutation p-value ``(1 + #{null >= v}) / (1 + n)``, ``v`` is significant at
+    ``alpha = 1 - level`` exactly when fewer than ``k = floor(alpha * (n + 1))`` null values reach it,
+    that is when ``v`` exceeds the ``k``-th largest null value. That order statistic is returned, so a
+    comparison ``v > critical_value(null)`` and the p-value never disagree.
+
+    Parameters
+    ----------
+    null : array-like of shape (n_permutations,)
+        The statistic under each permutation (NaN entries are ignored).
+    level : float
+        ``1 - alpha`` (default :data:`FWER_LEVEL`, 0.95).
+
+    Returns
+    -------
+    float; NaN when the null is empty or too small for any value to reach ``alpha`` (``k < 1``).
+    """
+    values = np.asarray(null, dtype=np.float64).reshape(-1)
+    values = values[~np.isnan(values)]
+    k = int(np.floor((1.0 - level) * (len(values) + 1) + 1e-9))
+    if k < 1:
+        return float("nan")
+    return float(np.partition(values, len(values) - k)[len(values) - k])
+
+
 def null_table(
     observed: Any,
     null: Any,
@@ -134,8 +164,9 @@ def null_table(
     Returns
     -------
     DataFrame with one row per point and columns ``point, value, null_mean, null_q95, null_fwer,
-    p_value, p_fwer``. ``null_q95`` is the pointwise 95% quantile; ``null_fwer`` the 95% quantile of
-    the per-permutation maximum over points (the same value on every row); ``p_fwer`` the
+    p_value, p_fwer``. ``null_q95`` is the pointwise 95% quantile (a band to draw); ``null_fwer`` the
+    upper 5% critical value of the per-permutation maximum over points (:func:`critical_value`; the
+    same value on every row; ``value > null_fwer`` exactly when ``p_fwer <= 0.05``); ``p_fwer`` the
     family-wise adjusted p-value of each point, ``(1 + #{max_null >= observed}) / (1 + n)``.
     With ``alternative="two-sided"``, the quantiles are of ``|null - null_mean|`` and are added to
     ``null_mean`` (the band is ``null_mean -/+ (null_q95 - null_mean)``).
@@ -158,7 +189,7 @@ def null_table(
         q95 = np.nanquantile(stat_null, FWER_LEVEL, axis=0) + shift
         maxima = np.nanmax(np.where(np.isnan(stat_null), -np.inf, stat_null), axis=1)
         maxima = maxima[np.isfinite(maxima)]
-        threshold = np.quantile(maxima, FWER_LEVEL) if len(maxima) else np.nan
+        threshold = critical_value(maxima)
         valid = (~np.isnan(stat_null)).sum(0)
         p = (1.0 + (stat_null >= stat_obs[None]).sum(0)) / (1.0 + valid)
         p_fwer = (1.0 + (maxima[:, None] >= stat_obs[None]).sum(0)) / (1.0 + len(maxima))

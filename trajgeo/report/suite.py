@@ -183,6 +183,13 @@ def _superposition(traj: Any) -> pd.DataFrame:
     return senses.superposition(traj)
 
 
+def _superposition_logged(traj: Any, log: _Log) -> pd.DataFrame:
+    out = _superposition(traj)
+    if "null_q95" in out and out["null_q95"].isna().all():
+        log.add("superposition null", None, "one word only: the null is the other words' embeddings")
+    return out
+
+
 def _reinforcement(traj: Any) -> pd.DataFrame:
     from trajgeo import senses
 
@@ -355,7 +362,7 @@ def _steps(traj: Any, model: Any, focus_word: Any, focus: Any, probe_folds: int,
         ("curves", lambda: senses.curves(traj)),
         ("reference_matrix", lambda: senses.reference_matrix(traj)),
         ("commitment", lambda: senses.commitment(traj)),
-        ("superposition", lambda: _superposition(traj)),
+        ("superposition", lambda: _superposition_logged(traj, log)),
         ("reinforcement", lambda: _reinforcement(traj)),
         ("probes", lambda: _probe_tables(traj, probe_folds, random_state, n_permutations, log)),
         ("surface", lambda: _surface(traj, probe_folds, random_state, n_permutations, log)),
@@ -524,7 +531,10 @@ def _probe_summary(tables: Mapping[str, pd.DataFrame], word: Any) -> dict[str, A
     if res is not None and len(res):
         r = res.iloc[0]
         row["resolution_point"] = r["resolution_point"]
-        row["resolution_ci_low"], row["resolution_ci_high"] = r["ci_low"], r["ci_high"]
+        # not resolved against the null: no point to put an interval around
+        resolved = pd.notna(r["resolution_point"])
+        row["resolution_ci_low"] = r["ci_low"] if resolved else np.nan
+        row["resolution_ci_high"] = r["ci_high"] if resolved else np.nan
     return row
 
 

@@ -326,7 +326,8 @@ def test_what_the_data_cannot_support_is_skipped_with_a_reason_and_the_rest_is_d
     traj = planted(n_per_sense=6, n_points=5, onset=2)
     meta = traj.meta.copy()
     # a third word with one sense: nothing to tell apart
-    extra = tg.Trajectories(traj.states[:4], meta.iloc[:4].assign(word="lone", sense="only", group=list("wxyz")),
+    extra = tg.Trajectories(traj.states[:4], meta.iloc[:4].assign(word="lone", sense="only", group=list("wxyz"),
+                                                                  example=np.arange(4) + len(meta)),
                             model_info=traj.model_info)
     both = tg.Trajectories(np.concatenate([traj.states, extra.states]),
                            pd.concat([meta, extra.meta], ignore_index=True), model_info=traj.model_info)

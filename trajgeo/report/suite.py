@@ -76,7 +76,8 @@ class _Log:
         self.rows.append({"analysis": analysis, "word": None if word is None else str(word), "reason": str(reason)})
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=list(SKIPPED_COLUMNS))
+        out = pd.DataFrame(self.rows, columns=list(SKIPPED_COLUMNS)).astype(object)
+        return out.where(out.notna(), None)  # no word: None (not NaN)
 
 
 def _per_word(traj: Any, fn: Callable[[Any], pd.DataFrame], log: _Log, analysis: str,

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: none; default: 40)")
     p.add_argument("--causal-pairs", type=nonnegative_int, default=None,
                    help="built-in minimal pairs per word and kind for the light causal trace (causal LMs, built-in "
-                        "words; default: 2 on the built-in set, else none)")
+                        "words; default: 1 on the built-in set, else none)")
     p.add_argument("--random-state", type=nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress or loading bars")
 

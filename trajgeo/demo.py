@@ -28,7 +28,7 @@ __all__ = ["per_point_table", "main"]
 #: next-token scores, built-in minimal pairs per word and kind of the light causal trace.
 PERMUTATIONS = 500
 NEXT_TOKEN_TEXTS = 30
-CAUSAL_PAIRS = 2
+CAUSAL_PAIRS = 1
 
 
 @changed_signature(positional=("labels",))

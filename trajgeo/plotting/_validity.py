@@ -192,14 +192,16 @@ def against_null(df: pd.DataFrame, *, y: str = "word", value: str = "value", xla
 
 
 def threshold_heatmap(df: pd.DataFrame, *, row: str = "word", col: str = "point", value: str = "value",
-                      threshold: str = "null_fwer", label: str | None = None, ax: Axes | None = None) -> Axes:
+                      threshold: str | None = "null_fwer", label: str | None = None, ax: Axes | None = None) -> Axes:
     """A row x column heatmap of ``value``, with the cells above ``threshold`` marked by a dot.
 
     Parameters
     ----------
     df : DataFrame
         One row per cell (duplicates are averaged): ``row, col, value`` and, optionally, ``threshold``.
-    row, col, value, threshold : str
+    row, col, value : str
+    threshold : str or None
+        The column of each cell's threshold; None (or a column the frame lacks): no marks.
     label : str, optional
         Colour-bar label (default ``value``).
     ax : Axes, optional
@@ -218,7 +220,7 @@ def threshold_heatmap(df: pd.DataFrame, *, row: str = "word", col: str = "point"
     img = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
                     interpolation="nearest")
     img.set_gid("heatmap")
-    if threshold in d.columns:
+    if threshold is not None and threshold in d.columns:
         t = d.groupby([row, col])[threshold].first().unstack(col).reindex_like(m).to_numpy(float)
         with np.errstate(invalid="ignore"):
             r, c = np.nonzero(values > t)

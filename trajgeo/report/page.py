@@ -50,16 +50,19 @@ def headline_text(tables: Mapping[str, pd.DataFrame], n_permutations: int = 0) -
     list of str (plain text; the page escapes it).
     """
     s = tables.get("summary")
-    out: list[str] = []
     if s is None or "separability_peak" not in s or s["separability_peak"].isna().all():
-        return ["No word has separability scores (see the skipped analyses below)."]
+        return ["No word has separability scores (see the skipped analyses below)."] + _other_lines(tables, None)
     s = s[s["separability_peak"].notna()]
+    return _separability_lines(s, n_permutations) + _other_lines(tables, s)
+
+
+def _separability_lines(s: pd.DataFrame, n_permutations: int) -> list[str]:
+    out: list[str] = []
     stratum = str(s["separability_stratum"].iloc[0]) if "separability_stratum" in s else "all examples"
     n = len(s)
     if "separability_separable" not in s:
-        out.append(f"Separability ({stratum}) is shown without a null (n_permutations=0): no point of any word is "
-                   "called separable.")
-        return out
+        return [f"Separability ({stratum}) is shown without a null (n_permutations=0): no point of any word is "
+                "called separable."]
     sep = s["separability_separable"].fillna(False).astype(bool)
     holm = s["separability_p_holm"] < 0.05 if "separability_p_holm" in s else sep
     first = s.loc[sep, "separability_first_point_above_null"]
@@ -73,12 +76,18 @@ def headline_text(tables: Mapping[str, pd.DataFrame], n_permutations: int = 0) -
     if missing:
         text += f" Not separable against the null: {', '.join(missing)}."
     out.append(text)
-    if "surface_balanced_accuracy" in s:
+    return out
+
+
+def _other_lines(tables: Mapping[str, pd.DataFrame], s: pd.DataFrame | None) -> list[str]:
+    out: list[str] = []
+    n = 0 if s is None else len(s)
+    if s is not None and "surface_balanced_accuracy" in s:
         beat = (s["separability_peak"] > s["surface_balanced_accuracy"]).sum()
         out.append(f"Surface cues: a bag of the visible context words reaches balanced accuracy "
                    f"{s['surface_balanced_accuracy'].median():.2f} (median over words); {int(beat)} of {n} words' "
                    "peak separability is above their surface-cue baseline.")
-    if "superposition_p_value" in s and s["superposition_p_value"].notna().any():
+    if s is not None and "superposition_p_value" in s and s["superposition_p_value"].notna().any():
         sp = s["superposition_p_value"].dropna()
         out.append(f"Superposition at the embedding: {int((sp < 0.05).sum())} of {len(sp)} words' embeddings are "
                    "more balanced between their senses than the other words' embeddings are (p < 0.05 against that "
@@ -98,10 +107,12 @@ def headline_text(tables: Mapping[str, pd.DataFrame], n_permutations: int = 0) -
                        f"{ce['value'].iloc[-1]:.2f} at the last point (the model's own loss).")
     pc = tables.get("patching_contrast")
     if pc is not None and len(pc):
-        above = pc[pc["value"] > pc["null_fwer"]]
-        out.append(f"Light causal trace (a few pairs per word, residual at the target only): {len(above)} of "
-                   f"{len(pc)} (word, point) cells have a flip-minus-same-sense effect above the family-wise "
-                   "threshold. It is a sketch, not a causal study: see tg.interventions for the full sweeps.")
+        above = pc.loc[pc["value"] > pc["null_fwer"], "point"].sort_values()
+        where = f" (first at point {int(above.iloc[0])})" if len(above) else ""
+        out.append(f"Light causal trace (a few built-in minimal pairs per word, residual at the target only, pooled "
+                   f"over words): at {len(above)} of {len(pc)} patched points the flip pairs' effect exceeds the "
+                   f"same-sense pairs' by more than the family-wise threshold of permuted pair kinds{where}. It is a "
+                   "sketch, not a causal study: tg.interventions runs the full sweeps.")
     return out
 
 

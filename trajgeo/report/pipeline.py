@@ -98,7 +98,7 @@ def build(model: Any, examples: pd.DataFrame, out: str | os.PathLike, *, compone
         Texts on which the lens is scored against the next token (causal LMs; 0: none).
     causal_pairs : int, optional
         Built-in minimal pairs per word and kind for the light causal trace (causal LMs, words of the
-        built-in set only); default 2 when the examples are the built-in set, else none. 0: none.
+        built-in set only); default 1 when the examples are the built-in set, else none. 0: none.
     progress : bool
         Show tqdm bars and loading bars; ``False`` silences them.
 
@@ -118,7 +118,7 @@ def build(model: Any, examples: pd.DataFrame, out: str | os.PathLike, *, compone
                       storage_dtype=storage_dtype, overwrite=overwrite, progress=progress)
     t_extract = time.perf_counter() - t0
     builtin = "source" in examples and (examples["source"] == "builtin").all()
-    per_kind = (2 if builtin else 0) if causal_pairs is None else int(causal_pairs)
+    per_kind = (1 if builtin else 0) if causal_pairs is None else int(causal_pairs)
     pairs, causal_note = None, None
     if not lm.adapter.causal:
         causal_note = f"model {lm.name!r} is not a causal LM: the light causal trace reads the next token"

@@ -391,3 +391,29 @@ def test_page_prose_matches_the_summary(cued_tables, tmp_path):
     assert any(f"{beat} of 2 words' peak separability is above their surface-cue baseline" in t for t in text)
     page = report.write_index(tmp_path, tables, [], traj, seconds={}, n_permutations=99).read_text()
     assert "Separability by cue position" in page and "cue after target" in page
+
+
+def test_sense_words_named_otherwise_than_the_data_skip_that_words_read_out_and_the_lens_still_runs(
+        tiny_model, wtok, corpus, span_frame):
+    from trajgeo.models import load_model
+
+    lm = load_model((tiny_model("llama", len(wtok)), wtok))
+    texts = [c for c in corpus if " the " in f" {c} "]
+    df = span_frame(texts, "the")
+    df["word"] = "bank"  # a built-in word whose built-in senses are finance and river
+    df["sense"] = ["money", "river"] * (len(df) // 2) + ["money"] * (len(df) % 2)
+    df["group"] = df["text"]
+    traj = tg.extract(lm, df, progress=False)
+    tables = report.analyze(traj, model=lm, probe_folds=2, progress=False)
+    reasons = {(r.analysis, r.word): r.reason for r in tables["skipped"].itertuples()}
+    why = reasons[("sense-word read-out", "bank")]
+    assert "['finance', 'river']" in why and "['money'] without sense words" in why
+    assert "sense_readout" not in tables
+    lens = tables["lens"]  # the lens's own metrics, with no sense rows
+    assert {"entropy", "kl_to_final"} <= set(lens["metric"]) and not (lens["metric"] == "sense_log_odds").any()
+    assert set(lens["word"]) == {"bank"}
+    # given sense words for the data's senses, the read-out runs (with its shuffled null)
+    given = {"bank": {"money": ["savings", "money"], "river": ["river", "water"]}}
+    tables = report.analyze(traj, model=lm, probe_folds=2, progress=False, sense_words=given, n_permutations=9)
+    assert not any(a == "sense-word read-out" for a in tables["skipped"]["analysis"])
+    assert "null_fwer" in tables["sense_readout"] and (tables["lens"]["metric"] == "sense_log_odds").any()

@@ -417,3 +417,15 @@ def test_sense_words_named_otherwise_than_the_data_skip_that_words_read_out_and_
     tables = report.analyze(traj, model=lm, probe_folds=2, progress=False, sense_words=given, n_permutations=9)
     assert not any(a == "sense-word read-out" for a in tables["skipped"]["analysis"])
     assert "null_fwer" in tables["sense_readout"] and (tables["lens"]["metric"] == "sense_log_odds").any()
+
+
+def test_light_pairs_are_the_first_cue_before_pairs_of_each_word_and_kind():
+    got = report.light_pairs(["bank", "heron", "spring"], per_kind=2)
+    assert set(got["word"]) == {"bank", "spring"}  # heron has no built-in pairs
+    assert (got["cue_position"] == "before").all()
+    assert got.groupby(["word", "kind"]).size().to_dict() == {(w, k): 2 for w in ("bank", "spring")
+                                                              for k in ("flip", "same")}
+    full = tg.datasets.minimal_pairs(["bank", "spring"], cue_position="before")
+    want = full.groupby(["word", "kind"], sort=False).head(2)
+    assert sorted(got["pair"]) == sorted(want["pair"])
+    assert report.light_pairs(["heron"]).empty

@@ -62,6 +62,16 @@ def per_point_table(traj: Any, *, labels: Any = "sense") -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from trajgeo.cli import _one_line_warning
+
+    with warnings.catch_warnings():  # restores showwarning on the way out
+        warnings.showwarning = _one_line_warning  # one line per warning, not a line of trajgeo's source
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import trajgeo as tg
     from trajgeo import report
 

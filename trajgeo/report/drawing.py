@@ -121,7 +121,9 @@ def _fig_next_token(t: dict, plotting: Any) -> Any:
             ax.plot(d["point"], d["value"], color=f"C{i}", label=f"{name} lens")
             ax.fill_between(d["point"], d["ci_low"], d["ci_high"], color=f"C{i}", alpha=0.25, linewidth=0)
         ax.set_xlabel("point")
-        ax.set_ylabel({"cross_entropy": "next-token cross-entropy (nats)",
+        if metric == "cross_entropy":
+            ax.set_yscale("log")  # point 0 (the input token's own embedding) is far above the rest
+        ax.set_ylabel({"cross_entropy": "next-token cross-entropy (nats, log scale)",
                        "top1_accuracy": "next-token top-1 accuracy"}[metric])
     axes[0, 0].legend()
     return fig

@@ -213,3 +213,147 @@ def test_verify_of_what_is_not_a_store_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "notes").mkdir()
     err = _one_line_error(["verify", str(tmp_path / "notes")], capsys)
     assert "is a directory but not a trajgeo store" in err
+
+
+# ============================================================== report on your own data (issue 14)
+def test_report_takes_the_extraction_options_of_extract():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    report_opts = {o for a in sub.choices["report"]._actions for o in a.option_strings}
+    extract_opts = {o for a in sub.choices["extract"]._actions for o in a.option_strings}
+    assert extract_opts - {"--quiet"} <= report_opts  # (report has its own --overwrite and --quiet)
+    assert {"--sense-words", "--permutations", "--no-heads", "--no-components"} <= report_opts
+    args = parser.parse_args(["report", "--max-point", "3", "--storage-dtype", "float16", "--batch-size", "4",
+                              "--no-heads"])
+    assert (args.max_point, args.storage_dtype, args.batch_size, args.heads, args.components) == \
+        (3, "float16", 4, False, True)
+    assert parser.parse_args(["report"]).heads is None  # default: where the model family has them
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-point", "2.5", "must be an integer, got '2.5'"),
+    ("--batch-size", "0", "must be a positive integer, got 0"),
+    ("--permutations", "-1", "must be an integer >= 0, got -1"),
+])
+def test_report_numeric_options_are_refused_when_parsed(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit):
+        main(["report", "--out", str(tmp_path / "r"), option, value])
+    assert f"argument {option}: {message}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, says", [
+    ("{not json", "is not valid JSON"),
+    ('["bat"]', "expected a JSON object"),
+    ('{"bat": ["cave"]}', "word 'bat' must map to an object"),
+    ('{"bat": {"animal": "cave"}}', "word 'bat', sense 'animal' must map to a non-empty list of words"),
+])
+def test_a_bad_sense_words_file_is_one_line_before_the_model_loads(tmp_path, capsys, content, says):
+    f = tmp_path / "senses.json"
+    f.write_text(content)
+    err = _one_line_error(["report", "--model", str(tmp_path / "no-model"), "--dataset", "builtin:bat",
+                           "--sense-words", str(f), "--out", str(tmp_path / "r")], capsys)
+    assert says in err and "senses.json" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_into_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    out = tmp_path / "report.txt"
+    out.write_text("mine")
+    err = _one_line_error(["report", "--model", str(tmp_path / "no-model"), "--out", str(out)], capsys)
+    assert "report.txt is a file, not a report folder" in err and out.read_text() == "mine"
+
+
+def test_report_with_a_foreign_trajectories_folder_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "r" / "trajectories.zarr").mkdir(parents=True)
+    (tmp_path / "r" / "trajectories.zarr" / "notes.md").write_text("x")
+    err = _one_line_error(["report", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "r")], capsys)
+    assert "not a trajgeo store" in err
+    assert (tmp_path / "r" / "trajectories.zarr" / "notes.md").read_text() == "x"
+
+
+def test_analyze_with_a_model_of_another_width_fails_before_any_table(tmp_path, saved_model, capsys):
+    store = tmp_path / "s.zarr"
+    meta = __import__("pandas").DataFrame({"sense": ["a", "b"], "word": "w"})
+    tg.Trajectories(np.zeros((2, 3, 16), np.float32), meta).save(store)
+    err = _one_line_error(["analyze", str(store), "--model", str(saved_model), "--quiet"], capsys)
+    assert "d_model 16" in err and "32" in err
+    assert not (tmp_path / "s-tables").exists() or not list((tmp_path / "s-tables").glob("*.parquet"))
+
+
+def test_figures_default_folder_sits_beside_the_tables_not_in_a_shared_parent(tmp_path):
+    import sys as _sys
+    _sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_report import planted
+
+    from trajgeo import report
+
+    tables = tmp_path / "bank-tables"
+    report.analyze(planted(n_per_sense=4, n_points=4, onset=2), out=tables, probe_folds=2, progress=False)
+    assert main(["figures", str(tables)]) == 0
+    assert list((tmp_path / "bank-figures").glob("*.png"))
+    assert not (tmp_path / "figures").exists()
+
+
+def _bat_jsonl(path):
+    animal = ["A bat flew out of the cave at dusk.", "The bat hung upside down from the branch.",
+              "We saw a bat hunting moths near the lamp.", "The small bat slept in the attic all winter.",
+              "A fruit bat ate the ripe figs.", "The bat used echoes to find insects in the dark."]
+    sport = ["He swung the bat and hit the ball hard.", "She bought a new cricket bat for the match.",
+             "The wooden bat cracked on the first pitch.", "He gripped the bat tightly at the plate.",
+             "The coach handed him a heavier bat for practice.", "Her bat was signed by the whole team."]
+    with open(path, "w") as f:  # "bat" is built in with senses "animal"/"sports": here the senses differ
+        for text in animal:
+            f.write(json.dumps({"text": text, "target": "bat", "word": "flyer", "sense": "animal"}) + "\n")
+        for text in sport:
+            f.write(json.dumps({"text": text, "target": "bat", "word": "flyer", "sense": "sport"}) + "\n")
+    return path
+
+
+def _skipped(out):
+    import pandas as pd
+
+    sk = pd.read_parquet(out / "tables" / "skipped.parquet")
+    return {(r.analysis, None if r.word is None or r.word != r.word else r.word): r.reason for r in sk.itertuples()}
+
+
+@pytest.mark.slow
+def test_report_end_to_end_on_a_word_that_is_not_built_in_smollm2(tmp_path, smollm2, capfd):
+    data = _bat_jsonl(tmp_path / "flyer.jsonl")
+    senses = tmp_path / "senses.json"
+    senses.write_text(json.dumps({"flyer": {"animal": ["cave", "wings", "night"], "sport": ["ball", "hit", "swing"]}}))
+    out = tmp_path / "r"
+    assert main(["report", "--model", "smollm2", "--dataset", str(data), "--out", str(out), "--quiet",
+                 "--sense-words", str(senses), "--permutations", "20", "--next-token-texts", "3"]) == 0
+    captured = capfd.readouterr()
+    assert "Loading weights" not in captured.err and "%|" not in captured.err  # --quiet silences loading bars
+    page = (out / "index.html").read_text()
+    skipped = _skipped(out)
+    assert "one word only" in skipped[("reinforcement", None)]
+    assert "not the built-in set" in skipped[("causal trace", None)]
+    for fig in ("separability", "reference_matrix", "lens", "next_token", "superposition"):
+        assert (out / "figures" / f"{fig}.png").exists(), fig
+    from trajgeo import report
+
+    t = report.read_tables(out / "tables")
+    assert set(t["sense_readout"]["word"].dropna()) == {"flyer"} and "null_fwer" in t["sense_readout"]
+    assert "separability_null_fwer" in t["summary"] and "<h2>Skipped</h2>" in page
+    got = tg.load(out / "trajectories.zarr")
+    assert got.components and "heads" in got.components  # a llama: per-head writes by default
+
+
+@pytest.mark.slow
+def test_report_end_to_end_on_a_word_that_is_not_built_in_minilm_skips_the_lens_and_heads(tmp_path, minilm):
+    data = _bat_jsonl(tmp_path / "flyer.jsonl")
+    out = tmp_path / "r"
+    assert main(["report", "--model", "minilm", "--dataset", str(data), "--out", str(out), "--quiet",
+                 "--permutations", "20", "--max-point", "4", "--storage-dtype", "float16"]) == 0
+    skipped = _skipped(out)
+    assert "no LM head" in skipped[("lens", None)]
+    assert "not a causal LM" in skipped[("causal trace", None)]
+    got = tg.load(out / "trajectories.zarr")
+    assert got.n_points == 5 and "heads" not in (got.components or {})  # no heads for the BERT family
+    assert got.model_info["extraction"]["storage_dtype"] == "float16"
+    page = (out / "index.html").read_text()
+    assert "no LM head" in page and (out / "figures" / "separability.png").exists()
+    assert not (out / "figures" / "lens.png").exists()

@@ -8,6 +8,7 @@ Examples
     trajgeo analyze runs/bank.zarr --model smollm2 --out runs/bank-tables
     trajgeo figures runs/bank-tables --out runs/bank-figures
     trajgeo report --model smollm2 --dataset builtin --out report
+    trajgeo report --model minilm --dataset bat.jsonl --sense-words bat-senses.json --out bat-report
     trajgeo verify runs/bank.zarr
 
 Errors that a user can fix (a missing store, an unknown word, a model without an LM head asked for
@@ -20,9 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "read_sense_words"]
 
 _EPILOG = "Run 'trajgeo <command> --help' for the options of one command."
 
@@ -47,16 +48,25 @@ positive_int = _int_type(1)
 nonnegative_int = _int_type(0)
 
 
-def _add_extract_options(p: argparse.ArgumentParser) -> None:
+def _add_extract_options(p: argparse.ArgumentParser, *, report: bool = False) -> None:
     p.add_argument("--model", default="smollm2",
                    help="shipped model name (smollm2, minilm, gemma3-270m), hub name, local directory or "
                         ".gguf file (default: smollm2)")
     p.add_argument("--dataset", default="builtin",
                    help="'builtin', 'builtin:bank[,bass...]', 'coarsewsd20:DIR:WORD[:SPLIT]', or a .jsonl/.csv "
                         "file with text, target (or char_start/char_end) and sense columns (default: builtin)")
-    p.add_argument("--components", action="store_true",
-                   help="also store each block's attention and MLP write at the target (for attribution)")
-    p.add_argument("--heads", action="store_true", help="also store per-head attention writes (implies --components)")
+    if report:
+        p.add_argument("--components", action=argparse.BooleanOptionalAction, default=True,
+                       help="store each block's attention and MLP write at the target, for the attribution figure "
+                            "(default: on)")
+        p.add_argument("--heads", action=argparse.BooleanOptionalAction, default=None,
+                       help="store per-head attention writes (default: where the model family has them; not "
+                            "BERT-style encoders such as minilm)")
+    else:
+        p.add_argument("--components", action="store_true",
+                       help="also store each block's attention and MLP write at the target (for attribution)")
+        p.add_argument("--heads", action="store_true",
+                       help="also store per-head attention writes (implies --components)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass (default: 16)")
     p.add_argument("--max-point", type=nonnegative_int, default=None,
                    help="stop after this block (default: all blocks)")
@@ -67,6 +77,37 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--max-examples", type=positive_int, default=None,
                    help="use at most this many examples (a stratified sample by word and sense)")
+
+
+def _add_analysis_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--permutations", type=nonnegative_int, default=200,
+                   help="group-respecting label permutations of every null (probes, separability, surface-cue "
+                        "baseline, sense-word read-out); 0: no null (default: 200)")
+    p.add_argument("--sense-words", type=Path, default=None, metavar="FILE",
+                   help="JSON file {word: {sense: [words, ...]}} of signal words for the lens's sense read-out; "
+                        "words not in it use the built-in sense words where there are some, others are skipped")
+
+
+def read_sense_words(path: str | Path) -> dict[str, dict[str, list[str]]]:
+    """Read a ``--sense-words`` file: JSON ``{word: {sense: [words, ...]}}``; a clear error naming what is wrong."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no sense-words file at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected a JSON object {{word: {{sense: [words, ...]}}}}, got {type(data).__name__}")
+    for word, table in data.items():
+        if not isinstance(table, dict) or not table:
+            raise ValueError(f"{path}: word {word!r} must map to an object {{sense: [words, ...]}}")
+        for sense, words in table.items():
+            if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"{path}: word {word!r}, sense {sense!r} must map to a non-empty list of words")
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="a store written by 'trajgeo extract'")
     p.add_argument("--out", type=Path, default=None, help="folder for the tables (default: <store>-tables)")
     p.add_argument("--model", default=None,
-                   help="the model the store came from, needed for the logit lens (default: no lens)")
+                   help="the model the store came from, needed for the logit lens (default: no lens); checked "
+                        "against the store before any analysis")
+    _add_analysis_options(p)
     p.add_argument("--random-state", type=nonnegative_int, default=0)
     p.add_argument("--quiet", action="store_true")
 
@@ -104,15 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reads the tables written by 'trajgeo analyze' and writes each figure as "
                                    "PDF and PNG. Never runs a model.")
     p.add_argument("tables", type=Path, help="a folder written by 'trajgeo analyze'")
-    p.add_argument("--out", type=Path, default=None, help="folder for the figures (default: <tables>/../figures)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the figures (default: beside the tables, <name>-figures for <name>-tables)")
 
     p = sub.add_parser("report", help="extract, analyse and draw everything into one folder with index.html",
                        description="The whole pipeline: extraction (cached in <out>/trajectories.zarr), the "
                                    "metric suite, every figure, a summary table and an index.html that shows them.")
-    _add_extract_options(p)
+    _add_extract_options(p, report=True)
     p.add_argument("--out", type=Path, default=Path("report"), help="report folder (default: report)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report's cached trajectories.zarr when it holds another extraction")
+    _add_analysis_options(p)
+    p.add_argument("--next-token-texts", type=nonnegative_int, default=40,
+                   help="texts of the data set on which the lens is scored against the next token (causal LMs; "
+                        "0: none; default: 40)")
+    p.add_argument("--causal-pairs", type=nonnegative_int, default=None,
+                   help="built-in minimal pairs per word and kind for the light causal trace (causal LMs, built-in "
+                        "words; default: 1 on the built-in set, else none)")
     p.add_argument("--random-state", type=nonnegative_int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress or loading bars")
 
     p = sub.add_parser("verify", help="check a store: every file against its checksum, every chunk present",
                        description="Reads every chunk of a store and compares it with the checksum recorded when "
@@ -132,6 +185,32 @@ def _examples(args: argparse.Namespace):
     if args.max_examples is not None and len(df) > args.max_examples:
         df = datasets.stratified_sample(df, args.max_examples, random_state=0)
     return df
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, before any work, a tables folder that cannot be written."""
+    import os
+    import uuid
+
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder for tables; nothing was run")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"cannot write to {folder}: {exc.strerror or exc}; nothing was run") from None
+
+
+def _say_skipped(tables: dict) -> None:
+    """One line per skipped analysis (the page lists them too)."""
+    skipped = tables.get("skipped")
+    if skipped is None or not len(skipped):
+        return
+    print(f"skipped ({len(skipped)}):")
+    for r in skipped.itertuples():
+        print(f"  {r.analysis}{'' if r.word is None or r.word != r.word else f' [{r.word}]'}: {r.reason}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -163,42 +242,66 @@ def _run(args: argparse.Namespace) -> int:
         if not args.store.exists():
             raise FileNotFoundError(f"no store at {args.store} (write one with 'trajgeo extract')")
         out = args.out or args.store.with_name(args.store.name.removesuffix(".zarr") + "-tables")
+        sense_words = read_sense_words(args.sense_words) if args.sense_words else None
+        _check_writable(out)
+        traj = tg.load(args.store)
         model = tg.load_model(args.model, progress=not args.quiet) if args.model else None
         if model is not None and model.adapter.unembed is None:
             raise ValueError(f"model {args.model!r} has no LM head: the logit lens needs an unembedding "
                              "(run analyze without --model to skip the lens)")
-        tables = report.analyze(tg.load(args.store), model=model, out=out, random_state=args.random_state,
-                                progress=not args.quiet)
+        if model is not None:
+            report.check_model(model, traj)  # another width or depth: before any analysis
+        tables = report.analyze(traj, model=model, out=out, random_state=args.random_state,
+                                n_permutations=args.permutations, sense_words=sense_words, progress=not args.quiet)
         print(f"{len(tables)} tables in {out}: {', '.join(sorted(tables))}")
+        _say_skipped(tables)
         return 0
     if args.command == "figures":
         if not args.tables.is_dir():
             raise FileNotFoundError(f"no tables folder at {args.tables} (write one with 'trajgeo analyze')")
-        out = args.out or args.tables.parent / "figures"
+        name = args.tables.resolve().name
+        out = args.out or args.tables.resolve().with_name(
+            (name.removesuffix("-tables") if name.endswith("-tables") else name) + "-figures")
         paths = report.figures(args.tables, out)
         print(f"{len({p.stem for p in paths})} figures (PDF and PNG) in {out}")
         return 0
     if args.command == "report":
-        examples = _examples(args)
-        index = report.build(args.model, examples, args.out, components=True, heads=True,
+        sense_words = read_sense_words(args.sense_words) if args.sense_words else None
+        report.check_out(args.out)  # a file, no write access, a foreign trajectories.zarr: before the model loads
+        examples = _examples(args)  # a bad dataset fails before the model is loaded
+        index = report.build(args.model, examples, args.out, components=args.components, heads=args.heads,
                              dtype=args.dtype, device=args.device, batch_size=args.batch_size,
-                             random_state=args.random_state, progress=not args.quiet)
+                             max_point=args.max_point, storage_dtype=args.storage_dtype, overwrite=args.overwrite,
+                             random_state=args.random_state, n_permutations=args.permutations,
+                             sense_words=sense_words, next_token_texts=args.next_token_texts,
+                             causal_pairs=args.causal_pairs, progress=not args.quiet)
         print(f"report: {index}")
+        _say_skipped(report.read_tables(args.out / "tables"))
         return 0
     raise AssertionError(args.command)
+
+
+def _one_line_warning(message: Any, category: type, *_args: Any, **_kwargs: Any) -> None:
+    print(f"trajgeo: {category.__name__}: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trajgeo`` command; returns the exit status."""
     from trajgeo.store import StoreError
 
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return _run(args)
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            # a warning is one line that names itself, not a line of trajgeo's source under it
+            warnings.showwarning = _one_line_warning
+            return _run(args)
     except (OSError, KeyError, ValueError, ImportError, StoreError) as exc:
         # what the user can fix gets one line, not a traceback
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -1,9 +1,12 @@
 """`make demo`: the main job on the built-in default (SmolLM2, the built-in polysemy set).
 
 Extracts every built-in word with SmolLM2 (components and heads included), runs the standard
-analyses, draws the eight standard figures and writes ``report/index.html``; prints the per-point
-table for ``bank`` and the summary per word. Run as
-``python -m trajgeo.demo [--model smollm2] [--words bank,bass] [--out report]``.
+analyses with their permutation nulls (separability per point against a family-wise threshold is
+the headline, for a causal model on the examples whose cue precedes the target), scores the lens
+against the next token, runs a light causal trace on a few built-in minimal pairs per word, draws
+the standard figures and writes ``report/index.html``; prints the headline, the per-point table
+for ``bank`` and the summary per word. Budget: 10 minutes on 2 CPU cores. Run as
+``python -m trajgeo.demo [--model smollm2] [--words bank,bass] [--out report] [--permutations 500]``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ import pandas as pd
 from trajgeo._api import changed_signature
 
 __all__ = ["per_point_table", "main"]
+
+#: The demo's budget choices (10 minutes on 2 CPU cores): permutations of every null, texts of the
+#: next-token scores, built-in minimal pairs per word and kind of the light causal trace.
+PERMUTATIONS = 500
+NEXT_TOKEN_TEXTS = 30
+CAUSAL_PAIRS = 1
 
 
 @changed_signature(positional=("labels",))
@@ -53,6 +62,16 @@ def per_point_table(traj: Any, *, labels: Any = "sense") -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from trajgeo.cli import _one_line_warning
+
+    with warnings.catch_warnings():  # restores showwarning on the way out
+        warnings.showwarning = _one_line_warning  # one line per warning, not a line of trajgeo's source
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import trajgeo as tg
     from trajgeo import report
 
@@ -60,21 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2", help="any model trajgeo.load_model accepts (default: smollm2)")
     parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all of them)")
     parser.add_argument("--out", default="report", type=Path, help="report folder (default: report)")
+    parser.add_argument("--permutations", type=int, default=PERMUTATIONS,
+                        help=f"permutations of every null (default: {PERMUTATIONS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     t0 = time.time()
     examples = tg.datasets.builtin(args.words.split(",") if args.words else None)
-    index = report.build(args.model, examples, args.out, progress=not args.quiet)
+    index = report.build(args.model, examples, args.out, n_permutations=args.permutations,
+                         next_token_texts=NEXT_TOKEN_TEXTS, causal_pairs=CAUSAL_PAIRS, progress=not args.quiet)
     traj = tg.load(args.out / "trajectories.zarr")
     focus = "bank" if "bank" in set(traj.meta["word"]) else traj.meta["word"].iloc[0]
     table = per_point_table(traj[(traj.meta["word"] == focus).to_numpy()])
-    summary = pd.read_parquet(args.out / "tables" / "summary.parquet")
+    tables = report.read_tables(args.out / "tables")
+    summary = tables["summary"]
+    print("\n" + "\n".join(report.headline_text(tables, args.permutations)))
     with pd.option_context("display.width", 160, "display.max_rows", 100, "display.max_columns", 20):
         print(f"\n{args.model}: {traj.n_examples} examples of {traj.meta['word'].nunique()} words; "
               f"per point for {focus!r} ({dict(traj.meta.loc[traj.meta['word'] == focus, 'sense'].value_counts())}):\n")
         print(table.round(3).to_string(index=False))
         print("\nsummary per word:\n")
-        print(summary.drop(columns=["examples_per_sense"], errors="ignore").round(3).to_string(index=False))
+        cols = ["word", "n_examples", "separability_peak", "separability_peak_point", "separability_null_fwer",
+                "separability_p_holm", "separability_first_point_above_null", "surface_balanced_accuracy",
+                "peak_kappa", "resolution_point", "superposition_balance", "superposition_p_value"]
+        print(summary[[c for c in cols if c in summary]].round(3).to_string(index=False))
     print(f"\nreport written to {index} in {time.time() - t0:.0f} s")
     return 0
 

@@ -17,7 +17,8 @@ Typical use::
 
 The package imports nothing from trajgeo but the dependency-free ``trajgeo._api``. Its modules hold one figure
 kind each: ``_style`` (paper_style, savefig), ``_curves`` (curves against point), ``_paths`` (paths in a shared
-plane), ``_heatmaps``, ``_bars``; ``_common`` has the helpers they share.
+plane), ``_heatmaps``, ``_bars``, ``_validity`` (curves and values read against their permutation null, the
+point x reference matrix); ``_common`` has the helpers they share.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from trajgeo.plotting._bars import superposition_bars
 from trajgeo.plotting._curves import convergence, path_panels, probe_accuracy, sense_log_odds
 from trajgeo.plotting._heatmaps import attribution_heatmap, head_heatmap, lens_table, transfer_heatmap
 from trajgeo.plotting._paths import path_grid, paths, trajectories, trajectory_grid
-from trajgeo.plotting._style import COLUMN_WIDTHS, paper_style, savefig
+from trajgeo.plotting._style import CATEGORICAL, COLUMN_WIDTHS, categorical_palette, paper_style, savefig
+from trajgeo.plotting._validity import against_null, null_band, reference_heatmap, separability_grid, \
+    threshold_heatmap
 
 # trajectories and trajectory_grid (0.1 names of paths and path_grid) still work, with a DeprecationWarning
 __all__ = [
     "paper_style", "savefig", "convergence", "probe_accuracy", "paths", "path_grid",
     "attribution_heatmap", "head_heatmap", "lens_table", "sense_log_odds", "transfer_heatmap",
-    "superposition_bars", "path_panels", "COLUMN_WIDTHS",
+    "superposition_bars", "path_panels", "COLUMN_WIDTHS", "CATEGORICAL", "categorical_palette",
+    "null_band", "separability_grid", "reference_heatmap", "against_null", "threshold_heatmap",
 ]

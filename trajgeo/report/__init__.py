@@ -1,7 +1,7 @@
 """The standard pipeline: one call from trajectories to every table, every figure and an HTML report.
 
 ``analyze`` runs the metric suite on a :class:`~trajgeo.Trajectories` and returns (and writes) one
-table per analysis, ``summarize`` reads them into one row per word; ``write_tables``/``read_tables``
+table per analysis (skipping, and listing in its ``skipped`` table, what the data cannot support), ``summarize`` reads them into one row per word; ``write_tables``/``read_tables``
 store them as parquet; ``figures`` reads such tables (never a model) and draws the standard figures;
 ``write_index`` writes the HTML page; ``build`` chains extraction (cached), ``analyze``, ``figures``
 and ``write_index``. The ``trajgeo`` command (:mod:`trajgeo.cli`), ``make demo`` and the analysis
@@ -20,13 +20,15 @@ import pandas as pd
 
 from trajgeo._api import changed_signature
 from trajgeo.report.drawing import FIGURES, figures
-from trajgeo.report.page import write_index
-from trajgeo.report.pipeline import build
-from trajgeo.report.suite import analyze, summarize
+from trajgeo.report.page import headline_text, write_index
+from trajgeo.report.pipeline import build, check_out, light_pairs
+from trajgeo.report.suite import SKIPPED_COLUMNS, Skipped, analyze, check_model, headline_stratum, summarize, \
+    summarize_by_stratum
 from trajgeo.report.tables import read_tables, write_tables
 
-__all__ = ["analyze", "figures", "build", "summarize", "stratified_sample", "write_tables", "read_tables",
-           "write_index", "FIGURES"]
+__all__ = ["analyze", "figures", "build", "summarize", "summarize_by_stratum", "headline_stratum", "check_model",
+           "check_out", "light_pairs", "headline_text", "Skipped", "SKIPPED_COLUMNS", "stratified_sample",
+           "write_tables", "read_tables", "write_index", "FIGURES"]
 
 
 @changed_signature(renamed={"by": "strata"}, positional=("strata", "random_state"), n_leading=2)

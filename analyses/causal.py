@@ -55,10 +55,10 @@ MODELS = ("smollm2", "minilm")
 # the light and the full run: pairs per (word, kind), examples per sense, points patched, permutations ...
 SIZES = {
     "quick": dict(pairs_per_kind=1, examples_per_sense=6, point_step=5, n_permutations=20, contrast_perms=200,
-                  n_random=2, alphas=(0.0, 1.0, 2.0, 4.0, 8.0), n_boot=200, cv=3, skip_width=5),
+                  n_random=2, alphas=(0.0, 1.0, 2.0, 4.0, 8.0), n_boot=200, cv=3, skip_parts=6),
     "full": dict(pairs_per_kind=None, examples_per_sense=None, point_step=1, n_permutations=100,
                  contrast_perms=1000, n_random=4, alphas=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0), n_boot=1000, cv=5,
-                 skip_width=1),
+                 skip_parts=None),
 }
 
 
@@ -162,7 +162,9 @@ def step_skip(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dict, 
               progress: bool, store: Path) -> dict[str, pd.DataFrame]:
     from trajgeo import interventions as iv
 
-    L, w = lm.n_layers, int(size["skip_width"])
+    # the light run skips ~skip_parts equal ranges of blocks; the full run every single block
+    L = lm.n_layers
+    w = 1 if size["skip_parts"] is None else max(1, -(-L // int(size["skip_parts"])))
     ranges = [(a, min(a + w, L + 1)) for a in range(1, L + 1, w)]
     frame = iv.skip_layers(lm, examples, ranges=ranges, cv=size["cv"], n_boot=size["n_boot"], progress=progress,
                            random_state=random_state)

@@ -25,7 +25,8 @@ five steps, each written as soon as it is done and skipped on a rerun when its t
 5. ``skip``: blocks skipped, final separability and (SmolLM2) loss (:func:`trajgeo.interventions.skip_layers`).
 
 Tables are parquet files under ``<out>/<model>/`` (default ``results/causal/full`` or, with ``--quick``,
-``results/causal/quick``: a light run with fewer pairs, examples, points and permutations), each written
+``results/causal/quick``: a light run with fewer pairs, examples, points and permutations, and erase, steer
+and skip on four words), each written
 atomically; ``<out>/summary.csv`` collects the key numbers and ``<out>/notes.csv`` what was skipped and why.
 Every random step takes ``--random-state``. ``figures/causal_*.py`` draw from these tables.
 
@@ -55,10 +56,13 @@ MODELS = ("smollm2", "minilm")
 # the light and the full run: pairs per (word, kind), examples per sense, points patched, permutations ...
 SIZES = {
     "quick": dict(pairs_per_kind=1, examples_per_sense=6, point_step=5, n_permutations=20, contrast_perms=200,
-                  n_random=2, alphas=(0.0, 1.0, 2.0, 4.0, 8.0), n_boot=200, cv=3, skip_parts=6),
+                  n_random=2, alphas=(0.0, 1.0, 2.0, 4.0, 8.0), n_boot=200, cv=3, skip_parts=6,
+                  # erase, steer and skip on four words whose light sample keeps >= 5 distinct inputs per sense
+                  # on a causal model (identical prefixes up to the target are one group)
+                  words=("bank", "bass", "bat", "pitcher")),
     "full": dict(pairs_per_kind=None, examples_per_sense=None, point_step=1, n_permutations=100,
                  contrast_perms=1000, n_random=4, alphas=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0), n_boot=1000, cv=5,
-                 skip_parts=None),
+                 skip_parts=None, words=None),
 }
 
 
@@ -140,10 +144,16 @@ def step_sources(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dic
             "sources_writes": res.writes}
 
 
+def _words(examples: pd.DataFrame, size: dict) -> pd.DataFrame:
+    """The examples of the light run's words (all in the full run)."""
+    return examples if size["words"] is None else examples[examples["word"].isin(size["words"])]
+
+
 def step_erase(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dict, random_state: int,
                progress: bool, store: Path) -> dict[str, pd.DataFrame]:
     from trajgeo import interventions as iv
 
+    examples = _words(examples, size)
     frame = iv.erase(lm, examples, layer=middle_point(lm), cv=size["cv"], n_boot=size["n_boot"],
                      progress=progress, random_state=random_state)
     return {"erase": frame}
@@ -153,6 +163,7 @@ def step_steer(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dict,
                progress: bool, store: Path) -> dict[str, pd.DataFrame]:
     from trajgeo import interventions as iv
 
+    examples = _words(examples, size)
     frame = iv.steer(lm, examples, layer=middle_point(lm), alphas=size["alphas"], cv=size["cv"],
                      n_random=size["n_random"], n_boot=size["n_boot"], progress=progress, random_state=random_state)
     return {"steer": frame}
@@ -162,6 +173,7 @@ def step_skip(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dict, 
               progress: bool, store: Path) -> dict[str, pd.DataFrame]:
     from trajgeo import interventions as iv
 
+    examples = _words(examples, size)
     # the light run skips ~skip_parts equal ranges of blocks; the full run every single block
     L = lm.n_layers
     w = 1 if size["skip_parts"] is None else max(1, -(-L // int(size["skip_parts"])))

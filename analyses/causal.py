@@ -55,7 +55,7 @@ MODELS = ("smollm2", "minilm")
 
 # the light and the full run: pairs per (word, kind), examples per sense, points patched, permutations ...
 SIZES = {
-    "quick": dict(pairs_per_kind=1, examples_per_sense=6, point_step=5, n_permutations=20, contrast_perms=200,
+    "quick": dict(pairs_per_kind=1, examples_per_sense=6, point_step=1, n_permutations=20, contrast_perms=200,
                   n_random=2, alphas=(0.0, 1.0, 2.0, 4.0, 8.0), n_boot=200, cv=3, skip_parts=6,
                   # erase, steer and skip on four words whose light sample keeps >= 5 distinct inputs per sense
                   # on a causal model (identical prefixes up to the target are one group)
@@ -103,9 +103,10 @@ def step_patch(lm: Any, pairs: pd.DataFrame, examples: pd.DataFrame, size: dict,
     points = list(range(0, lm.n_layers + 1, size["point_step"]))
     if points[-1] != lm.n_layers:
         points.append(lm.n_layers)
+    # the store resumes an interrupted sweep of these options and replaces one of other options
     res = iv.patch(lm, pairs, site="resid", readout=readout, points=points, direction="denoise",
                    on_misaligned="skip", progress=progress, random_state=random_state, store=store,
-                   return_result=True)
+                   overwrite=True, return_result=True)
     effects = res.effects
     aligned = tg.datasets.align_pairs(lm.tokenizer, pairs)[["pair", "target_start", "target_end"]]
     effects = effects.merge(aligned, on="pair", how="left")

@@ -229,7 +229,8 @@ def summarize(model: str, folder: Path) -> list[dict]:
         e = pd.read_parquet(folder / "patch.parquet")
         best = c.sort_values("flip_mean", ascending=False).iloc[0]
         add("patch", "largest flip effect (point, role)", float(best["flip_mean"]),
-            f"point {int(best['point'])}, {best['role']}; same-sense {best['same_mean']:.3f}, p_fwer {best['p_fwer']:.3f}")
+            f"point {int(best['point'])}, {best['role']}; same-sense {best['same_mean']:.3f}, "
+            f"p_fwer {best['p_fwer']:.3f}")
         sig = c[c["p_fwer"] < 0.05]
         add("patch", "cells flip > same (p_fwer < 0.05)", len(sig),
             "; ".join(f"{r.role}@{int(r.point)}" for r in sig.itertuples()) or "none")

@@ -136,6 +136,7 @@ def test_causal_trace_cells_are_per_pair_then_pair_means_with_embedding_at_the_b
     assert [t.get_text() for t in ax.get_xticklabels()] == ["cue", "other", "target"]
     assert ax.get_ylim()[0] < ax.get_ylim()[1]  # row 0 (the embedding or layer 1) at the bottom
     assert ax.get_ylabel() == unit
+    assert (ax.get_yticklabels()[0].get_text() == "emb") is (unit == "point")  # point 0 is the embedding
     mesh = ax.collections[0]
     assert mesh.norm.vmin == pytest.approx(-mesh.norm.vmax) and mesh.norm.vmax == pytest.approx(np.abs(mat).max())
 

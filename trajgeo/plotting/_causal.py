@@ -17,7 +17,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 
 from trajgeo.plotting._common import _levels, _new_axes, _palette, _require
-from trajgeo.plotting._heatmaps import _heatmap
+from trajgeo.plotting._heatmaps import _heatmap, _heatmap_ticks, _int_values
 
 __all__ = ["causal_trace", "trace_matrix", "source_map", "source_top_heads", "condition_curves", "erasure_curves",
            "steering_curves", "skip_table"]
@@ -155,6 +155,8 @@ def causal_trace(patch_df: pd.DataFrame, *, value: str = "effect", by: str = "ro
     _heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-top, vmax=top, annot=annot, fmt=".2f",
              cbar_kws={"label": _PRETTY_METRIC.get(value, value) + label}, yticklabels=True, xticklabels=True)
     ax.invert_yaxis()  # the embedding at the bottom, depth going up
+    rows_in = ax.bbox.height / ax.figure.dpi
+    _heatmap_ticks(ax, "y", _int_values(mat.index), rows_in, emb=mat.index.name == "point")
     ax.set_xlabel(by.replace("_", " "))
     ax.set_ylabel(mat.index.name.replace("layer.head", "layer.head"))
     ax.tick_params(axis="y", rotation=0)
@@ -217,6 +219,7 @@ def source_map(source_df: pd.DataFrame, *, by: str = "relative_position", value:
     _heatmap(mat, ax=ax, cmap=cmap, center=0.0, vmin=-(top or 1.0), vmax=top or 1.0, annot=annot, fmt=".2f",
              cbar_kws={"label": "push toward own sense\n(sum over heads)"}, yticklabels=True, xticklabels=True)
     ax.invert_yaxis()
+    _heatmap_ticks(ax, "y", _int_values(mat.index), ax.bbox.height / ax.figure.dpi)
     ax.set_xlabel("source position relative to target" if by == "relative_position" else "source")
     ax.set_ylabel("layer")
     ax.tick_params(axis="both", rotation=0)

@@ -333,11 +333,19 @@ def run(models: list[str], steps: list[str], out: Path, *, quick: bool, random_s
             notes.append({"model": name, "step": "patch/erase/skip",
                           "note": "no LM head: patching read by a SenseReadout (representation margin), "
                                   "LM-loss metrics skipped"})
-        summary += summarize(name, folder)
+    # the key numbers of every model with tables here (also those an earlier run did)
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and any(p.glob("*.parquet"))):
+        summary += summarize(folder.name, folder)
     table = pd.DataFrame(summary)
     write_csv_atomic(table, out / "summary.csv")
-    # this run's notes (a refused step is tried again on every run, so its note comes back)
-    write_csv_atomic(pd.DataFrame(notes, columns=["model", "step", "note"]), out / "notes.csv")
+    # this run's notes, and earlier notes of models or steps this run did not try (a refused step is tried
+    # again on every run that names it, so its note comes back)
+    table_notes = pd.DataFrame(notes, columns=["model", "step", "note"])
+    if (out / "notes.csv").exists():
+        prev = pd.read_csv(out / "notes.csv")
+        tried = prev["model"].isin(models) & prev["step"].isin(steps + ["patch/erase/skip"])
+        table_notes = pd.concat([prev[~tried], table_notes], ignore_index=True)
+    write_csv_atomic(table_notes, out / "notes.csv")
     return table
 
 

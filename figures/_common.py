@@ -72,3 +72,38 @@ def custom(name: str, description: str, table: Path, made_by: str, draw: Callabl
         plt.close(fig)
     print("\n".join(map(str, paths)))
     return 0
+
+
+CAUSAL = RESULTS / "causal"
+
+
+def causal(name: str, description: str, tables: tuple[str, ...], draw: Callable) -> int:
+    """Draw a figure of ``analyses/causal.py``'s tables with ``draw({model: {table: df}}, plotting) -> Figure``.
+
+    Reads ``results/causal/full`` when it exists, else ``results/causal/quick`` (say which with ``--tables``);
+    models lacking one of ``tables`` are left out (the analysis notes why), none at all is an error.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from trajgeo import plotting
+
+    default = CAUSAL / "full" if (CAUSAL / "full").exists() else CAUSAL / "quick"
+    args = parse(description, default)
+    need(args.tables, "analyses/causal.py [--quick]")
+    data = {}
+    for folder in sorted(p for p in args.tables.iterdir() if p.is_dir()):
+        if all((folder / f"{t}.parquet").exists() for t in tables):
+            data[folder.name] = {t: pd.read_parquet(folder / f"{t}.parquet") for t in tables}
+    if not data:
+        sys.exit(f"figures: no model under {args.tables} has the {', '.join(tables)} table(s); "
+                 "run `python analyses/causal.py` (add --quick for a light run)")
+    with plotting.paper_style(column=args.column):
+        fig = draw(data, plotting)
+        paths = plotting.savefig(fig, args.out / name)
+        plt.close(fig)
+    print("\n".join(map(str, paths)))
+    return 0

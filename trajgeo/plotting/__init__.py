@@ -18,12 +18,15 @@ Typical use::
 The package imports nothing from trajgeo but the dependency-free ``trajgeo._api``. Its modules hold one figure
 kind each: ``_style`` (paper_style, savefig), ``_curves`` (curves against point), ``_paths`` (paths in a shared
 plane), ``_heatmaps``, ``_bars``, ``_validity`` (curves and values read against their permutation null, the
-point x reference matrix); ``_common`` has the helpers they share.
+point x reference matrix), ``_causal`` (the frames of ``trajgeo.interventions``: causal trace, source
+attribution, erasure and steering curves, skipped blocks); ``_common`` has the helpers they share.
 """
 
 from __future__ import annotations
 
 from trajgeo.plotting._bars import superposition_bars
+from trajgeo.plotting._causal import causal_trace, condition_curves, erasure_curves, skip_table, source_map, \
+    source_top_heads, steering_curves
 from trajgeo.plotting._curves import convergence, path_panels, probe_accuracy, sense_log_odds
 from trajgeo.plotting._heatmaps import attribution_heatmap, head_heatmap, lens_table, transfer_heatmap
 from trajgeo.plotting._paths import path_grid, paths, trajectories, trajectory_grid
@@ -37,4 +40,7 @@ __all__ = [
     "attribution_heatmap", "head_heatmap", "lens_table", "sense_log_odds", "transfer_heatmap",
     "superposition_bars", "path_panels", "COLUMN_WIDTHS", "CATEGORICAL", "categorical_palette",
     "null_band", "separability_grid", "reference_heatmap", "against_null", "threshold_heatmap",
+    # causal (trajgeo.interventions frames)
+    "causal_trace", "source_map", "source_top_heads", "condition_curves", "erasure_curves",
+    "steering_curves", "skip_table",
 ]

@@ -55,7 +55,10 @@ def standard(name: str, analysis: str = "bank") -> int:
 
 
 def custom(name: str, description: str, table: Path, made_by: str, draw: Callable) -> int:
-    """Draw a figure of one analysis-specific table with ``draw(df, plotting) -> Figure``."""
+    """Draw a figure of one analysis-specific table with ``draw(df, plotting) -> Figure``; a ``draw`` that
+    takes ``folder=`` gets the folder of ``--tables`` (where its sibling tables lie)."""
+    import inspect
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +70,8 @@ def custom(name: str, description: str, table: Path, made_by: str, draw: Callabl
     args = parse(description, table)
     df = pd.read_parquet(need(args.tables, made_by))
     with plotting.paper_style(column=args.column):
-        fig = draw(df, plotting)
+        kw = {"folder": args.tables.parent} if "folder" in inspect.signature(draw).parameters else {}
+        fig = draw(df, plotting, **kw)
         paths = plotting.savefig(fig, args.out / name)
         plt.close(fig)
     print("\n".join(map(str, paths)))

@@ -13,17 +13,17 @@ another run's folder).
 
 import sys
 
-from _common import RESULTS, custom, parse
+from _common import RESULTS, custom
 
 DEFAULT = RESULTS / "coarsewsd20" / "curves.parquet"
 
 
-def draw(df, plotting):
+def draw(df, plotting, folder=None):
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
 
-    folder = parse(__doc__, DEFAULT).tables.parent  # probes and summary lie next to curves.parquet
+    folder = RESULTS / "coarsewsd20" if folder is None else folder  # probes and summary lie next to curves
     probes = pd.read_parquet(folder / "probes.parquet")
     summary = pd.read_parquet(folder / "summary.parquet")
     summary = summary[summary["status"] == "done"]

@@ -10,17 +10,17 @@ family-wise over the word's points; one dot per word, filled for cue-before), fr
 
 import sys
 
-from _common import RESULTS, custom, parse
+from _common import RESULTS, custom
 
 DEFAULT = RESULTS / "cue_position" / "margin.parquet"
 
 
-def draw(df, plotting):
+def draw(df, plotting, folder=None):
     import matplotlib.pyplot as plt
     import pandas as pd
 
     curves = df.assign(metric="margin")
-    path = parse(__doc__, DEFAULT).tables.parent / "significance.parquet"  # next to margin.parquet
+    path = (DEFAULT.parent if folder is None else folder) / "significance.parquet"  # next to margin.parquet
     sig = pd.read_parquet(path) if path.exists() else pd.DataFrame()
     if not len(sig):
         ax = plotting.convergence(curves, hue="model", style="cue_position", relative_depth=True,

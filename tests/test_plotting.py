@@ -846,14 +846,38 @@ def test_figure_scripts_draw_without_deprecation_warnings(tmp_path, monkeypatch)
     per_word = margin.groupby(["word", "point"], as_index=False)["value"].mean().rename(columns={"value": "margin"})
     curves = pd.concat([per_word.assign(model="m1", n_layers=N_POINTS - 1),
                         per_word.assign(model="m2", n_layers=2 * (N_POINTS - 1))])
-    probes = pd.concat([make_layerwise().assign(word=w, model=m) for w in ("bank", "bass") for m in ("m1", "m2")])
+    rng = np.random.default_rng(4)
+    probes = pd.DataFrame([dict(word=w, model=m, point=p, fold=-1, metric="balanced_accuracy",
+                                value=rng.uniform(0.5, 1.0), null_mean=0.5, null_q95=0.55 + 0.01 * k,
+                                null_fwer=0.6 + 0.1 * k + 0.02 * ("bass" == w))
+                           for k, m in enumerate(("m1", "m2")) for w in ("bank", "bass")
+                           for p in range(N_POINTS * (1 + k))])
+    summary = pd.DataFrame([dict(word=w, model=m, status="done", null_fwer=0.6 + 0.1 * k,
+                                 peak_balanced_accuracy=0.9 - 0.1 * k - 0.05 * i, surface_balanced_accuracy=0.55)
+                            for k, m in enumerate(("m1", "m2")) for i, w in enumerate(("bank", "bass"))])
     (tmp_path / "coarsewsd20").mkdir()
     probes.to_parquet(tmp_path / "coarsewsd20" / "probes.parquet")
+    summary.to_parquet(tmp_path / "coarsewsd20" / "summary.parquet")
     monkeypatch.setattr(cws, "RESULTS", tmp_path)
     with no_warning():
         fig = cws.draw(curves, tp)
-    left, right = fig.axes
-    assert len(curve_lines(left)) == len(curve_lines(right)) == 2  # one line per model
+    left, middle, right = fig.axes
+    assert len(curve_lines(left)) == len(curve_lines(middle)) == 2  # one line per model
     assert max(ln.get_xdata()[-1] for ln in curve_lines(left)) == pytest.approx(1.0)
     assert min(ln.get_xdata()[-1] for ln in curve_lines(left)) == pytest.approx(0.5)
-    assert not [ln for ln in right.lines if ln.get_gid() == "zero"] and right.get_legend() is None
+    assert not [ln for ln in middle.lines if ln.get_gid() == "zero"] and middle.get_legend() is None
+    # the dashed family-wise thresholds are each model's mean over words (m1: 0.61, m2: 0.71)
+    dashed = sorted(ln.get_ydata()[0] for ln in middle.lines if ln.get_linestyle() == "--")
+    np.testing.assert_allclose(dashed, [0.61, 0.71])
+    # right: each word's peak (filled) per model, in the summary's order of words
+    peaks = sorted(tuple(np.round(ln.get_xdata(), 6)) for ln in right.lines if ln.get_markerfacecolor() != "none")
+    assert peaks == [(0.8, 0.75), (0.9, 0.85)]
+    assert [t.get_text() for t in right.get_yticklabels()] == ["bank", "bass"]
+    # another folder (as --tables gives it) is read instead of RESULTS
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    summary.assign(peak_balanced_accuracy=0.95).to_parquet(other / "summary.parquet")
+    probes.to_parquet(other / "probes.parquet")
+    with no_warning():
+        right = cws.draw(curves, tp, folder=other).axes[2]
+    assert {x for ln in right.lines if ln.get_markerfacecolor() != "none" for x in ln.get_xdata()} == {0.95}

@@ -188,3 +188,64 @@ def test_bad_options_are_refused(fam_lm, corpus):
         iv.erase(lm, df, layer=0, progress=False)
     with pytest.raises(ValueError, match="include 'none'"):
         iv.erase(lm, df, layer=1, conditions=["leace"], progress=False)
+
+
+# ============================================================== refused before the model runs
+def _prefix_examples(corpus, river_prefixes, n=16, seed=0):
+    """``bank`` in two senses; the "river" texts share one of ``river_prefixes`` prefixes up to the target (what
+    follows differs), so a causal model sees only that many distinct inputs there: that many groups."""
+    rng = np.random.default_rng(seed)
+    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
+    heads = [list(rng.choice(words, 6)) for _ in range(river_prefixes)]
+    rows = []
+    for i in range(n):
+        toks = list(rng.choice(words, 9))
+        river = i % 2 == 1
+        if river:
+            toks[:6] = heads[(i // 2) % river_prefixes]
+        toks[6] = "bank"
+        start = len(" ".join(toks[:6])) + 1
+        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
+                     "word": "bank", "sense": "river" if river else "finance"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def counted_passes(monkeypatch):
+    """The number of engine passes run so far (every forward of erase and steer goes through Engine.run)."""
+    calls = []
+    real = Engine.run
+
+    def run(self, *args, **kw):
+        calls.append(1)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Engine, "run", run)
+    return calls
+
+
+def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, corpus, counted_passes):
+    lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
+    blocks = []
+    hook = lm.adapter.blocks[0].register_forward_pre_hook(lambda m, a: blocks.append(1))
+    try:
+        df = _prefix_examples(corpus, river_prefixes=1)
+        traj_groups = tg.Trajectories(np.zeros((len(df), 1, 1)), df.assign(example=range(len(df))),
+                                      model_info={"causal": True}).group_codes("group")
+        assert len(np.unique(traj_groups[df["sense"] == "river"])) == 1  # the grouping erase uses: one prefix
+        with pytest.raises(ValueError, match=r"word 'bank', sense 'river': 8 examples in 1 group\(s\)") as err:
+            iv.erase(lm, df, layer=1, cv=2, n_boot=0, progress=False)
+        assert "at least 2 groups per sense" in str(err.value) and "causal" in str(err.value)
+        assert "finance" not in str(err.value)  # it has 8 distinct prefixes
+        assert counted_passes == [] and blocks == []
+        # two prefixes are enough for two folds: it runs, and the counters see its passes
+        iv.erase(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=2, conditions=("none", "leace"),
+                 n_boot=0, progress=False)
+        assert len(counted_passes) > 0 and len(blocks) > 0
+        # ... but not three
+        n_before = len(counted_passes)
+        with pytest.raises(ValueError, match=r"cv=3.*sense 'river': 8 examples in 2 group\(s\)"):
+            iv.erase(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=3, n_boot=0, progress=False)
+        assert len(counted_passes) == n_before
+    finally:
+        hook.remove()

@@ -204,3 +204,41 @@ def permuted_labels(labels: np.ndarray, words: np.ndarray | None, groups: np.nda
         perm = group_permutations(labels[rows], groups=g, n_permutations=n, random_state=seed)
         out[:, rows] = labels[rows][perm]
     return out
+
+
+def sense_group_counts(y: np.ndarray, groups: np.ndarray) -> dict[Any, int]:
+    """Number of distinct groups holding each sense (in order of first appearance): what grouped, stratified
+    folds (:func:`trajgeo.probes.make_splits`) can spread over."""
+    return {s: len(np.unique(groups[y == s])) for s in pd.unique(y)}
+
+
+def check_sense_groups(senses: np.ndarray, words: np.ndarray, groups: np.ndarray, need: int, *, what: str,
+                       causal: bool, fix: str | None = None) -> None:
+    """Refuse, before any forward pass, a word whose sense has fewer than ``need`` groups.
+
+    ``groups`` are the codes the caller will split on (``Trajectories.group_codes``: on a causal model,
+    examples whose texts agree up to the end of the target are one group). Words with one sense are left to
+    the caller (they have nothing to split).
+    """
+    short = []
+    for w in pd.unique(words):
+        rows = np.flatnonzero(words == w)
+        y = senses[rows]
+        if len(pd.unique(y)) < 2:
+            continue
+        for s, k in sense_group_counts(y, groups[rows]).items():
+            if k < need:
+                short.append(f"word {_plain(w)!r}, sense {_plain(s)!r}: {int((y == s).sum())} examples in {k} "
+                             f"group(s)")
+    if not short:
+        return
+    prefix = (" On a causal model, examples whose texts are identical up to the end of the target hand the model "
+              "the same input there and are one group." if causal else "")
+    more = f" (and {len(short) - 5} more)" if len(short) > 5 else ""
+    raise ValueError(f"{what} needs at least {need} groups per sense, and " + "; ".join(short[:5]) + more
+                     + f".{prefix} Fix: " + (f"{fix}, " if fix else "")
+                     + "give the sense more distinct contexts, or drop the word.")
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v

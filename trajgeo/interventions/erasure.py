@@ -19,7 +19,8 @@ import pandas as pd
 
 from trajgeo.engine import Edit, Engine, Pool, Site
 from trajgeo.interventions._directions import own_sense_functionals
-from trajgeo.interventions._examples import batches, check_int, column, prepare, run_rows, target_cells, token_losses
+from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, column, prepare, run_rows,
+                                             target_cells, token_losses)
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.trajectories import Trajectories
 
@@ -225,7 +226,9 @@ def erase(
     labels, word, groups : str or array
         As in every analysis (meta column names or per-example arrays); senses are erased per word.
     cv : int
-        Folds per word (capped by the smallest sense's number of groups).
+        Folds per word, for the erasers and for the separability probes. Every sense of a word with several
+        senses needs at least ``cv`` groups (on a causal model, texts identical up to the end of the target
+        are one group): checked before the model runs, a ValueError naming the word and the sense otherwise.
     conditions : sequence of str
         Which of :data:`ERASE_CONDITIONS` to run.
     svd_tol, shrinkage : see :func:`leace_eraser`
@@ -273,6 +276,11 @@ def erase(
     words = np.zeros(n, dtype=object) if words is None else words
     g = probe_traj.group_codes(groups)
     g = np.arange(n) if g is None else g
+    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"cv must be an int of at least 2 folds, got {cv!r}")
+    # the folds below and the probes after the passes split on these groups: refuse now, not after the passes
+    check_sense_groups(senses, words, g, int(cv), what=f"erase with cv={int(cv)} folds", causal=lm.adapter.causal,
+                       fix=f"use fewer folds (now cv={int(cv)}; at most the fewest groups of a sense)")
     head = _Readout(lm) if with_loss else None
     points = list(range(layer, L + 1))
     read = [Site.resid(p) for p in points] + [Site.mlp(m) for m in range(layer + 1, L + 1)]
@@ -316,8 +324,7 @@ def erase(
         if len(pd.unique(y)) < 2:
             warnings.warn(f"word {w!r} has one sense: nothing to erase; its rows keep the unedited run", stacklevel=2)
             continue
-        n_groups = [len(np.unique(g[rows][y == s])) for s in pd.unique(y)]
-        folds = make_splits(y, g[rows], min(int(cv), min(n_groups)), random_state=random_state)
+        folds = make_splits(y, g[rows], int(cv), random_state=random_state)
         for f, (train, test) in enumerate(folds):
             x_train = base["states"][rows[train], 0].astype(np.float64)
             fitted = {"leace": leace_eraser(x_train, y[train], svd_tol=svd_tol, shrinkage=shrinkage)}

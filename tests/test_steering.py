@@ -124,3 +124,45 @@ def test_bad_options_are_refused(fam_lm, corpus):
         iv.steer(lm, df.iloc[:4], layer=1, progress=False)
     with pytest.raises(ValueError, match="n_permutations"):
         iv.steer(lm, df, layer=1, n_permutations=-1, progress=False)
+
+
+def _prefix_examples(corpus, river_prefixes, n=24, seed=0):
+    """``bank`` in two senses; the "river" texts share one of ``river_prefixes`` prefixes up to the target (what
+    follows differs), so a causal model sees only that many distinct inputs there: that many groups."""
+    rng = np.random.default_rng(seed)
+    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
+    heads = [list(rng.choice(words, 6)) for _ in range(river_prefixes)]
+    rows = []
+    for i in range(n):
+        toks = list(rng.choice(words, 8))
+        river = i % 2 == 1
+        if river:
+            toks[:6] = heads[(i // 2) % river_prefixes]
+        toks[6] = "bank"
+        start = len(" ".join(toks[:6])) + 1
+        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
+                     "word": "bank", "sense": "river" if river else "finance"})
+    return pd.DataFrame(rows)
+
+
+def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, corpus, monkeypatch):
+    from trajgeo.engine import Engine
+
+    calls = []
+    real = Engine.run
+    monkeypatch.setattr(Engine, "run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
+    with pytest.raises(ValueError, match=r"word 'bank', sense 'river': 12 examples in 2 group\(s\)") as err:
+        iv.steer(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=2, n_random=0, n_boot=0,
+                 progress=False)
+    assert "at least 3 groups per sense" in str(err.value) and "causal" in str(err.value)
+    assert "finance" not in str(err.value)
+    assert calls == []  # not even the unsteered pass
+    # three prefixes in two folds: a fold holds out two of them and leaves one to train on, for two halves
+    with pytest.raises(ValueError, match=r"word 'bank': fold \d of 2 leaves sense 'river' 1 training group"):
+        iv.steer(lm, _prefix_examples(corpus, river_prefixes=3), layer=1, cv=2, n_random=0, n_boot=0, progress=False)
+    assert calls == []
+    # three folds of three prefixes are enough, and the counter sees the passes
+    iv.steer(lm, _prefix_examples(corpus, river_prefixes=3), layer=1, alphas=(1.0,), cv=3, n_random=0, n_boot=0,
+             progress=False)
+    assert len(calls) > 0

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.engine import Edit, Engine, Pool, Site
-from trajgeo.interventions._examples import batches, check_int, column, permuted_labels, prepare, run_rows
+from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, column, permuted_labels, prepare,
+                                             run_rows, sense_group_counts)
 from trajgeo.normalization import DEFAULT_NORMALIZE, PointNormalizer, check_method
 from trajgeo.trajectories import Trajectories
 
@@ -19,6 +20,8 @@ __all__ = ["steer", "SteeringResult", "STEER_CONDITIONS", "STEER_METRICS"]
 
 STEER_CONDITIONS = ("steer", "random")
 STEER_METRICS = ("final_margin", "flip_rate")
+# a held-out fold and two training halves (direction, judge): the fewest groups a sense can have
+_MIN_GROUPS = 3
 FRAME_COLUMNS = ("word", "layer", "alpha", "condition", "metric", "value", "ci_low", "ci_high", "n")
 
 
@@ -121,7 +124,9 @@ def steer(
         Steering strengths, in standard deviations of the residual along the direction.
     labels, word, groups : str or array
     cv : int
-        Folds per word (capped by the smallest sense's number of groups, at least 2 groups per half).
+        Folds per word (capped by the smallest sense's number of groups). Every sense of a word with several
+        senses needs at least 3 groups (a held-out fold and two training halves; on a causal model, texts
+        identical up to the end of the target are one group): checked before the model runs.
     n_random : int
         Random directions of the control (per fold).
     n_permutations : int
@@ -176,6 +181,21 @@ def steer(
     words = np.zeros(n, dtype=object) if words is None else words
     g = labelled.group_codes(groups)
     g = np.arange(n) if g is None else g
+    if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
+        raise ValueError(f"cv must be an int of at least 2 folds, got {cv!r}")
+    # the folds split on these groups (permuted senses keep each sense's number of groups): refuse now, not after
+    # the unsteered pass
+    check_sense_groups(senses, words, g, _MIN_GROUPS, causal=lm.adapter.causal,
+                       what="steer (a held-out fold and two training halves of groups)")
+    for w in pd.unique(words):
+        if len(pd.unique(senses[words == w])) < 2:
+            warnings.warn(f"word {w!r} has one sense: nothing to steer toward; left out", stacklevel=2)
+    # every fold and half, for the senses and for each permutation of them, is split now: no split fails late
+    plan = _plan(senses, words, g, cv, random_state)
+    perms = (permuted_labels(senses, words if has_word else None, g, int(n_permutations), random_state)
+             if n_permutations else [])
+    perm_plans = [_plan(p, words, g, cv, random_state, what=f" (senses permuted, permutation {k})")
+                  for k, p in enumerate(perms)]
 
     # ---------------------------------------------------------- the unsteered run: point `layer` at every column
     cache: list[Any] = [None] * n
@@ -189,15 +209,15 @@ def steer(
         for r, i in enumerate(rows):
             cache[i] = res[Site.resid(layer)][r, :len(inputs.ids[i])]
 
-    opts = dict(inputs=inputs, engine=engine, layer=layer, alphas=alphas, words=words, groups=g, cv=cv,
-                normalize=normalize, x_l=x_l, x_L=x_L, cache=cache, batch_size=batch_size)
+    opts = dict(inputs=inputs, engine=engine, layer=layer, alphas=alphas, groups=g, normalize=normalize, x_l=x_l,
+                x_L=x_L, cache=cache, batch_size=batch_size)
     n_cells = n * len(alphas) * (1 + n_random + int(n_permutations))
     bar = tqdm(total=n_cells, disable=not progress, desc=f"steer point {layer} ({lm.name})", unit="run")
-    margins = _margins(senses, n_random=n_random, random_state=random_state, bar=bar, **opts)
+    margins = _margins(senses, plan=plan, n_random=n_random, random_state=random_state, bar=bar, **opts)
     null = None
     if n_permutations:
-        perms = permuted_labels(senses, words if has_word else None, g, int(n_permutations), random_state)
-        curves = [_pooled(_margins(p, n_random=0, random_state=random_state, bar=bar, **opts)) for p in perms]
+        curves = [_pooled(_margins(p, plan=pp, n_random=0, random_state=random_state, bar=bar, **opts))
+                  for p, pp in zip(perms, perm_plans)]
         observed = _pooled(margins[margins["condition"] == "steer"])
         null = _null(observed, curves, alphas, layer)
     bar.close()
@@ -208,34 +228,53 @@ def steer(
     return SteeringResult(frame, margins, null) if return_result else frame
 
 
-def _margins(senses: np.ndarray, *, inputs: Any, engine: Engine, layer: int, alphas: list[float], words: np.ndarray,
-             groups: np.ndarray, cv: int, normalize: str | None, x_l: np.ndarray, x_L: np.ndarray, cache: list,
-             batch_size: int, n_random: int, random_state: int | None, bar: Any) -> pd.DataFrame:
+def _plan(senses: np.ndarray, words: np.ndarray, groups: np.ndarray, cv: int, random_state: int | None, *,
+          what: str = "") -> list[tuple[Any, np.ndarray, list[tuple[np.ndarray, ...]]]]:
+    """Every word's folds and each fold's two training halves (``make_splits`` on the groups), before any pass:
+    ``(word, rows, [(train, test, half_a, half_b), ...])`` per word with several senses (indices into ``rows``
+    for ``train, test``, into ``train`` for the halves). One-sense words are left out (the caller warns)."""
+    from trajgeo.probes import make_splits
+
+    plan = []
+    for w in pd.unique(words):
+        rows = np.flatnonzero(words == w)
+        y, g = senses[rows], groups[rows]
+        if len(pd.unique(y)) < 2:
+            continue
+        n_groups = min(sense_group_counts(y, g).values())
+        if n_groups < _MIN_GROUPS:  # checked before the passes; permuted senses keep the counts
+            raise ValueError(f"word {w!r}: a sense has {n_groups} group(s); steering needs at least {_MIN_GROUPS} "
+                             "(a held-out fold and two training halves)")
+        folds = []
+        for f, (train, test) in enumerate(make_splits(y, g, min(int(cv), n_groups), random_state=random_state)):
+            short = {s: k for s, k in sense_group_counts(y[train], g[train]).items() if k < 2}
+            if short or len(pd.unique(y[train])) < len(pd.unique(y)):
+                s_, k_ = next(iter(short.items())) if short else (sorted(set(y) - set(y[train]))[0], 0)
+                raise ValueError(f"word {w!r}{what}: fold {f} of {min(int(cv), n_groups)} leaves sense {s_!r} "
+                                 f"{k_} training group(s); the direction and the judge need one each. Fix: more folds "
+                                 f"(up to cv={n_groups}, the fewest groups of a sense: each fold then holds out "
+                                 "fewer), more distinct contexts for the sense, or drop the word")
+            half_a, half_b = make_splits(y[train], g[train], 2, random_state=random_state)[0]
+            folds.append((train, test, half_a, half_b))
+        plan.append((w, rows, folds))
+    return plan
+
+
+def _margins(senses: np.ndarray, *, plan: list, inputs: Any, engine: Engine, layer: int, alphas: list[float],
+             groups: np.ndarray, normalize: str | None, x_l: np.ndarray, x_L: np.ndarray, cache: list, batch_size: int,
+             n_random: int, random_state: int | None, bar: Any) -> pd.DataFrame:
     """Fit every fold with these sense labels, steer the held-out examples, and judge them: one row per
     (example, alpha, condition, draw)."""
     import torch
 
-    from trajgeo.probes import make_splits
-
     lm, L = engine.lm, engine.n_layers
     d, dev = lm.d_model, lm.device
-    g = groups
     rng = np.random.default_rng(random_state)
     cells = []  # (example, alpha, condition, draw, vector (d,))
     folds_of: dict[int, _Fold] = {}
-    for w in pd.unique(words):
-        rows = np.flatnonzero(words == w)
+    for w, rows, folds in plan:
         y = senses[rows]
-        if len(pd.unique(y)) < 2:
-            warnings.warn(f"word {w!r} has one sense: nothing to steer toward; left out", stacklevel=3)
-            continue
-        n_groups = min(len(np.unique(g[rows][y == s])) for s in pd.unique(y))
-        if n_groups < 3:
-            raise ValueError(f"word {w!r}: a sense has {n_groups} group(s); steering needs at least 3 (a held-out "
-                             "fold and two training halves)")
-        folds = make_splits(y, g[rows], min(int(cv), n_groups), random_state=random_state)
-        for train, test in folds:
-            half_a, half_b = make_splits(y[train], g[rows][train], 2, random_state=random_state)[0]
+        for train, test, half_a, half_b in folds:
             fold = _Fold(x_l[rows[train]], x_L[rows[train]], y[train], half_a, half_b, normalize)
             rand = rng.standard_normal((n_random, d))
             rand /= np.linalg.norm(rand, axis=1, keepdims=True)
@@ -280,7 +319,7 @@ def _margins(senses: np.ndarray, *, inputs: Any, engine: Engine, layer: int, alp
     return pd.DataFrame({
         "alpha": [c[1] for c in cells], "condition": [c[2] for c in cells], "draw": [c[3] for c in cells],
         "margin": margin, "base_margin": base[ex_idx], "flipped": (base[ex_idx] > 0) & (margin < 0),
-        "_group": g[ex_idx], "_row": ex_idx,
+        "_group": groups[ex_idx], "_row": ex_idx,
     })
 
 

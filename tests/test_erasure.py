@@ -249,3 +249,18 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
         assert len(counted_passes) == n_before
     finally:
         hook.remove()
+
+
+def test_a_one_sense_word_is_left_unedited_and_unprobed_instead_of_failing_after_the_passes(tiny_model, wtok, corpus):
+    lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
+    df = pd.concat([_examples(corpus, n=12), _examples(corpus, n=6, seed=3).assign(word="other", sense="only")],
+                   ignore_index=True)
+    with pytest.warns(UserWarning, match="'other' has one sense"):
+        res = iv.erase(lm, df, layer=1, cv=2, conditions=("none", "leace"), n_boot=0, progress=False,
+                       return_result=True)
+    f = res.frame
+    assert set(f.loc[f["metric"] == "separability", "word"]) == {"bank"}
+    assert set(f.loc[f["metric"] == "mlp_write_projection", "word"]) == {"bank", "other"}
+    other = (df["word"] == "other").to_numpy()
+    np.testing.assert_array_equal(res.states["leace"].states[other], res.states["none"].states[other])
+    assert np.abs(res.states["leace"].states[~other, 0] - res.states["none"].states[~other, 0]).max() > 1e-4

@@ -354,16 +354,26 @@ def erase(
     ranks = erasers.groupby(["word", "condition"])["rank"].mean() if len(erasers) else pd.Series(dtype=float)
     states_out = {}
     clean_w = _own_directions(base["states"][:, -1], meta, labels, word, groups, normalize, info, random_state)
+    # one-sense words (warned about above) have no separability to measure: the probes see the others only
+    several = np.isin(words, [w for w in pd.unique(words) if len(pd.unique(senses[words == w])) > 1])
+
+    def probed(v: Any) -> Any:
+        return v if v is None or isinstance(v, str) or several.all() else np.asarray(v)[several]
+
     for cond in conditions:
         traj = Trajectories(result[cond]["states"], meta, points=points, model_info=info)
         states_out[cond] = traj
-        sep = layerwise(traj, labels=labels, word=word if has_word else None, groups=groups, normalize=normalize,
-                        probe="ridge", cv=cv, n_boot=n_boot, ci=ci, random_state=random_state, progress=False)
-        sep = sep[(sep["fold"] == -1) & (sep["metric"] == "balanced_accuracy")]
-        for r in sep.itertuples(index=False):
-            frames.append({"word": getattr(r, "word", None) if has_word else None, "point": int(r.point),
-                           "condition": cond, "metric": "separability", "value": r.value, "ci_low": r.ci_low,
-                           "ci_high": r.ci_high})
+        if several.any():
+            sub = traj if several.all() else Trajectories(traj.states[several], meta[several], points=points,
+                                                          model_info=info)
+            sep = layerwise(sub, labels=probed(labels), word=probed(word) if has_word else None, groups=probed(groups),
+                            normalize=normalize, probe="ridge", cv=cv, n_boot=n_boot, ci=ci, random_state=random_state,
+                            progress=False)
+            sep = sep[(sep["fold"] == -1) & (sep["metric"] == "balanced_accuracy")]
+            for r in sep.itertuples(index=False):
+                frames.append({"word": getattr(r, "word", None) if has_word else None, "point": int(r.point),
+                               "condition": cond, "metric": "separability", "value": r.value, "ci_low": r.ci_low,
+                               "ci_high": r.ci_high})
         for w in pd.unique(words):
             rows = np.flatnonzero(words == w)
             for j, m in enumerate(range(layer + 1, L + 1)):

@@ -510,3 +510,29 @@ def test_minilm_has_no_next_token_readout(minilm):
     pairs = pd.DataFrame([_PAIRS[0]])
     with pytest.raises(ValueError, match="no unembedding"):
         iv.patch(minilm, pairs, readout="logit", progress=False)
+
+
+def test_kind_contrast_warns_when_groups_mix_kinds_and_why():
+    import warnings
+
+    df = _planted_frame(np.random.default_rng(0), signal=1.5)
+    hit = lambda t: t.loc[(t["point"] == 3) & (t["role"] == "cue"), "p_fwer"].iloc[0]  # noqa: E731
+    # each group holds flip pair p and same-sense pair p + 12: every group carries the label vector (flip, same),
+    # so every permutation returns the observed labelling and even the planted effect gets p = 1
+    mixed = df.assign(sentence=df["pair"] % 12)
+    with pytest.warns(UserWarning, match=r"12 of 12 groups of 'sentence' hold both flip and same-sense pairs"):
+        table = iv.kind_contrast(mixed, groups="sentence", n_permutations=200)
+    assert hit(table) == 1.0 and (table["p_value"] == 1.0).all()  # exact ties, not broken by rounding
+    np.testing.assert_allclose(table["null_mean"], table["value"], rtol=0, atol=1e-12)
+    # groups that keep the kinds apart (three flip groups, three same groups): no warning, the effect is found
+    pure = df.assign(sentence=df["pair"] // 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = iv.kind_contrast(pure, groups="sentence", n_permutations=200)
+        assert hit(iv.kind_contrast(df, n_permutations=200)) < 0.01
+    # 6 groups of 4 pairs, 3 of each kind: C(6, 3) = 20 labellings, the observed one and its mirror at the top
+    assert hit(table) <= 2 / 20 + 0.05
+    # one mixed group among pure ones is counted
+    one = df.assign(sentence=np.where(df["pair"].isin([0, 12]), 100, df["pair"]))
+    with pytest.warns(UserWarning, match=r"1 of 23 groups"):
+        iv.kind_contrast(one, groups="sentence", n_permutations=20)

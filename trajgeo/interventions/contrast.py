@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from trajgeo.stats import group_permutations, null_table
+from trajgeo.stats import group_permutations, mixed_groups, null_table
 
 __all__ = ["kind_contrast"]
 
@@ -49,7 +50,11 @@ def kind_contrast(
         The column compared (``"effect"``; ``normalized_effect`` is mostly NaN or unstable for
         same-sense pairs, whose readouts barely differ).
     groups : str, optional
-        A column constant within each pair whose values must move together under the null.
+        A column constant within each pair whose values must move together under the null. Groups should
+        keep the kinds apart: a group holding both flip and same-sense pairs (e.g. the built-in minimal
+        pairs' word, or a shared sentence patched both ways) takes its kind labels with it, so the
+        permutations barely change the labelling and the p-values come out near 1 whatever the effect. Such
+        groups are counted in a UserWarning; use ``groups=None`` or a grouping that keeps the kinds apart.
     n_permutations : int
     alternative : {"two-sided", "greater"}
         "greater" when flip effects are expected larger (denoising with a readout oriented to the
@@ -88,14 +93,24 @@ def kind_contrast(
             bad = per_pair[per_pair > 1].index[:5].tolist()
             raise ValueError(f"groups column {groups!r} is not constant within pairs {bad}")
         g = frame.groupby("pair", sort=True)[groups].first().reindex(kinds.index).to_numpy()
+        mixed = mixed_groups(labels, g)
+        if len(mixed):
+            warnings.warn(
+                f"{len(mixed)} of {len(pd.unique(g))} groups of {groups!r} hold both flip and same-sense pairs (e.g. "
+                f"{[m.item() if hasattr(m, 'item') else m for m in mixed[:3]]}): the null moves whole groups with "
+                "their kind labels, so it barely changes the labelling and the p-values are near 1 by construction. "
+                "Use groups=None, or a grouping that keeps the kinds apart", UserWarning, stacklevel=2)
     perms = group_permutations(labels, groups=g, n_permutations=n_permutations, random_state=random_state)
     flips = (labels == "flip").astype(np.float64)
 
     def stat(member: np.ndarray) -> np.ndarray:  # (k, n_pairs) indicators of flip -> (k, n_cells)
         return _means(x, present, member) - _means(x, present, 1.0 - member)
 
-    observed = stat(flips[None])[0]
-    null = stat(flips[perms])
+    # one value per distinct labelling: a permutation that returns the observed labelling (as every one does when
+    # each group holds both kinds in one order) ties it exactly, not to within the rounding of another product
+    members, which = np.unique(np.vstack([flips[None], flips[perms]]), axis=0, return_inverse=True)
+    both = stat(members)[which.reshape(-1)]
+    observed, null = both[0], both[1:]
     table = null_table(observed, null, alternative=alternative).drop(columns="point")
     index = cells.columns.to_frame(index=False)
     out = pd.concat([index, pd.DataFrame({

@@ -233,7 +233,7 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
         traj_groups = tg.Trajectories(np.zeros((len(df), 1, 1)), df.assign(example=range(len(df))),
                                       model_info={"causal": True}).group_codes("group")
         assert len(np.unique(traj_groups[df["sense"] == "river"])) == 1  # the grouping erase uses: one prefix
-        with pytest.raises(ValueError, match=r"word 'bank', sense 'river': 8 examples in 1 group\(s\)") as err:
+        with pytest.raises(ValueError, match=r"word 'bank', sense 'river' has 8 examples in 1 group\(s\)") as err:
             iv.erase(lm, df, layer=1, cv=2, n_boot=0, progress=False)
         assert "at least 2 groups per sense" in str(err.value) and "causal" in str(err.value)
         assert "finance" not in str(err.value)  # it has 8 distinct prefixes
@@ -244,7 +244,7 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
         assert len(counted_passes) > 0 and len(blocks) > 0
         # ... but not three
         n_before = len(counted_passes)
-        with pytest.raises(ValueError, match=r"cv=3.*sense 'river': 8 examples in 2 group\(s\)"):
+        with pytest.raises(ValueError, match=r"cv=3.*sense 'river' has 8 examples in 2 group\(s\)"):
             iv.erase(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=3, n_boot=0, progress=False)
         assert len(counted_passes) == n_before
     finally:

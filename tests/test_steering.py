@@ -152,7 +152,7 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
     real = Engine.run
     monkeypatch.setattr(Engine, "run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
-    with pytest.raises(ValueError, match=r"word 'bank', sense 'river': 12 examples in 2 group\(s\)") as err:
+    with pytest.raises(ValueError, match=r"word 'bank', sense 'river' has 12 examples in 2 group\(s\)") as err:
         iv.steer(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=2, n_random=0, n_boot=0,
                  progress=False)
     assert "at least 3 groups per sense" in str(err.value) and "causal" in str(err.value)

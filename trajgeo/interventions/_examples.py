@@ -228,14 +228,14 @@ def check_sense_groups(senses: np.ndarray, words: np.ndarray, groups: np.ndarray
             continue
         for s, k in sense_group_counts(y, groups[rows]).items():
             if k < need:
-                short.append(f"word {_plain(w)!r}, sense {_plain(s)!r}: {int((y == s).sum())} examples in {k} "
+                short.append(f"word {_plain(w)!r}, sense {_plain(s)!r} has {int((y == s).sum())} examples in {k} "
                              f"group(s)")
     if not short:
         return
     prefix = (" On a causal model, examples whose texts are identical up to the end of the target hand the model "
               "the same input there and are one group." if causal else "")
     more = f" (and {len(short) - 5} more)" if len(short) > 5 else ""
-    raise ValueError(f"{what} needs at least {need} groups per sense, and " + "; ".join(short[:5]) + more
+    raise ValueError(f"{what} needs at least {need} groups per sense: " + "; ".join(short[:5]) + more
                      + f".{prefix} Fix: " + (f"{fix}, " if fix else "")
                      + "give the sense more distinct contexts, or drop the word.")
 

@@ -93,9 +93,11 @@ def _main(argv: list[str] | None) -> int:
     tables = report.read_tables(args.out / "tables")
     summary = tables["summary"]
     print("\n" + "\n".join(report.headline_text(tables, args.permutations)))
+    counts = traj.meta.loc[traj.meta["word"] == focus, "sense"].value_counts()
+    senses = ", ".join(f"{sense}: {n}" for sense, n in counts.items())
     with pd.option_context("display.width", 160, "display.max_rows", 100, "display.max_columns", 20):
         print(f"\n{args.model}: {traj.n_examples} examples of {traj.meta['word'].nunique()} words; "
-              f"per point for {focus!r} ({dict(traj.meta.loc[traj.meta['word'] == focus, 'sense'].value_counts())}):\n")
+              f"per point for {focus!r} ({senses}):\n")
         print(table.round(3).to_string(index=False))
         print("\nsummary per word:\n")
         cols = ["word", "n_examples", "separability_peak", "separability_peak_point", "separability_null_fwer",

@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.datasets.package_data import _data_file, _word_list
+from trajgeo.datasets.readers import _jsonl_frame
 from trajgeo.datasets.validation import (
     CUE_POSITIONS,
     _TOKEN,
@@ -334,25 +335,7 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
         Naming ``path:line``, the pair and what is wrong: not JSON, a target missing from one of the
         texts, identical texts, a flip that keeps the sense, a cue that is not what differs, ...
     """
-    path = Path(path)
-    records, locations = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
-            locations.append(f"{path}:{lineno}")
-    if not records:
-        raise ValueError(f"{path}: no pairs")
-    df = pd.DataFrame.from_records(records)
-    if "source" not in df.columns:
-        df["source"] = str(path)
+    df, locations = _jsonl_frame(path, what="pairs")
     return _validate_pairs(df, locations)
 
 

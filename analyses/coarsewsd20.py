@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -61,6 +59,11 @@ import pandas as pd
 
 import trajgeo as tg
 from trajgeo import report
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+    sys.path.insert(0, str(_HERE))
+from _common import read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A sense needs two sentences: one to leave out (a fold, a leave-one-out prototype) and one to learn from.
@@ -168,26 +171,6 @@ def analyse_word(traj: tg.Trajectories, folds: int, random_state: int, *,
 
 
 # ====================================================================== per-word records on disk
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _record(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _save_word(folder: Path, options: dict, status: str, tables: Mapping[str, pd.DataFrame] | None = None,
                reason: str | None = None, notes: Sequence[str] = ()) -> None:
     """The word's tables first, its status last: a status.json names only complete tables."""
@@ -197,8 +180,8 @@ def _save_word(folder: Path, options: dict, status: str, tables: Mapping[str, pd
     for name in TABLES:
         if not tables or name not in tables:
             (folder / f"{name}.parquet").unlink(missing_ok=True)
-    _write_text(folder / "status.json", json.dumps({"options": options, "status": status, "reason": reason,
-                                                    "notes": list(notes)}, indent=1))
+    write_text(folder / "status.json", json.dumps({"options": options, "status": status, "reason": reason,
+                                                   "notes": list(notes)}, indent=1))
 
 
 def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[str, str], dict]) -> dict:
@@ -206,7 +189,7 @@ def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple
     rows, probes, curves = [], [], []
     for name, word in pairs:
         folder = out / "words" / name / word
-        rec = _record(folder)
+        rec = read_record(folder / "status.json")
         if rec is None or rec["options"] != options[name, word]:
             continue
         note = "; ".join(rec.get("notes") or []) or None
@@ -232,7 +215,7 @@ def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple
 
 def _write_combined(out: Path, tables: Mapping[str, pd.DataFrame]) -> None:
     report.write_tables(tables, out)
-    _write_text(out / "summary.csv", tables["summary"].to_csv(index=False))
+    write_text(out / "summary.csv", tables["summary"].to_csv(index=False))
 
 
 def _extract(model: Any, df: pd.DataFrame, store: Path, progress: bool, log: Callable[[str], None]) -> tg.Trajectories:
@@ -291,7 +274,7 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
         lm, load_error = None, None
         for word in words:
             folder = out / "words" / name / word
-            rec = _record(folder)
+            rec = read_record(folder / "status.json")
             if rec is not None and rec["options"] == options[name, word] and rec["status"] in ("done", "skipped"):
                 log(f"{name:12s} {word:10s} {rec['status']} in an earlier run with these options: kept ({folder})")
                 continue

@@ -63,7 +63,7 @@ from trajgeo import report
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
     sys.path.insert(0, str(_HERE))
-from _common import read_record, write_text  # noqa: E402
+from _common import int_at_least, print_outcomes, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A sense needs two sentences: one to leave out (a fold, a leave-one-out prototype) and one to learn from.
@@ -318,18 +318,6 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
     return tables
 
 
-def _positive_int(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = None) -> int:
     """Command line entry point; ``models`` (name -> model) replaces ``--models`` (for tests)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,10 +325,10 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     parser.add_argument("--models", default="smollm2,minilm")
     parser.add_argument("--words", default=None, help="comma-separated words (default: every word in --data)")
     parser.add_argument("--split", default="all", choices=["train", "test", "all"])
-    parser.add_argument("--max-per-word", type=_positive_int(0), default=300,
+    parser.add_argument("--max-per-word", type=int_at_least(0), default=300,
                         help="stratified sample per word, to bound the time on 2 CPU cores (0: all)")
-    parser.add_argument("--folds", type=_positive_int(2), default=5)
-    parser.add_argument("--permutations", type=_positive_int(1), default=1000,
+    parser.add_argument("--folds", type=int_at_least(2), default=5)
+    parser.add_argument("--permutations", type=int_at_least(1), default=1000,
                         help="group-respecting label permutations of the null (default 1000)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "coarsewsd20")
     parser.add_argument("--random-state", type=int, default=0)
@@ -357,14 +345,7 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
         done = summary[summary["status"] == "done"]
         shown = [c for c in PRINTED if c in done]
         print(done[shown].round(3).to_string(index=False))
-    noted = summary[summary["note"].notna()]
-    for r in noted.itertuples():
-        print(f"note: {r.model} {r.word}: {r.note}")
-    for status in ("skipped", "failed"):
-        rows = summary[summary["status"] == status]
-        if len(rows):
-            print(f"{status} {len(rows)} of {len(summary)}: "
-                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
+    print_outcomes(summary)
     print(f"tables in {args.out}")
     return 1 if (summary["status"] == "failed").any() else 0
 

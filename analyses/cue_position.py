@@ -60,7 +60,7 @@ from trajgeo.report import write_tables
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
     sys.path.insert(0, str(_HERE))
-from _common import read_record, write_text  # noqa: E402
+from _common import int_at_least, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("before", "after")
@@ -411,16 +411,6 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
     return tables
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python analyses/cue_position.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -428,10 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "cue_position"), type=Path,
                         help="results folder (default: results/cue_position)")
     parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all)")
-    parser.add_argument("--max-examples", type=_positive_int, default=None,
+    parser.add_argument("--max-examples", type=int_at_least(1), default=None,
                         help="stratified subsample size, at least one example per word, sense and cue position "
                              "(default: all)")
-    parser.add_argument("--permutations", type=_positive_int, default=1000,
+    parser.add_argument("--permutations", type=int_at_least(1), default=1000,
                         help="group-respecting label permutations of each word's null (default: %(default)s)")
     args = parser.parse_args(argv)
     words = args.words.split(",") if args.words else None

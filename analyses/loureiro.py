@@ -84,7 +84,7 @@ from trajgeo.report import write_tables
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
     sys.path.insert(0, str(_HERE))
-from _common import read_record, write_text  # noqa: E402
+from _common import print_outcomes, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default caps per word: both shipped models over all 15 words in about 15 minutes on 2 shared cores.
@@ -405,13 +405,7 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     for note in notes:
         print(f"note: {note}")
     per_word = tables["per_word"]
-    for r in per_word[per_word["note"].notna()].itertuples():
-        print(f"note: {r.model} {r.word}: {r.note}")
-    for status in ("skipped", "failed"):
-        rows = per_word[per_word["status"] == status]
-        if len(rows):
-            print(f"{status} {len(rows)} of {len(per_word)}: "
-                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
+    print_outcomes(per_word)
     print(f"total {time.perf_counter() - t0:.0f} s; tables in {args.out}")
     return 1 if (per_word["status"] == "failed").any() else 0
 

@@ -42,7 +42,6 @@ same positions, and which positions differ.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import string
@@ -52,7 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from trajgeo.datasets.package_data import _data_file, _word_list
+from trajgeo.datasets.package_data import _builtin_records, _word_list
 from trajgeo.datasets.readers import _jsonl_frame
 from trajgeo.datasets.validation import (
     CUE_POSITIONS,
@@ -252,14 +251,7 @@ def _fill_cues(out: pd.DataFrame, where: Sequence[str]) -> None:
 # ================================================================ built-in set and reader
 @functools.lru_cache(maxsize=1)
 def _builtin_pairs() -> pd.DataFrame:
-    f = _data_file("pairs.jsonl")
-    records, locations = [], []
-    for lineno, line in enumerate(f.read_text(encoding="utf-8").split("\n"), start=1):
-        if line.strip():
-            records.append(json.loads(line))
-            locations.append(f"trajgeo/data/pairs.jsonl:{lineno}")
-    df = pd.DataFrame.from_records(records)
-    df["source"] = "builtin"
+    df, locations = _builtin_records("pairs.jsonl")
     return _validate_pairs(df, locations)
 
 

@@ -190,29 +190,27 @@ STEP_TABLES = {"patch": "patch", "sources": "sources_summary", "erase": "erase",
 
 
 # ------------------------------------------------------------------ writing
-def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    """Write a parquet file through a temporary file in the same folder: never half-written."""
+def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file in the same folder, then rename it to ``path``: never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(df: pd.DataFrame, path: Path) -> None:
+    """Write a parquet file through a temporary file in the same folder: never half-written."""
+    _replace_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a CSV file through a temporary file in the same folder: never half-written."""
+    _replace_atomically(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 # ------------------------------------------------------------------ key numbers

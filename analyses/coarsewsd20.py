@@ -49,9 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -61,6 +59,11 @@ import pandas as pd
 
 import trajgeo as tg
 from trajgeo import report
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+    sys.path.insert(0, str(_HERE))
+from _common import int_at_least, print_outcomes, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A sense needs two sentences: one to leave out (a fold, a leave-one-out prototype) and one to learn from.
@@ -168,26 +171,6 @@ def analyse_word(traj: tg.Trajectories, folds: int, random_state: int, *,
 
 
 # ====================================================================== per-word records on disk
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _record(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _save_word(folder: Path, options: dict, status: str, tables: Mapping[str, pd.DataFrame] | None = None,
                reason: str | None = None, notes: Sequence[str] = ()) -> None:
     """The word's tables first, its status last: a status.json names only complete tables."""
@@ -197,8 +180,8 @@ def _save_word(folder: Path, options: dict, status: str, tables: Mapping[str, pd
     for name in TABLES:
         if not tables or name not in tables:
             (folder / f"{name}.parquet").unlink(missing_ok=True)
-    _write_text(folder / "status.json", json.dumps({"options": options, "status": status, "reason": reason,
-                                                    "notes": list(notes)}, indent=1))
+    write_text(folder / "status.json", json.dumps({"options": options, "status": status, "reason": reason,
+                                                   "notes": list(notes)}, indent=1))
 
 
 def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[str, str], dict]) -> dict:
@@ -206,7 +189,7 @@ def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple
     rows, probes, curves = [], [], []
     for name, word in pairs:
         folder = out / "words" / name / word
-        rec = _record(folder)
+        rec = read_record(folder / "status.json")
         if rec is None or rec["options"] != options[name, word]:
             continue
         note = "; ".join(rec.get("notes") or []) or None
@@ -232,7 +215,7 @@ def _collect(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple
 
 def _write_combined(out: Path, tables: Mapping[str, pd.DataFrame]) -> None:
     report.write_tables(tables, out)
-    _write_text(out / "summary.csv", tables["summary"].to_csv(index=False))
+    write_text(out / "summary.csv", tables["summary"].to_csv(index=False))
 
 
 def _extract(model: Any, df: pd.DataFrame, store: Path, progress: bool, log: Callable[[str], None]) -> tg.Trajectories:
@@ -291,7 +274,7 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
         lm, load_error = None, None
         for word in words:
             folder = out / "words" / name / word
-            rec = _record(folder)
+            rec = read_record(folder / "status.json")
             if rec is not None and rec["options"] == options[name, word] and rec["status"] in ("done", "skipped"):
                 log(f"{name:12s} {word:10s} {rec['status']} in an earlier run with these options: kept ({folder})")
                 continue
@@ -335,18 +318,6 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
     return tables
 
 
-def _positive_int(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
 def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = None) -> int:
     """Command line entry point; ``models`` (name -> model) replaces ``--models`` (for tests)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,10 +325,10 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     parser.add_argument("--models", default="smollm2,minilm")
     parser.add_argument("--words", default=None, help="comma-separated words (default: every word in --data)")
     parser.add_argument("--split", default="all", choices=["train", "test", "all"])
-    parser.add_argument("--max-per-word", type=_positive_int(0), default=300,
+    parser.add_argument("--max-per-word", type=int_at_least(0), default=300,
                         help="stratified sample per word, to bound the time on 2 CPU cores (0: all)")
-    parser.add_argument("--folds", type=_positive_int(2), default=5)
-    parser.add_argument("--permutations", type=_positive_int(1), default=1000,
+    parser.add_argument("--folds", type=int_at_least(2), default=5)
+    parser.add_argument("--permutations", type=int_at_least(1), default=1000,
                         help="group-respecting label permutations of the null (default 1000)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "coarsewsd20")
     parser.add_argument("--random-state", type=int, default=0)
@@ -374,14 +345,7 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
         done = summary[summary["status"] == "done"]
         shown = [c for c in PRINTED if c in done]
         print(done[shown].round(3).to_string(index=False))
-    noted = summary[summary["note"].notna()]
-    for r in noted.itertuples():
-        print(f"note: {r.model} {r.word}: {r.note}")
-    for status in ("skipped", "failed"):
-        rows = summary[summary["status"] == status]
-        if len(rows):
-            print(f"{status} {len(rows)} of {len(summary)}: "
-                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
+    print_outcomes(summary)
     print(f"tables in {args.out}")
     return 1 if (summary["status"] == "failed").any() else 0
 

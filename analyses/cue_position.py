@@ -47,9 +47,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -58,6 +56,11 @@ import pandas as pd
 
 import trajgeo as tg
 from trajgeo.report import write_tables
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+    sys.path.insert(0, str(_HERE))
+from _common import int_at_least, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("before", "after")
@@ -290,26 +293,6 @@ def _load(spec: Any) -> Any:
     return spec if hasattr(spec, "adapter") else tg.load_model(spec)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _record(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _examples_key(examples: pd.DataFrame) -> str:
     """A hash of what the results depend on in the examples."""
     cols = [c for c in ("text", "char_start", "char_end", "word", "sense", "group", "cue_position", "cue_distance")
@@ -324,7 +307,7 @@ def _combined(out: Path, names: Sequence[str], options: Mapping[str, dict], n_bo
     margins, probes, sigs, notes, status = [], [], [], {}, []
     for name in names:
         folder = out / "models" / name
-        rec = _record(folder)
+        rec = read_record(folder / "status.json")
         if rec is None or rec["options"] != options[name]:
             continue
         status.append({"model": name, "status": rec["status"], "reason": rec.get("reason")})
@@ -391,7 +374,7 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
     tables = _combined(out, names, options, n_boot, random_state)
     for name, spec in models.items():
         folder = out / "models" / name
-        rec = _record(folder)
+        rec = read_record(folder / "status.json")
         if rec is not None and rec["options"] == options[name] and rec["status"] == "done":
             log(f"[cue_position] {name}: done in an earlier run with these examples and options: kept ({folder})")
             continue
@@ -413,29 +396,19 @@ def run(models: Mapping[str, Any] | Sequence[str], out: str | Path, examples: pd
                 sg.insert(0, "model", name)
                 sg.insert(1, "causal", causal)
             write_tables({"margin": m, "probes": p, "significance": sg}, folder)
-            _write_text(folder / "status.json", json.dumps({"options": options[name], "status": "done",
-                                                            "notes": notes}, indent=1))
+            write_text(folder / "status.json", json.dumps({"options": options[name], "status": "done",
+                                                           "notes": notes}, indent=1))
         except Exception as err:  # noqa: BLE001 - one model's failure must not lose the others
             reason = f"{type(err).__name__}: {err}"
             for t in PER_MODEL:
                 (folder / f"{t}.parquet").unlink(missing_ok=True)
-            _write_text(folder / "status.json", json.dumps({"options": options[name], "status": "failed",
-                                                            "reason": reason}, indent=1))
+            write_text(folder / "status.json", json.dumps({"options": options[name], "status": "failed",
+                                                           "reason": reason}, indent=1))
             log(f"[cue_position] {name} FAILED: {reason}")
         tables = _combined(out, names, options, n_boot, random_state)
         write_tables(tables, out)
     write_tables(tables, out)
     return tables
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -445,10 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "results" / "cue_position"), type=Path,
                         help="results folder (default: results/cue_position)")
     parser.add_argument("--words", default=None, help="comma-separated built-in words (default: all)")
-    parser.add_argument("--max-examples", type=_positive_int, default=None,
+    parser.add_argument("--max-examples", type=int_at_least(1), default=None,
                         help="stratified subsample size, at least one example per word, sense and cue position "
                              "(default: all)")
-    parser.add_argument("--permutations", type=_positive_int, default=1000,
+    parser.add_argument("--permutations", type=int_at_least(1), default=1000,
                         help="group-respecting label permutations of each word's null (default: %(default)s)")
     args = parser.parse_args(argv)
     words = args.words.split(",") if args.words else None

@@ -68,9 +68,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -82,6 +80,11 @@ import trajgeo as tg
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.datasets import stratified_sample
 from trajgeo.report import write_tables
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+    sys.path.insert(0, str(_HERE))
+from _common import print_outcomes, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default caps per word: both shipped models over all 15 words in about 15 minutes on 2 shared cores.
@@ -250,32 +253,12 @@ def summarize(per_word: pd.DataFrame, max_train: int | None = None, max_test: in
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary file beside it, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _record(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _tables(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[str, str], dict],
             max_train: int | None, max_test: int | None) -> dict[str, pd.DataFrame]:
     """The tables of the (model, word) pairs recorded with this run's options, in run order."""
     rows = []
     for name, word in pairs:
-        rec = _record(out / "words" / name / f"{word}.json")
+        rec = read_record(out / "words" / name / f"{word}.json")
         if rec is not None and rec["options"] == options[name, word]:
             rows.append(rec["row"])
     per_word = pd.DataFrame(rows, columns=PER_WORD_COLUMNS)
@@ -285,7 +268,7 @@ def _tables(out: Path, pairs: Sequence[tuple[str, str]], options: Mapping[tuple[
 def _write(out: Path, tables: Mapping[str, pd.DataFrame]) -> None:
     write_tables(tables, out)
     for key, df in tables.items():
-        _write_text(out / f"{key}.csv", df.to_csv(index=False))
+        write_text(out / f"{key}.csv", df.to_csv(index=False))
 
 
 def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Sequence[str] | None = None,
@@ -332,7 +315,7 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
         model, load_error = None, None
         for word in words:
             path = out / "words" / name / f"{word}.json"
-            rec = _record(path)
+            rec = read_record(path)
             if rec is not None and rec["options"] == options[name, word] and rec["row"]["status"] != "failed":
                 log(f"{name:10s} {word:8s} {rec['row']['status']} in an earlier run with these options: kept ({path})")
                 continue
@@ -358,7 +341,7 @@ def run(models: Mapping[str, Any], data: str | Path, out: str | Path, words: Seq
             except Exception as err:  # noqa: BLE001 - one word's failure must not lose the others
                 row = {"model": name, "word": word, "status": "failed", "reason": f"{type(err).__name__}: {err}"}
                 log(f"{name:10s} {word:8s} FAILED: {row['reason']}")
-            _write_text(path, json.dumps({"options": options[name, word], "row": row}, indent=1))
+            write_text(path, json.dumps({"options": options[name, word], "row": row}, indent=1))
             _write(out, _tables(out, pairs, options, max_train, max_test))
         del model  # one model in memory at a time
     tables = _tables(out, pairs, options, max_train, max_test)
@@ -422,13 +405,7 @@ def main(argv: Sequence[str] | None = None, models: Mapping[str, Any] | None = N
     for note in notes:
         print(f"note: {note}")
     per_word = tables["per_word"]
-    for r in per_word[per_word["note"].notna()].itertuples():
-        print(f"note: {r.model} {r.word}: {r.note}")
-    for status in ("skipped", "failed"):
-        rows = per_word[per_word["status"] == status]
-        if len(rows):
-            print(f"{status} {len(rows)} of {len(per_word)}: "
-                  + "; ".join(f"{r.model} {r.word} ({r.reason})" for r in rows.itertuples()))
+    print_outcomes(per_word)
     print(f"total {time.perf_counter() - t0:.0f} s; tables in {args.out}")
     return 1 if (per_word["status"] == "failed").any() else 0
 

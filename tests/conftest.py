@@ -172,6 +172,32 @@ def _brute_loo_centroid_accuracy(states: np.ndarray, labels: np.ndarray) -> np.n
     return np.array(acc)
 
 
+def _bank_examples(n: int, n_words: int, *, seed: int = 0, river_prefixes: int | None = None,
+                   cue: bool = False) -> pd.DataFrame:
+    """``n`` random word sequences of ``n_words`` corpus words with "bank" at word 6 and the senses alternating
+    (finance, river, ...); every word is one token of ``wtok``. With ``river_prefixes``, the "river" texts share
+    one of that many prefixes up to the target (what follows differs), so a causal model sees only that many
+    distinct inputs there: that many groups. With ``cue``, word 4 is marked as the cue (columns ``cue``,
+    ``cue_position``)."""
+    rng = np.random.default_rng(seed)
+    words = sorted({w for line in _CORPUS for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
+    heads = [list(rng.choice(words, 6)) for _ in range(river_prefixes)] if river_prefixes else []
+    rows = []
+    for i in range(n):
+        toks = list(rng.choice(words, n_words))
+        river = i % 2 == 1
+        if river and river_prefixes:
+            toks[:6] = heads[(i // 2) % river_prefixes]
+        toks[6] = "bank"
+        start = len(" ".join(toks[:6])) + 1
+        row = {"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
+               "word": "bank", "sense": "river" if river else "finance"}
+        if cue:
+            row.update(cue=toks[4], cue_position="before")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # ============================================================== fixtures
 # Factories are fixtures under the helper's name whose value is the helper itself; the module keeps the
 # helpers private so that no test module can import them.
@@ -231,6 +257,39 @@ def _brute_loo_centroid_accuracy_factory():
 def _balanced_bank_factory(coarsewsd_dir):
     """Factory: ``balanced_bank(per_sense, split="train", seed=0)`` over CoarseWSD-20 (skips without it)."""
     return functools.partial(_balanced_bank, coarsewsd_dir)
+
+
+@pytest.fixture(scope="session", name="bank_examples")
+def _bank_examples_factory():
+    """Factory: ``bank_examples(n, n_words, *, seed=0, river_prefixes=None, cue=False)``, "bank" examples of
+    random corpus words for the tiny models (each word one token of ``wtok``)."""
+    return _bank_examples
+
+
+@pytest.fixture(scope="session", name="tiny_lm")
+def _tiny_lm_factory(wtok):
+    """Factory: ``tiny_lm(family)``, ``tiny_model(family, len(wtok))`` with ``wtok`` through ``tg.load_model``."""
+    import trajgeo as tg
+
+    return lambda family: tg.load_model((_tiny_model(family, len(wtok)), wtok))
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
+def mixed_lm(request, tiny_lm):
+    """A tiny random model of each kind the interventions treat apart: rotary decoder, GPT-2, encoder."""
+    return tiny_lm(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster than two on a busy machine); modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ planted effect and the silence on shuffled senses are in test_interventions_toy.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,12 +17,7 @@ from trajgeo import interventions as iv
 from trajgeo.engine import Edit, Engine, Pool, Site
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _planted(n=90, d=20, k=3, shift=1.0, seed=0):
@@ -89,33 +86,21 @@ def test_bad_labels_are_refused():
 
 
 # ============================================================== inside the pass (tiny models)
-def _examples(corpus, n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 9))
-        toks[6] = "bank"
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
-                     "word": "bank", "sense": "river" if i % 2 else "finance"})
-    return pd.DataFrame(rows)
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
-def fam_lm(request, tiny_model, wtok):
-    return request.param, tg.load_model((tiny_model(request.param, len(wtok)), wtok))
+@pytest.fixture(scope="module")
+def examples(bank_examples):
+    """This module's "bank" examples: 24 texts of 9 words (conftest's ``bank_examples``)."""
+    return functools.partial(bank_examples, n=24, n_words=9)
 
 
 @pytest.fixture(scope="module")
-def erased(fam_lm, corpus):
-    _, lm = fam_lm
-    df = _examples(corpus)
+def erased(mixed_lm, examples):
+    lm = mixed_lm
+    df = examples()
     return df, iv.erase(lm, df, layer=1, cv=2, n_boot=50, progress=False, return_result=True)
 
 
-def test_erasing_inside_the_pass_makes_the_class_means_equal_at_that_point(fam_lm, erased):
-    _, lm = fam_lm
+def test_erasing_inside_the_pass_makes_the_class_means_equal_at_that_point(mixed_lm, erased):
+    lm = mixed_lm
     df, res = erased
     eng = Engine(lm)
     traj = tg.extract(lm, df, progress=False)
@@ -138,8 +123,8 @@ def test_erasing_inside_the_pass_makes_the_class_means_equal_at_that_point(fam_l
     assert np.abs(before[y == "river"].mean(0) - before[y == "finance"].mean(0)).max() > 1e-3 * scale
 
 
-def test_the_frame_follows_its_contract_and_reports_the_rank(fam_lm, erased):
-    _, lm = fam_lm
+def test_the_frame_follows_its_contract_and_reports_the_rank(mixed_lm, erased):
+    lm = mixed_lm
     _, res = erased
     f = res.frame
     assert list(f.columns) == ["word", "layer", "point", "condition", "metric", "value", "ci_low", "ci_high",
@@ -161,8 +146,8 @@ def test_the_frame_follows_its_contract_and_reports_the_rank(fam_lm, erased):
     assert ((ok["ci_low"] <= ok["value"] + 1e-12) & (ok["value"] <= ok["ci_high"] + 1e-12)).all()
 
 
-def test_the_unedited_condition_equals_extraction_and_a_plain_forwards_loss(fam_lm, erased):
-    _, lm = fam_lm
+def test_the_unedited_condition_equals_extraction_and_a_plain_forwards_loss(mixed_lm, erased):
+    lm = mixed_lm
     df, res = erased
     traj = tg.extract(lm, df, progress=False)
     none = res.states["none"]
@@ -181,9 +166,9 @@ def test_the_unedited_condition_equals_extraction_and_a_plain_forwards_loss(fam_
     assert got == pytest.approx(np.mean(losses), rel=1e-5)
 
 
-def test_bad_options_are_refused(fam_lm, corpus):
-    _, lm = fam_lm
-    df = _examples(corpus, n=8)
+def test_bad_options_are_refused(mixed_lm, examples):
+    lm = mixed_lm
+    df = examples(n=8)
     with pytest.raises(ValueError, match="layer must be in 1"):
         iv.erase(lm, df, layer=0, progress=False)
     with pytest.raises(ValueError, match="include 'none'"):
@@ -191,25 +176,6 @@ def test_bad_options_are_refused(fam_lm, corpus):
 
 
 # ============================================================== refused before the model runs
-def _prefix_examples(corpus, river_prefixes, n=16, seed=0):
-    """``bank`` in two senses; the "river" texts share one of ``river_prefixes`` prefixes up to the target (what
-    follows differs), so a causal model sees only that many distinct inputs there: that many groups."""
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    heads = [list(rng.choice(words, 6)) for _ in range(river_prefixes)]
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 9))
-        river = i % 2 == 1
-        if river:
-            toks[:6] = heads[(i // 2) % river_prefixes]
-        toks[6] = "bank"
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
-                     "word": "bank", "sense": "river" if river else "finance"})
-    return pd.DataFrame(rows)
-
-
 @pytest.fixture
 def counted_passes(monkeypatch):
     """The number of engine passes run so far (every forward of erase and steer goes through Engine.run)."""
@@ -224,12 +190,12 @@ def counted_passes(monkeypatch):
     return calls
 
 
-def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, corpus, counted_passes):
+def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, examples, counted_passes):
     lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
     blocks = []
     hook = lm.adapter.blocks[0].register_forward_pre_hook(lambda m, a: blocks.append(1))
     try:
-        df = _prefix_examples(corpus, river_prefixes=1)
+        df = examples(n=16, river_prefixes=1)
         traj_groups = tg.Trajectories(np.zeros((len(df), 1, 1)), df.assign(example=range(len(df))),
                                       model_info={"causal": True}).group_codes("group")
         assert len(np.unique(traj_groups[df["sense"] == "river"])) == 1  # the grouping erase uses: one prefix
@@ -239,21 +205,21 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
         assert "finance" not in str(err.value)  # it has 8 distinct prefixes
         assert counted_passes == [] and blocks == []
         # two prefixes are enough for two folds: it runs, and the counters see its passes
-        iv.erase(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=2, conditions=("none", "leace"),
+        iv.erase(lm, examples(n=16, river_prefixes=2), layer=1, cv=2, conditions=("none", "leace"),
                  n_boot=0, progress=False)
         assert len(counted_passes) > 0 and len(blocks) > 0
         # ... but not three
         n_before = len(counted_passes)
         with pytest.raises(ValueError, match=r"cv=3.*sense 'river' has 8 examples in 2 group\(s\)"):
-            iv.erase(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=3, n_boot=0, progress=False)
+            iv.erase(lm, examples(n=16, river_prefixes=2), layer=1, cv=3, n_boot=0, progress=False)
         assert len(counted_passes) == n_before
     finally:
         hook.remove()
 
 
-def test_a_one_sense_word_is_left_unedited_and_unprobed_instead_of_failing_after_the_passes(tiny_model, wtok, corpus):
+def test_a_one_sense_word_is_left_unedited_and_unprobed_instead_of_failing_after_the_passes(tiny_model, wtok, examples):
     lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
-    df = pd.concat([_examples(corpus, n=12), _examples(corpus, n=6, seed=3).assign(word="other", sense="only")],
+    df = pd.concat([examples(n=12), examples(n=6, seed=3).assign(word="other", sense="only")],
                    ignore_index=True)
     with pytest.warns(UserWarning, match="'other' has one sense"):
         res = iv.erase(lm, df, layer=1, cv=2, conditions=("none", "leace"), n_boot=0, progress=False,

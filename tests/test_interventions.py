@@ -68,8 +68,8 @@ def pairs():
 
 
 @pytest.fixture(scope="module")
-def lm(family, tiny_model, wtok):
-    return tg.load_model((tiny_model(family, len(wtok)), wtok))
+def lm(family, tiny_lm):
+    return tiny_lm(family)
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from trajgeo import interventions as iv
 from trajgeo.toy import ToyLanguage, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 # test_toy.py's LEVEL1 / LEVEL1_TRAIN: the same cache entry
 _LANGUAGE = dict(level=1)
 _TRAIN = dict(n_layers=4, n_steps=300)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

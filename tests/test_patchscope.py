@@ -5,8 +5,8 @@ senses are in test_interventions_toy.py."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+import functools
+
 import pytest
 import torch
 
@@ -16,30 +16,18 @@ from trajgeo import interventions as iv
 _SENSE_WORDS = {"bank": {"river": ["water", "shore", "muddy"], "finance": ["salary", "loan", "account"]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _examples(corpus, n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 8))
-        toks[6] = "bank"
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
-                     "word": "bank", "sense": "river" if i % 2 else "finance"})
-    return pd.DataFrame(rows)
+@pytest.fixture(scope="module")
+def examples(bank_examples):
+    """This module's "bank" examples: 12 texts of 8 words (conftest's ``bank_examples``)."""
+    return functools.partial(bank_examples, n=12, n_words=8)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2", "gemma2"])
-def lm(request, tiny_model, wtok):
-    return tg.load_model((tiny_model(request.param, len(wtok)), wtok))
+def lm(request, tiny_lm):
+    return tiny_lm(request.param)
 
 
 def _log_odds(logits, lm, sense):
@@ -48,8 +36,8 @@ def _log_odds(logits, lm, sense):
     return float(torch.logsumexp(logits[ids[sense]], 0) - torch.logsumexp(logits[ids[other]], 0))
 
 
-def test_at_the_last_point_a_final_placeholder_reads_the_examples_own_next_token(lm, corpus):
-    df = _examples(corpus)
+def test_at_the_last_point_a_final_placeholder_reads_the_examples_own_next_token(lm, examples):
+    df = examples()
     f = iv.patchscope(lm, df, prompt="the river X", sense_words=_SENSE_WORDS, points=[lm.n_layers], progress=False)
     traj = tg.extract(lm, df, progress=False)
     for r, got in zip(traj.meta.itertuples(), f["value"]):
@@ -59,8 +47,8 @@ def test_at_the_last_point_a_final_placeholder_reads_the_examples_own_next_token
         assert got == pytest.approx(_log_odds(logits, lm, r.sense), abs=1e-4)
 
 
-def test_a_middle_point_equals_the_same_patch_as_a_plain_hook(lm, corpus):
-    df = _examples(corpus, n=4)
+def test_a_middle_point_equals_the_same_patch_as_a_plain_hook(lm, examples):
+    df = examples(n=4)
     prompt = "i sat by the X and watched the"
     f = iv.patchscope(lm, df, prompt=prompt, sense_words=_SENSE_WORDS, points=[0, 2], progress=False)
     traj = tg.extract(lm, df, progress=False)
@@ -86,8 +74,8 @@ def test_a_middle_point_equals_the_same_patch_as_a_plain_hook(lm, corpus):
             assert got == pytest.approx(_log_odds(logits, lm, r.sense), abs=1e-4)
 
 
-def test_the_frame_and_its_null_columns(lm, corpus):
-    df = _examples(corpus)
+def test_the_frame_and_its_null_columns(lm, examples):
+    df = examples()
     f = iv.patchscope(lm, df, prompt="the X", sense_words=_SENSE_WORDS, n_permutations=20, progress=False)
     assert list(f.columns[:6]) == ["example", "point", "word", "sense", "metric", "value"]
     assert sorted(set(f["point"])) == list(range(lm.n_layers + 1))  # the placeholder ends the prompt: L too
@@ -98,8 +86,8 @@ def test_the_frame_and_its_null_columns(lm, corpus):
         lambda v: v.abs().max())).all()
 
 
-def test_encoders_and_bad_prompts_are_refused(lm, corpus, tiny_model, wtok):
-    df = _examples(corpus, n=4)
+def test_encoders_and_bad_prompts_are_refused(lm, examples, tiny_model, wtok):
+    df = examples(n=4)
     bert = tg.load_model((tiny_model("bert", len(wtok)), wtok))
     with pytest.raises(ValueError, match="encoder"):
         iv.patchscope(bert, df, prompt="the X", sense_words=_SENSE_WORDS, progress=False)

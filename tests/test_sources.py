@@ -6,6 +6,8 @@ shuffled senses are in test_interventions_toy.py."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,38 +20,22 @@ from trajgeo.engine import Engine, HeadsUnavailable, Site
 _HEADLESS = {"gemma2", "gemma3", "bert", "roberta"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _examples(corpus, n=16, seed=0):
-    """Random word sequences with "bank" at word 6, alternating senses, the cue word at word 4 (each text its own
-    group); every word is one token of the word-level tokenizer."""
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 9))
-        toks[6] = "bank"
-        text = " ".join(toks)
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": text, "char_start": start, "char_end": start + 4, "target": "bank", "word": "bank",
-                     "sense": "river" if i % 2 else "finance", "cue": toks[4], "cue_position": "before"})
-    return pd.DataFrame(rows)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def lm(family, tiny_model, wtok):
-    return tg.load_model((tiny_model(family, len(wtok)), wtok))
+def examples(bank_examples):
+    """This module's "bank" examples: 16 texts of 9 words (conftest's ``bank_examples``)."""
+    return functools.partial(bank_examples, n=16, n_words=9, cue=True)
 
 
-def test_source_parts_add_up_to_each_heads_write_and_heads_to_the_attention_write(lm, family, corpus):
-    df = _examples(corpus)
+@pytest.fixture(scope="module")
+def lm(family, tiny_lm):
+    return tiny_lm(family)
+
+
+def test_source_parts_add_up_to_each_heads_write_and_heads_to_the_attention_write(lm, family, examples):
+    df = examples()
     if family in _HEADLESS:
         with pytest.raises(HeadsUnavailable, match="additive per-head writes"):
             iv.source_attribution(lm, df, progress=False)
@@ -72,12 +58,12 @@ def test_source_parts_add_up_to_each_heads_write_and_heads_to_the_attention_writ
     assert (per_layer["bias"].abs().max() > 0) == has_bias
 
 
-def test_summed_sources_equal_the_head_rows_of_senses_attribution(lm, family, corpus):
+def test_summed_sources_equal_the_head_rows_of_senses_attribution(lm, family, examples):
     """The same own-sense directions (leave-group-out prototypes at the last point, standardised, pulled back),
     applied to heads written by extraction (another code path: no patterns, no values)."""
     if family in _HEADLESS:
         pytest.skip("no additive heads in this family")
-    df = _examples(corpus)
+    df = examples()
     src = iv.source_attribution(lm, df, progress=False)
     traj = tg.extract(lm, df, components=True, heads=True, progress=False)
     att = tg.senses.attribution(traj)
@@ -89,10 +75,10 @@ def test_summed_sources_equal_the_head_rows_of_senses_attribution(lm, family, co
     np.testing.assert_allclose(both["value"], both["attribution"], rtol=0, atol=1e-5 * scale)
 
 
-def test_an_explicit_direction_gives_plain_projections_of_the_head_writes(lm, family, corpus):
+def test_an_explicit_direction_gives_plain_projections_of_the_head_writes(lm, family, examples):
     if family in _HEADLESS:
         pytest.skip("no additive heads in this family")
-    df = _examples(corpus, n=4)
+    df = examples(n=4)
     L, d = lm.n_layers, lm.d_model
     per_point = np.random.default_rng(3).standard_normal((L + 1, d))
     res = iv.source_attribution(lm, df, direction=per_point, layers=[1, 3], heads=[0, 2], progress=False,
@@ -113,10 +99,10 @@ def test_an_explicit_direction_gives_plain_projections_of_the_head_writes(lm, fa
     assert one["value"].notna().all()
 
 
-def test_sources_carry_the_cue_and_their_offset_from_the_target(lm, family, corpus):
+def test_sources_carry_the_cue_and_their_offset_from_the_target(lm, family, examples):
     if family in _HEADLESS:
         pytest.skip("no additive heads in this family")
-    df = _examples(corpus, n=3)
+    df = examples(n=3)
     s = iv.source_attribution(lm, df, direction=np.ones(lm.d_model), layers=[1], heads=[0], progress=False)
     for ex, part in s.groupby("example"):
         toks = df["text"].iloc[ex].split()
@@ -126,10 +112,10 @@ def test_sources_carry_the_cue_and_their_offset_from_the_target(lm, family, corp
         assert part.loc[part["is_cue"], "source_position"].tolist() == [4]
 
 
-def test_bad_options_are_refused_with_a_reason(lm, family, corpus):
+def test_bad_options_are_refused_with_a_reason(lm, family, examples):
     if family in _HEADLESS:
         pytest.skip("refused earlier for this family")
-    df = _examples(corpus, n=4)
+    df = examples(n=4)
     with pytest.raises(ValueError, match="explicit vector has no sense labels"):
         iv.source_attribution(lm, df, direction=np.ones(lm.d_model), n_permutations=5, progress=False)
     with pytest.raises(ValueError, match="direction must have shape"):
@@ -140,11 +126,11 @@ def test_bad_options_are_refused_with_a_reason(lm, family, corpus):
         iv.source_attribution(lm, df, layers=[0], progress=False)
 
 
-def test_the_null_refits_the_directions_on_shuffled_senses(lm, family, corpus):
+def test_the_null_refits_the_directions_on_shuffled_senses(lm, family, examples):
     """The summary's observed cells equal the per-source frame grouped by hand, and the null columns are there."""
     if family != "llama":
         pytest.skip("one family suffices for the bookkeeping")
-    df = _examples(corpus)
+    df = examples()
     res = iv.source_attribution(lm, df, n_permutations=20, progress=False, return_result=True)
     s = res.sources
     by_hand = s.groupby(["layer", "head", "example", "is_cue"])["value"].sum().groupby(

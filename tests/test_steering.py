@@ -4,8 +4,9 @@ and refusals. The planted dose-response and the silence on shuffled senses are i
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -13,35 +14,18 @@ import trajgeo as tg
 from trajgeo import interventions as iv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _examples(corpus, n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 8))
-        toks[6] = "bank"
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
-                     "word": "bank", "sense": "river" if i % 2 else "finance"})
-    return pd.DataFrame(rows)
+@pytest.fixture(scope="module")
+def examples(bank_examples):
+    """This module's "bank" examples: 24 texts of 8 words (conftest's ``bank_examples``)."""
+    return functools.partial(bank_examples, n=24, n_words=8)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2", "bert"])
-def fam_lm(request, tiny_model, wtok):
-    return request.param, tg.load_model((tiny_model(request.param, len(wtok)), wtok))
-
-
-def test_alpha_zero_changes_nothing(fam_lm, corpus):
-    _, lm = fam_lm
-    res = iv.steer(lm, _examples(corpus), layer=1, alphas=(0.0, 3.0), cv=2, n_random=2, n_boot=20, progress=False,
+def test_alpha_zero_changes_nothing(mixed_lm, examples):
+    lm = mixed_lm
+    res = iv.steer(lm, examples(), layer=1, alphas=(0.0, 3.0), cv=2, n_random=2, n_boot=20, progress=False,
                    return_result=True)
     m = res.margins
     zero = m[m["alpha"] == 0]
@@ -55,11 +39,11 @@ def test_alpha_zero_changes_nothing(fam_lm, corpus):
     assert (m.loc[m["alpha"] == 3.0, "margin"] - m.loc[m["alpha"] == 3.0, "base_margin"]).abs().max() > 1e-3
 
 
-def test_the_steered_margin_equals_the_same_addition_as_a_plain_hook(fam_lm, corpus):
+def test_the_steered_margin_equals_the_same_addition_as_a_plain_hook(mixed_lm, examples):
     """Recompute one example's steered final vector with a forward hook on block 1 (no engine), and the margin
     from its effect: steered margin - base margin must equal the judge's change computed by hand."""
-    _, lm = fam_lm
-    df = _examples(corpus)
+    lm = mixed_lm
+    df = examples()
     res = iv.steer(lm, df, layer=1, alphas=(2.0,), cv=2, n_random=0, n_boot=0, progress=False, return_result=True)
     m = res.margins.set_index("example")
     traj = tg.extract(lm, df, progress=False)
@@ -105,9 +89,9 @@ def test_the_steered_margin_equals_the_same_addition_as_a_plain_hook(fam_lm, cor
     assert got == pytest.approx(expect, abs=1e-4 * max(1.0, abs(expect)))
 
 
-def test_the_frame_follows_its_contract(fam_lm, corpus):
-    _, lm = fam_lm
-    f = iv.steer(lm, _examples(corpus), layer=2, alphas=(0.0, 1.0, 4.0), cv=2, n_random=2, n_boot=30, progress=False)
+def test_the_frame_follows_its_contract(mixed_lm, examples):
+    lm = mixed_lm
+    f = iv.steer(lm, examples(), layer=2, alphas=(0.0, 1.0, 4.0), cv=2, n_random=2, n_boot=30, progress=False)
     assert list(f.columns) == ["word", "layer", "alpha", "condition", "metric", "value", "ci_low", "ci_high", "n"]
     assert set(f["condition"]) == {"steer", "random"} and set(f["metric"]) == {"final_margin", "flip_rate"}
     assert (f["layer"] == 2).all() and sorted(set(f["alpha"])) == [0.0, 1.0, 4.0]
@@ -115,9 +99,9 @@ def test_the_frame_follows_its_contract(fam_lm, corpus):
     assert ((flips >= 0) & (flips <= 1)).all()
 
 
-def test_bad_options_are_refused(fam_lm, corpus):
-    _, lm = fam_lm
-    df = _examples(corpus)
+def test_bad_options_are_refused(mixed_lm, examples):
+    lm = mixed_lm
+    df = examples()
     with pytest.raises(ValueError, match=r"layer must be in 1\.\.2"):
         iv.steer(lm, df, layer=3, progress=False)
     with pytest.raises(ValueError, match="at least 3"):
@@ -126,26 +110,7 @@ def test_bad_options_are_refused(fam_lm, corpus):
         iv.steer(lm, df, layer=1, n_permutations=-1, progress=False)
 
 
-def _prefix_examples(corpus, river_prefixes, n=24, seed=0):
-    """``bank`` in two senses; the "river" texts share one of ``river_prefixes`` prefixes up to the target (what
-    follows differs), so a causal model sees only that many distinct inputs there: that many groups."""
-    rng = np.random.default_rng(seed)
-    words = sorted({w for line in corpus for w in line.replace(",", " ").replace(":", " ").split()} - {"bank"})
-    heads = [list(rng.choice(words, 6)) for _ in range(river_prefixes)]
-    rows = []
-    for i in range(n):
-        toks = list(rng.choice(words, 8))
-        river = i % 2 == 1
-        if river:
-            toks[:6] = heads[(i // 2) % river_prefixes]
-        toks[6] = "bank"
-        start = len(" ".join(toks[:6])) + 1
-        rows.append({"text": " ".join(toks), "char_start": start, "char_end": start + 4, "target": "bank",
-                     "word": "bank", "sense": "river" if river else "finance"})
-    return pd.DataFrame(rows)
-
-
-def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, corpus, monkeypatch):
+def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, wtok, examples, monkeypatch):
     from trajgeo.engine import Engine
 
     calls = []
@@ -153,16 +118,16 @@ def test_too_few_prefix_groups_are_refused_before_any_forward_pass(tiny_model, w
     monkeypatch.setattr(Engine, "run", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     lm = tg.load_model((tiny_model("llama", len(wtok)), wtok))
     with pytest.raises(ValueError, match=r"word 'bank', sense 'river' has 12 examples in 2 group\(s\)") as err:
-        iv.steer(lm, _prefix_examples(corpus, river_prefixes=2), layer=1, cv=2, n_random=0, n_boot=0,
+        iv.steer(lm, examples(river_prefixes=2), layer=1, cv=2, n_random=0, n_boot=0,
                  progress=False)
     assert "at least 3 groups per sense" in str(err.value) and "causal" in str(err.value)
     assert "finance" not in str(err.value)
     assert calls == []  # not even the unsteered pass
     # three prefixes in two folds: a fold holds out two of them and leaves one to train on, for two halves
     with pytest.raises(ValueError, match=r"word 'bank': fold \d of 2 leaves sense 'river' 1 training group"):
-        iv.steer(lm, _prefix_examples(corpus, river_prefixes=3), layer=1, cv=2, n_random=0, n_boot=0, progress=False)
+        iv.steer(lm, examples(river_prefixes=3), layer=1, cv=2, n_random=0, n_boot=0, progress=False)
     assert calls == []
     # three folds of three prefixes are enough, and the counter sees the passes
-    iv.steer(lm, _prefix_examples(corpus, river_prefixes=3), layer=1, alphas=(1.0,), cv=3, n_random=0, n_boot=0,
+    iv.steer(lm, examples(river_prefixes=3), layer=1, alphas=(1.0,), cv=3, n_random=0, n_boot=0,
              progress=False)
     assert len(calls) > 0

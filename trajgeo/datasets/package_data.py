@@ -19,16 +19,23 @@ def _data_file(name: str):
     return resources.files("trajgeo").joinpath("data", name)
 
 
-@functools.lru_cache(maxsize=1)
-def _builtin_frame() -> pd.DataFrame:
-    f = _data_file("polysemy.jsonl")
+def _builtin_records(name: str) -> tuple[pd.DataFrame, list[str]]:
+    """The objects of the packaged JSON-lines file ``trajgeo/data/<name>`` (``source="builtin"``) and each
+    row's ``trajgeo/data/<name>:line`` for error messages."""
+    f = _data_file(name)
     records, locations = [], []
     for lineno, line in enumerate(f.read_text(encoding="utf-8").split("\n"), start=1):
         if line.strip():
             records.append(json.loads(line))
-            locations.append(f"trajgeo/data/polysemy.jsonl:{lineno}")
+            locations.append(f"trajgeo/data/{name}:{lineno}")
     df = pd.DataFrame.from_records(records)
     df["source"] = "builtin"
+    return df, locations
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_frame() -> pd.DataFrame:
+    df, locations = _builtin_records("polysemy.jsonl")
     return validate(df, locations=locations, require_sense=True)
 
 

@@ -42,7 +42,6 @@ same positions, and which positions differ.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import string
@@ -52,7 +51,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from trajgeo.datasets.package_data import _data_file, _word_list
+from trajgeo.datasets.package_data import _builtin_records, _word_list
+from trajgeo.datasets.readers import _jsonl_frame
 from trajgeo.datasets.validation import (
     CUE_POSITIONS,
     _TOKEN,
@@ -251,14 +251,7 @@ def _fill_cues(out: pd.DataFrame, where: Sequence[str]) -> None:
 # ================================================================ built-in set and reader
 @functools.lru_cache(maxsize=1)
 def _builtin_pairs() -> pd.DataFrame:
-    f = _data_file("pairs.jsonl")
-    records, locations = [], []
-    for lineno, line in enumerate(f.read_text(encoding="utf-8").split("\n"), start=1):
-        if line.strip():
-            records.append(json.loads(line))
-            locations.append(f"trajgeo/data/pairs.jsonl:{lineno}")
-    df = pd.DataFrame.from_records(records)
-    df["source"] = "builtin"
+    df, locations = _builtin_records("pairs.jsonl")
     return _validate_pairs(df, locations)
 
 
@@ -334,25 +327,7 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
         Naming ``path:line``, the pair and what is wrong: not JSON, a target missing from one of the
         texts, identical texts, a flip that keeps the sense, a cue that is not what differs, ...
     """
-    path = Path(path)
-    records, locations = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            records.append(rec)
-            locations.append(f"{path}:{lineno}")
-    if not records:
-        raise ValueError(f"{path}: no pairs")
-    df = pd.DataFrame.from_records(records)
-    if "source" not in df.columns:
-        df["source"] = str(path)
+    df, locations = _jsonl_frame(path, what="pairs")
     return _validate_pairs(df, locations)
 
 

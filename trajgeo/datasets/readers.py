@@ -82,11 +82,12 @@ def from_records(records: Iterable[Mapping[str, Any]], **kwargs: Any) -> pd.Data
     return from_dataframe(pd.DataFrame.from_records(records), **kwargs)
 
 
-def read_jsonl(path: str | Path, **kwargs: Any) -> pd.DataFrame:
-    """Examples from a JSON-lines file (one object per line; blank lines are skipped).
+def _jsonl_frame(path: str | Path, *, what: str) -> tuple[pd.DataFrame, list[str]]:
+    """The objects of a JSON-lines file (blank lines skipped) as a frame, ``source`` set to the path unless
+    the file has its own, and each row's ``path:line`` for error messages.
 
-    Errors name ``path:line``. Keyword arguments go to :func:`from_dataframe`; ``source`` is
-    set to the path unless the file has its own.
+    Raises ValueError naming ``path:line`` for a line that is not a JSON object, and ``path: no <what>``
+    for a file without any.
     """
     path = Path(path)
     records, locations = [], []
@@ -103,10 +104,20 @@ def read_jsonl(path: str | Path, **kwargs: Any) -> pd.DataFrame:
             records.append(rec)
             locations.append(f"{path}:{lineno}")
     if not records:
-        raise ValueError(f"{path}: no examples")
+        raise ValueError(f"{path}: no {what}")
     df = pd.DataFrame.from_records(records)
     if "source" not in df.columns:
         df["source"] = str(path)
+    return df, locations
+
+
+def read_jsonl(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """Examples from a JSON-lines file (one object per line; blank lines are skipped).
+
+    Errors name ``path:line``. Keyword arguments go to :func:`from_dataframe`; ``source`` is
+    set to the path unless the file has its own.
+    """
+    df, locations = _jsonl_frame(path, what="examples")
     return from_dataframe(df, locations=locations, **kwargs)
 
 

@@ -162,6 +162,26 @@ def column(meta: pd.DataFrame, spec: Any, name: str, default: str) -> np.ndarray
     return arr
 
 
+def example_carrier(lm: LoadedModel, meta: pd.DataFrame, n_layers: int) -> tuple[dict, Any]:
+    """The ``model_info`` of the trajectories an intervention builds, and stateless trajectories of the examples
+    (zero states) that read labels and group codes as every analysis does, before any pass."""
+    from trajgeo.trajectories import Trajectories
+
+    info = {"name": lm.name, "causal": lm.adapter.causal, "n_layers": n_layers, "d_model": lm.d_model}
+    return info, Trajectories(np.zeros((len(meta), 1, 1), np.float32), meta, model_info=info)
+
+
+def words_and_groups(meta: pd.DataFrame, carrier: Any, word: Any, groups: Any
+                     ) -> tuple[np.ndarray, bool, np.ndarray]:
+    """Per example: the word (zeros where the examples have none: one word), whether there is a word column,
+    and the group codes of ``carrier`` (:func:`example_carrier`; each example its own group where none)."""
+    words = column(meta, word, "word", "word")
+    has_word = words is not None
+    words = np.zeros(len(meta), dtype=object) if words is None else words
+    g = carrier.group_codes(groups)
+    return words, has_word, (np.arange(len(meta)) if g is None else g)
+
+
 def token_losses(head: Any, resid: Any, inputs: Inputs, rows: list[int], *, after_target: bool) -> np.ndarray:
     """Mean next-token loss (nats) of each row: over the tokens after the target (predicted from the target's
     last token on), or over every next token of the input; NaN where there is none.

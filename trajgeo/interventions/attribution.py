@@ -18,7 +18,8 @@ import pandas as pd
 
 from trajgeo.engine import Engine, Site
 from trajgeo.interventions._pairs import PairInputs, prepare_pairs
-from trajgeo.interventions.patching import _ROLES, PatchResult, _effects_frame, _Plan, _ratio, _tidy
+from trajgeo.interventions.patching import (_ROLES, PatchResult, _effects_frame, _Plan, _ratio, _seeded_torch,
+                                            _tidy)
 from trajgeo.interventions.readouts import as_readout
 
 __all__ = ["attribution_patch", "agreement"]
@@ -111,10 +112,7 @@ def attribution_patch(
     parts, reads = [], []
     bar = tqdm(total=len(batches) * len(plan.directions), disable=not progress,
                desc=f"attribution {plan.site} ({lm.name})", unit="batch")
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        if random_state is not None:
-            torch.manual_seed(int(random_state))
+    with _seeded_torch(random_state):
         for direction in plan.directions:
             base, source = _ROLES[direction]
             for chunk in batches:

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.engine import Engine, Pool, Site
-from trajgeo.interventions._examples import batches, column, prepare, run_rows, token_losses
+from trajgeo.interventions._examples import (batches, example_carrier, prepare, run_rows, token_losses,
+                                             words_and_groups)
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.trajectories import Trajectories
 
@@ -108,13 +109,8 @@ def skip_layers(
     inputs = prepare(lm, examples, pool=pool, full=with_loss)
     meta = inputs.meta
     n = len(inputs)
-    info = {"name": lm.name, "causal": lm.adapter.causal, "n_layers": L, "d_model": lm.d_model}
-    labelled = Trajectories(np.zeros((n, 1, 1), np.float32), meta, model_info=info)
-    words = column(meta, word, "word", "word")
-    has_word = words is not None
-    words = np.zeros(n, dtype=object) if words is None else words
-    g = labelled.group_codes(groups)
-    g = np.arange(n) if g is None else g
+    info, labelled = example_carrier(lm, meta, L)
+    words, has_word, g = words_and_groups(meta, labelled, word, groups)
     head = _Readout(lm) if with_loss else None
     final = Site.resid(L)
     rows_out = []

@@ -19,8 +19,8 @@ import pandas as pd
 
 from trajgeo.engine import Edit, Engine, Pool, Site
 from trajgeo.interventions._directions import own_sense_functionals
-from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, column, prepare, run_rows,
-                                             target_cells, token_losses)
+from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, column, example_carrier, prepare,
+                                             run_rows, target_cells, token_losses, words_and_groups)
 from trajgeo.normalization import DEFAULT_NORMALIZE
 from trajgeo.trajectories import Trajectories
 
@@ -269,13 +269,9 @@ def erase(
     inputs = prepare(lm, examples, pool=pool, full=with_loss)
     meta = inputs.meta
     n = len(inputs)
-    info = {"name": lm.name, "causal": lm.adapter.causal, "n_layers": L, "d_model": lm.d_model}
-    probe_traj = Trajectories(np.zeros((n, 1, 1), np.float32), meta, model_info=info)
+    info, probe_traj = example_carrier(lm, meta, L)
     senses = probe_traj.labels(labels)
-    words = column(meta, word, "word", "word")
-    words = np.zeros(n, dtype=object) if words is None else words
-    g = probe_traj.group_codes(groups)
-    g = np.arange(n) if g is None else g
+    words, _, g = words_and_groups(meta, probe_traj, word, groups)
     if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
         raise ValueError(f"cv must be an int of at least 2 folds, got {cv!r}")
     # the folds below and the probes after the passes split on these groups: refuse now, not after the passes

@@ -24,8 +24,9 @@ cached input of block l.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -288,6 +289,19 @@ def _tidy(effects: pd.DataFrame, readouts: pd.DataFrame, pairs: pd.DataFrame,
     return e.reset_index(drop=True), r.reset_index(drop=True)
 
 
+@contextlib.contextmanager
+def _seeded_torch(random_state: int | None) -> Iterator[None]:
+    """Seed torch's generators (CPU and every GPU) with ``random_state`` for the block, in a forked state: the
+    caller's generators are as they were afterwards. None: no seeding (still forked)."""
+    import torch
+
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if random_state is not None:
+            torch.manual_seed(int(random_state))
+        yield
+
+
 # ============================================================== the public function
 def patch(
     model: Any,
@@ -368,7 +382,6 @@ def patch(
         Read ``effect`` of ``kind == "same"`` pairs as the null for ``"flip"`` pairs
         (:func:`trajgeo.interventions.kind_contrast`).
     """
-    import torch
     from tqdm.auto import tqdm
 
     engine = Engine(model)
@@ -393,10 +406,7 @@ def patch(
         * len(plan.directions)
     bar = tqdm(total=n_cells, disable=not progress, desc=f"patch {plan.site} ({lm.name})", unit="cell")
     effects, reads = [], []
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        if random_state is not None:
-            torch.manual_seed(int(random_state))
+    with _seeded_torch(random_state):
         for k in todo:
             eff, rd = _Sweep(engine, plan, chunks[k], fn, int(batch_size), bar).frames(df)
             if writer is not None:

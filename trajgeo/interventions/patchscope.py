@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.engine import Edit, Engine, Pool, Site
-from trajgeo.interventions._examples import batches, column, permuted_labels, prepare, run_rows
+from trajgeo.interventions._examples import batches, column, example_carrier, permuted_labels, prepare, run_rows
 
 __all__ = ["patchscope", "DEFAULT_PROMPT"]
 
@@ -104,7 +104,6 @@ def patchscope(
     from trajgeo.datasets import sense_words as builtin_sense_words
     from trajgeo.lens import sense_token_ids
     from trajgeo.lens._readout import _Readout
-    from trajgeo.trajectories import Trajectories
 
     engine = Engine(model)
     lm, a = engine.lm, engine.adapter
@@ -125,8 +124,7 @@ def patchscope(
     inputs = prepare(lm, examples, pool=pool)
     meta = inputs.meta
     n = len(inputs)
-    info = {"name": lm.name, "causal": True, "n_layers": L, "d_model": lm.d_model}
-    labelled = Trajectories(np.zeros((n, 1, 1), np.float32), meta, model_info=info)
+    _, labelled = example_carrier(lm, meta, L)  # a causal model: refused otherwise above
     senses = labelled.labels(labels).astype(str)
     words = column(meta, word, "word", "word")
     if words is None:

@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 
 from trajgeo.engine import Edit, Engine, Pool, Site
-from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, column, permuted_labels, prepare,
-                                             run_rows, sense_group_counts)
+from trajgeo.interventions._examples import (batches, check_int, check_sense_groups, example_carrier, permuted_labels,
+                                             prepare, run_rows, sense_group_counts, words_and_groups)
 from trajgeo.normalization import DEFAULT_NORMALIZE, PointNormalizer, check_method
-from trajgeo.trajectories import Trajectories
 
 __all__ = ["steer", "SteeringResult", "STEER_CONDITIONS", "STEER_METRICS"]
 
@@ -173,14 +172,9 @@ def steer(
     inputs = prepare(lm, examples, pool=pool)
     meta = inputs.meta
     n, d = len(inputs), lm.d_model
-    info = {"name": lm.name, "causal": lm.adapter.causal, "n_layers": L, "d_model": d}
-    labelled = Trajectories(np.zeros((n, 1, 1), np.float32), meta, model_info=info)
+    _, labelled = example_carrier(lm, meta, L)
     senses = labelled.labels(labels)
-    words = column(meta, word, "word", "word")
-    has_word = words is not None
-    words = np.zeros(n, dtype=object) if words is None else words
-    g = labelled.group_codes(groups)
-    g = np.arange(n) if g is None else g
+    words, has_word, g = words_and_groups(meta, labelled, word, groups)
     if isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2:
         raise ValueError(f"cv must be an int of at least 2 folds, got {cv!r}")
     # the folds split on these groups (permuted senses keep each sense's number of groups): refuse now, not after

@@ -58,9 +58,9 @@ import trajgeo as tg
 from trajgeo.report import write_tables
 
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+if str(_HERE) not in sys.path:  # for _analysis_common, also when a test imports this by path
     sys.path.insert(0, str(_HERE))
-from _common import int_at_least, read_record, write_text  # noqa: E402
+from _analysis_common import int_at_least, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ("before", "after")

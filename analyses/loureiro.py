@@ -82,9 +82,9 @@ from trajgeo.datasets import stratified_sample
 from trajgeo.report import write_tables
 
 _HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:  # the sibling _common.py, also when the tests import this script by path
+if str(_HERE) not in sys.path:  # for _analysis_common, also when a test imports this by path
     sys.path.insert(0, str(_HERE))
-from _common import print_outcomes, read_record, write_text  # noqa: E402
+from _analysis_common import print_outcomes, read_record, write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Default caps per word: both shipped models over all 15 words in about 15 minutes on 2 shared cores.

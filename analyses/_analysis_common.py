@@ -1,4 +1,4 @@
-"""What the resumable analyses (coarsewsd20, cue_position, loureiro) share: their per-word records on disk
+"""What the resumable analyses (coarsewsd20, cue_position, loureiro) share: their per-word records on disk,
 their integer options, and the closing lines that say which words were noted, skipped or failed.
 
 Not an analysis: a helper module the scripts import (they put ``analyses/`` on ``sys.path`` first, so it is

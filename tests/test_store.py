@@ -326,6 +326,29 @@ def test_a_lock_of_another_host_is_reported_with_how_to_clear_it(tmp_path):
     assert lock.exists() and not path.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="kernel locks (flock) are POSIX")
+def test_a_loser_of_a_close_race_names_the_winner_once_its_record_is_written(tmp_path):
+    import fcntl
+
+    path = tmp_path / "s.zarr"
+    lock = tmp_path / "s.zarr.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # the winner: kernel lock taken, record not yet written
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        record = {"host": socket.gethostname(), "pid": 4242, "since": "2020-01-01 00:00:00", "job": None}
+        late = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps(record).encode(), 0))
+        late.start()
+        with pytest.raises(StoreLockedError, match="being written by another run: process 4242 on host"):
+            StoreLock(path).acquire()
+        late.join()
+        os.ftruncate(fd, 0)  # a record that never comes: said so, after the short wait (2 s)
+        with pytest.raises(StoreLockedError, match="held but not yet filled in"):
+            StoreLock(path).acquire()
+        assert not path.exists() and not (tmp_path / "s.zarr.partial").exists()
+    finally:
+        os.close(fd)
+
+
 def test_the_same_process_cannot_write_one_store_twice(tmp_path):
     path = tmp_path / "s.zarr"
     with StoreLock(path):

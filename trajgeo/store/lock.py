@@ -107,7 +107,7 @@ class StoreLock:
                     kernel = True
                 except BlockingIOError:
                     os.close(fd)
-                    raise self._busy(lock_holder(self.store)) from None
+                    raise self._busy(self._holder_record()) from None
                 except OSError:  # a file system without kernel locks (some network mounts): judge by the record
                     kernel = False
                 try:  # a releasing owner unlinks the file: make sure we locked the one the path names
@@ -129,6 +129,17 @@ class StoreLock:
             self._fd = fd
             return self
         raise self._busy(lock_holder(self.store))
+
+    def _holder_record(self, wait: float = 2.0) -> dict | None:
+        """The record of a run that holds the kernel lock. It writes its record right after taking the
+        lock, so a loser of a close race may read an empty file: wait briefly for the record, so that the
+        error names the run (an empty record after ``wait`` seconds is reported as such)."""
+        deadline = time.monotonic() + wait
+        while True:
+            holder = lock_holder(self.store)
+            if holder or time.monotonic() >= deadline:
+                return holder
+            time.sleep(0.01)
 
     def _stale(self, holder: dict) -> None:
         warnings.warn(f"took over the lock of {self.store}: process {holder.get('pid')} of this host, which took it "

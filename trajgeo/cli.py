@@ -187,22 +187,6 @@ def _examples(args: argparse.Namespace):
     return df
 
 
-def _check_writable(folder: Path) -> None:
-    """Refuse, before any work, a tables folder that cannot be written."""
-    import os
-    import uuid
-
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} is a file, not a folder for tables; nothing was run")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"cannot write to {folder}: {exc.strerror or exc}; nothing was run") from None
-
-
 def _say_skipped(tables: dict) -> None:
     """One line per skipped analysis (the page lists them too)."""
     skipped = tables.get("skipped")
@@ -237,13 +221,14 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     from trajgeo import report
+    from trajgeo.report.tables import check_writable
 
     if args.command == "analyze":
         if not args.store.exists():
             raise FileNotFoundError(f"no store at {args.store} (write one with 'trajgeo extract')")
         out = args.out or args.store.with_name(args.store.name.removesuffix(".zarr") + "-tables")
         sense_words = read_sense_words(args.sense_words) if args.sense_words else None
-        _check_writable(out)
+        check_writable(out, what="a folder for tables")
         traj = tg.load(args.store)
         model = tg.load_model(args.model, progress=not args.quiet) if args.model else None
         if model is not None and model.adapter.unembed is None:

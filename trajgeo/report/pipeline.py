@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,6 +12,7 @@ import pandas as pd
 from trajgeo.report.drawing import figures
 from trajgeo.report.page import write_index
 from trajgeo.report.suite import analyze
+from trajgeo.report.tables import check_writable
 
 __all__ = ["build", "check_out", "light_pairs"]
 
@@ -22,17 +22,7 @@ def check_out(out: str | os.PathLike) -> Path:
     access, or a ``trajectories.zarr`` inside it that is not a trajgeo store. Returns the path."""
     from trajgeo import store
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} is a file, not a report folder; nothing was written: choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionError(f"cannot write the report folder {out}: {exc.strerror or exc}; nothing was run") \
-            from None
+    out = check_writable(out, what="a report folder")
     store.check_target(out / "trajectories.zarr")
     return out
 

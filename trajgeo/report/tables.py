@@ -10,7 +10,32 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_tables", "read_tables"]
+__all__ = ["write_tables", "read_tables", "check_writable"]
+
+
+def check_writable(folder: str | os.PathLike, *, what: str) -> Path:
+    """Refuse, before any work, a folder that cannot be written: a file at its path, or one without write
+    access (tried by writing and removing a probe file). Creates the folder; returns its path.
+
+    Parameters
+    ----------
+    folder : path
+    what : str
+        What the folder is for, as the errors name it (e.g. ``"a report folder"``).
+    """
+    import uuid
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not {what}; nothing was run: choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"cannot write {what} {folder}: {exc.strerror or exc}; nothing was run") from None
+    return folder
 
 
 def write_tables(tables: Mapping[str, pd.DataFrame], out: str | os.PathLike) -> Path:
